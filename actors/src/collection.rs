@@ -1,0 +1,430 @@
+//! The collection actor: one per collection, the only writer of its seqs.
+//!
+//! It assigns seq = previous + 1 from its own counter (persisted in the same batch as the
+//! delta it numbers), stores the write, and answers once the group commit has made it durable.
+//! Readers only ever see seqs up to `durable`, so a seq a reader saw can never be lost in a
+//! crash and issued again. Stream pages, acks and compaction applies also run here, so each
+//! sees a consistent view of the collection.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::watch;
+
+use crate::compaction;
+use crate::crdt::Merged;
+use crate::error::{Error, Result};
+use crate::runtime::Shared;
+use crate::store::{CompactionWrite, DeltaRecord, DocStats, SnapshotRecord};
+use crate::types::{Change, CollectionStats, Compacted, OperationType, StreamPage, Write, Written};
+use crate::peers::PeerTable;
+
+/// How often an actor checks whether it has been idle long enough to stop.
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+pub struct CollectionActor {
+    name: String,
+    /// Identifies this incarnation in the registry, so a stopping actor removes only itself.
+    id: u64,
+    shared: Arc<Shared>,
+    /// Requests the handle has admitted for this collection and not yet answered.
+    in_flight: Arc<AtomicUsize>,
+    assigned: u64,
+    durable: u64,
+    durable_tx: watch::Sender<u64>,
+    docs: HashMap<String, DocStats>,
+    /// (retained bytes, document) for the compaction hint without a scan.
+    by_size: BTreeSet<(u64, String)>,
+    peers: PeerTable,
+    stats: CollectionStats,
+    last_activity: u64,
+    stopped: bool,
+}
+
+impl CollectionActor {
+    /// Loads the collection's counters and peers from the store.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the store cannot be read.
+    pub(crate) fn load(name: String, id: u64, shared: Arc<Shared>, in_flight: Arc<AtomicUsize>) -> Result<Self> {
+        let loaded = shared.store.load_collection(&name)?;
+        let by_size = loaded.docs.iter().map(|(d, s)| (s.retained_bytes, d.clone())).collect();
+        let now = shared.clock.now_millis();
+        Ok(CollectionActor {
+            stats: CollectionStats { collection: name.clone(), ..Default::default() },
+            name,
+            id,
+            in_flight,
+            assigned: loaded.high_water,
+            // Everything on disk at load time was either flushed before a restart or written by
+            // a previous incarnation in this process that stopped with nothing pending.
+            durable: loaded.high_water,
+            durable_tx: watch::channel(loaded.high_water).0,
+            docs: loaded.docs.into_iter().collect(),
+            by_size,
+            peers: PeerTable::from_records(loaded.peers),
+            last_activity: now,
+            stopped: false,
+            shared,
+        })
+    }
+
+    fn touch(&mut self) -> Result<()> {
+        if self.stopped {
+            return Err(Error::Relocated);
+        }
+        self.last_activity = self.shared.clock.now_millis();
+        Ok(())
+    }
+
+    fn set_doc_stats(&mut self, doc: &str, new: DocStats) {
+        if let Some(old) = self.docs.insert(doc.to_string(), new) {
+            self.by_size.remove(&(old.retained_bytes, doc.to_string()));
+        }
+        self.by_size.insert((new.retained_bytes, doc.to_string()));
+    }
+
+    fn mark_durable(&mut self, seq: u64) {
+        if seq > self.durable {
+            self.durable = seq;
+            self.durable_tx.send_replace(seq);
+        }
+    }
+
+    /// The document with the most retained bytes, if above `threshold`.
+    fn compaction_hint(&self, threshold: u64) -> Option<String> {
+        self.by_size.last().filter(|(bytes, _)| *bytes > threshold).map(|(_, d)| d.clone())
+    }
+
+    fn snapshot_stats(&self) -> CollectionStats {
+        CollectionStats {
+            assigned_seq: self.assigned,
+            durable_seq: self.durable,
+            waiters: self.durable_tx.receiver_count() as u64,
+            documents: self.docs.len() as u64,
+            retained_bytes: self.docs.values().map(|d| d.retained_bytes).sum(),
+            peers: self.peers.len() as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    fn read_page(&mut self, cursor: u64, limit: usize, threshold: u64) -> Result<StreamPage> {
+        let head = self.durable;
+        if cursor > head {
+            return Err(Error::CursorAhead { cursor, head });
+        }
+        let store = &self.shared.store;
+        // Documents whose deleted deltas reach past the cursor: their snapshot replaces them.
+        let mut compacted = store.compacted_after(&self.name, cursor, limit + 1)?;
+        let snapshots_cut_at = (compacted.len() > limit).then(|| compacted[limit].0);
+        compacted.truncate(limit);
+        let mut deltas = store.deltas_after(&self.name, cursor, head, limit + 1)?;
+        let more_deltas = deltas.len() > limit;
+        deltas.truncate(limit);
+        let mut new_cursor = if more_deltas { deltas.last().map(|(s, _)| *s).unwrap_or(cursor) } else { head };
+        if let Some(next_watermark) = snapshots_cut_at {
+            // The next unsent snapshot covers a delta at `next_watermark`: stop just below it.
+            new_cursor = new_cursor.min(next_watermark - 1);
+        }
+        let mut changes = Vec::with_capacity(compacted.len() + deltas.len());
+        for (_, doc) in compacted {
+            if let Some(s) = store.snapshot(&self.name, &doc)? {
+                changes.push(Change { document_id: doc, seq: s.snapshot_seq, bytes: s.bytes, operation: OperationType::Snapshot });
+            }
+        }
+        changes.extend(deltas.into_iter().filter(|(seq, _)| *seq <= new_cursor).map(|(seq, d)| Change {
+            document_id: d.document_id,
+            seq,
+            bytes: d.bytes,
+            operation: d.operation,
+        }));
+        self.stats.stream_pages += 1;
+        Ok(StreamPage {
+            changes,
+            cursor: new_cursor,
+            has_more: more_deltas || snapshots_cut_at.is_some(),
+            compact: self.compaction_hint(threshold),
+        })
+    }
+
+    fn auto_compact(&mut self, doc: &str, ctx: &mut Context<Self>) {
+        let over = self.docs.get(doc).is_some_and(|s| s.retained_bytes > self.shared.config.size_threshold);
+        if !self.shared.config.auto_compact || !over || !self.shared.auto_compacting(&self.name, doc, true) {
+            return;
+        }
+        let addr = ctx.address();
+        let shared = self.shared.clone();
+        let (name, doc) = (self.name.clone(), doc.to_string());
+        let in_flight = self.in_flight.clone();
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        actix::spawn(async move {
+            let req = crate::types::CompactRequest::document(doc.clone());
+            if let Err(e) = crate::runtime::compact_document(&addr, &shared, req).await {
+                tracing::warn!(collection = %name, document = %doc, error = %e, "automatic compaction failed");
+            }
+            shared.auto_compacting(&name, &doc, false);
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        let now = self.shared.clock.now_millis();
+        let idle_for = now.saturating_sub(self.last_activity);
+        let quiet = self.in_flight.load(Ordering::SeqCst) == 0
+            && self.assigned == self.durable
+            && self.durable_tx.receiver_count() == 0;
+        if quiet && idle_for >= self.shared.config.idle_timeout.as_millis() as u64 && self.shared.evict(&self.name, self.id) {
+            tracing::debug!(collection = %self.name, "stopping idle collection actor");
+            self.stopped = true;
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for CollectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.shared.config.max_in_flight.max(16));
+        let every = IDLE_CHECK_EVERY.min(self.shared.config.idle_timeout.max(Duration::from_millis(10)));
+        ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
+    }
+}
+
+/// Store one validated write (the handle validated names and bytes).
+#[derive(Message)]
+#[rtype(result = "Result<Written>")]
+pub struct Append {
+    pub operation: OperationType,
+    pub write: Write,
+}
+
+impl Handler<Append> for CollectionActor {
+    type Result = ResponseActFuture<Self, Result<Written>>;
+
+    fn handle(&mut self, msg: Append, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.touch() {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        let commit = self.shared.commit.clone();
+        let c = self.name.clone();
+        let previous = match &msg.write.op_id {
+            Some(op) => self.shared.store.op_seq(&c, op),
+            None => Ok(None),
+        };
+        let (seq, duplicate) = match previous {
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+            Ok(Some(seq)) => (seq, true),
+            Ok(None) => {
+                let seq = self.assigned + 1;
+                let write = &msg.write;
+                let mut stats = self.docs.get(&write.document_id).copied().unwrap_or_default();
+                stats.retained_bytes += write.bytes.len() as u64;
+                stats.retained_count += 1;
+                let record = DeltaRecord {
+                    document_id: write.document_id.clone(),
+                    operation: msg.operation,
+                    bytes: write.bytes.clone(),
+                    created_at: self.shared.clock.now_millis(),
+                };
+                if let Err(e) = self.shared.store.append(&c, seq, &record, &stats, write.op_id.as_deref()) {
+                    return Box::pin(fut::ready(Err(e)));
+                }
+                self.assigned = seq;
+                self.set_doc_stats(&write.document_id, stats);
+                self.stats.appends += 1;
+                self.stats.appended_bytes += write.bytes.len() as u64;
+                self.stats.pending_writes += 1;
+                self.auto_compact(&write.document_id, ctx);
+                (seq, false)
+            }
+        };
+        if duplicate {
+            self.stats.duplicate_writes += 1;
+            if seq <= self.durable {
+                return Box::pin(fut::ready(Ok(Written { seq, duplicate })));
+            }
+        }
+        Box::pin(async move { commit.durable().await }.into_actor(self).map(move |res, act, _| {
+            if !duplicate {
+                act.stats.pending_writes -= 1;
+            }
+            res?;
+            act.mark_durable(seq);
+            Ok(Written { seq, duplicate })
+        }))
+    }
+}
+
+/// Read one stream page; also hands out a receiver of the durable seq for waiting.
+#[derive(Message)]
+#[rtype(result = "Result<(StreamPage, watch::Receiver<u64>)>")]
+pub struct ReadPage {
+    pub cursor: u64,
+    pub limit: usize,
+    pub size_threshold: u64,
+}
+
+impl Handler<ReadPage> for CollectionActor {
+    type Result = Result<(StreamPage, watch::Receiver<u64>)>;
+
+    fn handle(&mut self, msg: ReadPage, _: &mut Self::Context) -> Self::Result {
+        self.touch()?;
+        let page = self.read_page(msg.cursor, msg.limit, msg.size_threshold)?;
+        Ok((page, self.durable_tx.subscribe()))
+    }
+}
+
+/// Record a peer's acknowledgement.
+#[derive(Message)]
+#[rtype(result = "Result<u64>")]
+pub struct Ack {
+    pub peer_id: String,
+    pub synced_seq: u64,
+}
+
+impl Handler<Ack> for CollectionActor {
+    type Result = Result<u64>;
+
+    /// Acks are stored without waiting for a flush: losing one in a crash only makes
+    /// compaction more conservative (the peer's older ack holds back more deltas).
+    fn handle(&mut self, msg: Ack, _: &mut Self::Context) -> Self::Result {
+        self.touch()?;
+        let now = self.shared.clock.now_millis();
+        let record = self.peers.ack(&msg.peer_id, msg.synced_seq, self.durable, now)?;
+        self.shared.store.put_peer(&self.name, &msg.peer_id, &record)?;
+        self.stats.acks += 1;
+        Ok(record.synced_seq)
+    }
+}
+
+/// The durable head seq (for recovery and state answers).
+#[derive(Message)]
+#[rtype(result = "Result<u64>")]
+pub struct Head;
+
+impl Handler<Head> for CollectionActor {
+    type Result = Result<u64>;
+
+    fn handle(&mut self, _: Head, _: &mut Self::Context) -> Self::Result {
+        self.touch()?;
+        Ok(self.durable)
+    }
+}
+
+/// Observable state.
+#[derive(Message)]
+#[rtype(result = "Result<CollectionStats>")]
+pub struct GetState;
+
+impl Handler<GetState> for CollectionActor {
+    type Result = Result<CollectionStats>;
+
+    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
+        if self.stopped {
+            return Err(Error::Relocated);
+        }
+        Ok(self.snapshot_stats())
+    }
+}
+
+/// What a compaction merges: the stored snapshot and the retained deltas (≤ durable).
+pub struct CompactionInput {
+    pub generation: u64,
+    pub snapshot: Option<Vec<u8>>,
+    pub deltas: Vec<(u64, Vec<u8>)>,
+}
+
+/// Read what a compaction of `document_id` must merge.
+#[derive(Message)]
+#[rtype(result = "Result<CompactionInput>")]
+pub struct PlanCompaction {
+    pub document_id: String,
+}
+
+impl Handler<PlanCompaction> for CollectionActor {
+    type Result = Result<CompactionInput>;
+
+    fn handle(&mut self, msg: PlanCompaction, _: &mut Self::Context) -> Self::Result {
+        self.touch()?;
+        let store = &self.shared.store;
+        let stats = self.docs.get(&msg.document_id).copied().unwrap_or_default();
+        let snapshot = if stats.has_snapshot { store.snapshot(&self.name, &msg.document_id)?.map(|s| s.bytes) } else { None };
+        let deltas = store.doc_deltas(&self.name, &msg.document_id, self.durable)?;
+        Ok(CompactionInput { generation: stats.generation, snapshot, deltas })
+    }
+}
+
+/// Write a merged snapshot and delete what may go.
+#[derive(Message)]
+#[rtype(result = "Result<Compacted>")]
+pub struct ApplyCompaction {
+    pub document_id: String,
+    /// The document's compaction generation when its input was read.
+    pub generation: u64,
+    pub merged: Merged,
+    /// Seqs of the deltas merged into `merged`, ascending.
+    pub merged_seqs: Vec<u64>,
+    pub peer_timeout_ms: u64,
+}
+
+impl Handler<ApplyCompaction> for CollectionActor {
+    type Result = ResponseActFuture<Self, Result<Compacted>>;
+
+    fn handle(&mut self, msg: ApplyCompaction, _: &mut Self::Context) -> Self::Result {
+        let result = self.apply_compaction(msg);
+        let commit = self.shared.commit.clone();
+        Box::pin(async move {
+            let compacted = result?;
+            commit.durable().await?;
+            Ok(compacted)
+        }.into_actor(self))
+    }
+}
+
+impl CollectionActor {
+    fn apply_compaction(&mut self, msg: ApplyCompaction) -> Result<Compacted> {
+        self.touch()?;
+        let c = self.name.clone();
+        let doc = msg.document_id.as_str();
+        let previous = self.docs.get(doc).copied().unwrap_or_default();
+        if previous.generation != msg.generation {
+            return Err(Error::CompactionRaced);
+        }
+        let store = &self.shared.store;
+        let previous_snapshot_seq = if previous.has_snapshot {
+            store.snapshot(&c, doc)?.map(|s| s.snapshot_seq).unwrap_or(0)
+        } else {
+            0
+        };
+        let mut merged = Vec::with_capacity(msg.merged_seqs.len());
+        for &seq in &msg.merged_seqs {
+            // Only compaction deletes deltas and the generation is unchanged, so each is there.
+            let len = store.doc_delta_len(&c, doc, seq)?.ok_or_else(|| Error::Internal(format!("merged delta {seq} vanished")))?;
+            merged.push((seq, len));
+        }
+        let now = self.shared.clock.now_millis();
+        let min_active = self.peers.min_active_synced(now, msg.peer_timeout_ms);
+        let plan = compaction::plan(&merged, previous, previous_snapshot_seq, min_active);
+        let snapshot = SnapshotRecord {
+            bytes: msg.merged.update,
+            state_vector: msg.merged.state_vector,
+            snapshot_seq: plan.snapshot_seq,
+            created_at: now,
+        };
+        store.apply_compaction(&c, &CompactionWrite {
+            document_id: doc,
+            snapshot: &snapshot,
+            deleted: &plan.delete,
+            stats: plan.stats,
+            old_watermark: previous.watermark,
+        })?;
+        self.set_doc_stats(doc, plan.stats);
+        self.stats.compactions += 1;
+        self.stats.deltas_removed += plan.delete.len() as u64;
+        Ok(Compacted { removed: plan.delete.len() as u64, retained: plan.stats.retained_count, snapshot_seq: plan.snapshot_seq })
+    }
+}

@@ -1,0 +1,58 @@
+//! The crate's configuration: a plain struct. This crate reads no flags or environment; the
+//! binary (or the embedding application) fills it in.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings for [`crate::Replicate`]. `Config::new(dir)` gives the defaults listed per field.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The sled directory.
+    pub data_dir: PathBuf,
+    /// Largest accepted update or client snapshot, in bytes (default 8 MiB).
+    pub max_update_bytes: usize,
+    /// A peer not seen for this long is inactive and no longer holds back compaction
+    /// (default 10 minutes).
+    pub peer_timeout: Duration,
+    /// Retained delta bytes of one document above which `stream` hints `compact`
+    /// (default 5,000,000).
+    pub size_threshold: u64,
+    /// Compact a document automatically once its retained bytes pass `size_threshold`
+    /// (default off).
+    pub auto_compact: bool,
+    /// A collection actor with no traffic, waiters or work for this long stops and frees its
+    /// memory (default 5 minutes).
+    pub idle_timeout: Duration,
+    /// Requests allowed in flight per collection before new ones get
+    /// [`crate::Error::Overloaded`] (default 4096).
+    pub max_in_flight: usize,
+    /// How long to wait for an actor's answer before [`crate::Error::Timeout`] (default 30 s).
+    pub ask_timeout: Duration,
+    /// Threads that run merges, recovery diffs and other blocking CRDT work (default 2).
+    pub compactor_threads: usize,
+    /// Arbiters (threads) the collection actors are spread over (default 1).
+    pub collection_arbiters: usize,
+    /// Longest long-poll wait a caller may ask for (default 60 s).
+    pub max_wait: Duration,
+    /// sled page cache size in bytes (default 256 MiB).
+    pub cache_bytes: u64,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            max_update_bytes: 8 * 1024 * 1024,
+            peer_timeout: Duration::from_secs(600),
+            size_threshold: 5_000_000,
+            auto_compact: false,
+            idle_timeout: Duration::from_secs(300),
+            max_in_flight: 4096,
+            ask_timeout: Duration::from_secs(30),
+            compactor_threads: 2,
+            collection_arbiters: 1,
+            max_wait: Duration::from_secs(60),
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The embedding handle, [`Replicate`]: opens the store, starts the flusher and the compactor,
+//! starts collection actors on demand, and turns each public call into validated messages.
+//!
+//! # Admission and timeouts
+//! Each collection admits at most `Config::max_in_flight` requests at once (more get
+//! [`Error::Overloaded`], i.e. 503) and each ask waits at most `Config::ask_timeout`
+//! ([`Error::Timeout`], 504). Long-poll waits hold no admission slot.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+
+use crate::clock::{Clock, SystemClock};
+use crate::collection::{Ack, Append, ApplyCompaction, CollectionActor, GetState, Head, PlanCompaction, ReadPage};
+use crate::compactor::{Compactor, Merge, Recover};
+use crate::config::Config;
+use crate::crdt;
+use crate::durability::GroupCommit;
+use crate::error::{Error, Result};
+use crate::names;
+use crate::store::Store;
+use crate::types::*;
+
+/// How many times a request is retried on a fresh actor after the old one stopped.
+const RELOCATE_RETRIES: usize = 3;
+/// How many times a compaction re-plans after losing a race with another compaction.
+const COMPACTION_RETRIES: usize = 8;
+
+struct Entry {
+    id: u64,
+    addr: Addr<CollectionActor>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// State shared by the handle and every actor.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub commit: GroupCommit,
+    pub clock: Arc<dyn Clock>,
+    pub config: Config,
+    pub compactor: Addr<Compactor>,
+    registry: Mutex<HashMap<String, Entry>>,
+    auto_compacting: Mutex<HashSet<(String, String)>>,
+}
+
+impl Shared {
+    /// Removes collection `name` from the registry if incarnation `id` is still the one
+    /// registered and nothing is admitted for it. Returns whether it did.
+    pub fn evict(&self, name: &str, id: u64) -> bool {
+        let Ok(mut map) = self.registry.lock() else { return false };
+        match map.get(name) {
+            Some(e) if e.id == id && e.in_flight.load(Ordering::SeqCst) == 0 => {
+                map.remove(name);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks (or clears) an automatic compaction of (collection, document); returns false if
+    /// marking and one is already running.
+    pub fn auto_compacting(&self, c: &str, doc: &str, start: bool) -> bool {
+        let Ok(mut set) = self.auto_compacting.lock() else { return false };
+        let key = (c.to_string(), doc.to_string());
+        if start { set.insert(key) } else { set.remove(&key) }
+    }
+}
+
+/// The running actors; clone it freely (clones share everything).
+///
+/// Create it inside a running actix `System` (for example in `#[actix_web::main]` or
+/// `System::new().block_on`): starting actors outside one panics.
+#[derive(Clone)]
+pub struct Replicate {
+    shared: Arc<Shared>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+    next_arbiter: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+/// Decrements an admission counter when the request ends, however it ends.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Replicate {
+    /// Opens the sled store at `config.data_dir` and starts the actors, with the system clock.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the store cannot be opened.
+    pub fn open(config: Config) -> Result<Replicate> {
+        let store = Store::open(&config.data_dir, config.cache_bytes)?;
+        Self::start(config, store, Arc::new(SystemClock))
+    }
+
+    /// Starts the actors on an already open store with the given clock (tests pass a
+    /// [`crate::ManualClock`]).
+    ///
+    /// # Errors
+    /// [`Error::Internal`] if a thread cannot be started.
+    pub fn start(config: Config, store: Store, clock: Arc<dyn Clock>) -> Result<Replicate> {
+        let commit = GroupCommit::start(store.clone())?;
+        let compactor_store = store.clone();
+        let compactor = SyncArbiter::start(config.compactor_threads.max(1), move || Compactor::new(compactor_store.clone()));
+        let arbiters = (0..config.collection_arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
+        Ok(Replicate {
+            shared: Arc::new(Shared {
+                store,
+                commit,
+                clock,
+                config,
+                compactor,
+                registry: Mutex::default(),
+                auto_compacting: Mutex::default(),
+            }),
+            arbiters: Arc::new(arbiters),
+            next_arbiter: Arc::default(),
+            next_id: Arc::default(),
+            shutting_down: Arc::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The collection's actor and admission counter, starting the actor if needed.
+    fn actor(&self, c: &str) -> Result<(Addr<CollectionActor>, Arc<AtomicUsize>)> {
+        let mut map = self.shared.registry.lock().map_err(|_| Error::Internal("registry lock poisoned".into()))?;
+        if let Some(e) = map.get(c) {
+            if e.addr.connected() {
+                return Ok((e.addr.clone(), e.in_flight.clone()));
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let actor = CollectionActor::load(c.to_string(), id, self.shared.clone(), in_flight.clone())?;
+        let arbiter = &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+        let addr = CollectionActor::start_in_arbiter(arbiter, move |_| actor);
+        map.insert(c.to_string(), Entry { id, addr: addr.clone(), in_flight: in_flight.clone() });
+        Ok((addr, in_flight))
+    }
+
+    /// Sends `msg` (rebuilt by `make` on a retry) to collection `c`'s actor, with admission
+    /// control, the ask timeout and retries after an idle stop.
+    async fn ask<M, F>(&self, c: &str, make: F) -> Result<M::Result>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        CollectionActor: Handler<M>,
+        <CollectionActor as Actor>::Context: ToEnvelope<CollectionActor, M>,
+        F: Fn() -> M,
+    {
+        for _ in 0..RELOCATE_RETRIES {
+            let (addr, in_flight) = self.actor(c)?;
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            let _admitted = Admitted(in_flight);
+            if now > self.shared.config.max_in_flight {
+                return Err(Error::Overloaded { collection: c.to_string(), in_flight: now - 1 });
+            }
+            match addr.send(make()).timeout(self.shared.config.ask_timeout).await {
+                Ok(answer) => return Ok(answer),
+                Err(MailboxError::Timeout) => {
+                    return Err(Error::Timeout { what: "collection actor", millis: self.shared.config.ask_timeout.as_millis() as u64 })
+                }
+                Err(MailboxError::Closed) => continue,
+            }
+        }
+        Err(Error::Relocated)
+    }
+
+    /// [`Self::ask`] for messages answering `Result<T>`, retrying [`Error::Relocated`].
+    async fn call<M, T, F>(&self, c: &str, make: F) -> Result<T>
+    where
+        M: Message<Result = Result<T>> + Send + 'static,
+        T: Send + 'static,
+        CollectionActor: Handler<M>,
+        <CollectionActor as Actor>::Context: ToEnvelope<CollectionActor, M>,
+        F: Fn() -> M,
+    {
+        for _ in 0..RELOCATE_RETRIES {
+            match self.ask(c, &make).await? {
+                Err(Error::Relocated) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Relocated)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            Err(Error::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stores a write and answers its seq once it is on disk.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::TooLarge`] or [`Error::InvalidYjs`] for bad input (nothing
+    /// is stored); [`Error::Storage`] if the write or its flush failed.
+    pub async fn write(&self, c: &str, operation: OperationType, write: Write) -> Result<Written> {
+        self.check_open()?;
+        names::validate("collection", c)?;
+        names::validate("documentId", &write.document_id)?;
+        if let Some(op) = &write.op_id {
+            names::validate("opId", op)?;
+        }
+        if operation == OperationType::Snapshot {
+            return Err(Error::InvalidArgument { field: "operationType", reason: "snapshot is not a write".into() });
+        }
+        crdt::validate_update("crdtBytes", &write.bytes, self.shared.config.max_update_bytes)?;
+        self.call(c, || Append { operation, write: write.clone() }).await
+    }
+
+    pub async fn insert(&self, c: &str, write: Write) -> Result<Written> {
+        self.write(c, OperationType::Insert, write).await
+    }
+
+    pub async fn update(&self, c: &str, write: Write) -> Result<Written> {
+        self.write(c, OperationType::Update, write).await
+    }
+
+    pub async fn delete(&self, c: &str, write: Write) -> Result<Written> {
+        self.write(c, OperationType::Delete, write).await
+    }
+
+    /// One page of changes after `req.cursor`; with `req.wait` and nothing new, waits for a
+    /// commit (or the end of the wait) first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a limit outside 1..=1000; [`Error::CursorAhead`] for a
+    /// cursor above the collection's head.
+    pub async fn stream(&self, c: &str, req: StreamRequest) -> Result<StreamPage> {
+        names::validate("collection", c)?;
+        if req.limit == 0 || req.limit > MAX_STREAM_LIMIT {
+            return Err(Error::InvalidArgument {
+                field: "limit",
+                reason: format!("must be between 1 and {MAX_STREAM_LIMIT}, got {}", req.limit),
+            });
+        }
+        let threshold = req.size_threshold.unwrap_or(self.shared.config.size_threshold);
+        let read = || ReadPage { cursor: req.cursor, limit: req.limit, size_threshold: threshold };
+        let (page, mut durable) = self.call(c, read).await?;
+        let wait = req.wait.min(self.shared.config.max_wait);
+        if !page.changes.is_empty() || page.has_more || wait.is_zero() || self.shutting_down.load(Ordering::SeqCst) {
+            return Ok(page);
+        }
+        let cursor = req.cursor;
+        let committed = tokio::time::timeout(wait, durable.wait_for(|head| *head > cursor)).await.is_ok_and(|r| r.is_ok());
+        drop(durable);
+        if committed {
+            self.call(c, read).await.map(|(page, _)| page)
+        } else {
+            // Timed out, or the actor stopped (it only stops with no waiters, so this is rare).
+            Ok(page)
+        }
+    }
+
+    /// Records that `peer_id` has synced collection `c` through `synced_seq`; answers the
+    /// peer's highest acknowledged seq.
+    ///
+    /// # Errors
+    /// [`Error::AckAhead`] if `synced_seq` is above the collection's current seq.
+    pub async fn ack(&self, c: &str, peer_id: &str, synced_seq: u64) -> Result<u64> {
+        self.check_open()?;
+        names::validate("collection", c)?;
+        names::validate("peerId", peer_id)?;
+        self.call(c, || Ack { peer_id: peer_id.to_string(), synced_seq }).await
+    }
+
+    /// Compacts one document: merges its snapshot, the client's snapshot and its retained
+    /// deltas into a new snapshot, then deletes the merged deltas every active peer has
+    /// acknowledged.
+    ///
+    /// # Errors
+    /// [`Error::InvalidYjs`] / [`Error::TooLarge`] for a bad client snapshot or state vector.
+    pub async fn compact(&self, c: &str, req: CompactRequest) -> Result<Compacted> {
+        self.check_open()?;
+        names::validate("collection", c)?;
+        names::validate("documentId", &req.document_id)?;
+        if let Some(s) = &req.snapshot {
+            crdt::validate_update("snapshotBytes", s, self.shared.config.max_update_bytes)?;
+        }
+        if let Some(sv) = &req.state_vector {
+            crdt::validate_state_vector("stateVector", sv)?;
+        }
+        let (addr, in_flight) = self.actor(c)?;
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let _admitted = Admitted(in_flight);
+        let mut result = compact_document(&addr, &self.shared, req.clone()).await;
+        for _ in 0..RELOCATE_RETRIES {
+            if result != Err(Error::Relocated) {
+                break;
+            }
+            let (addr, _) = self.actor(c)?;
+            result = compact_document(&addr, &self.shared, req.clone()).await;
+        }
+        result
+    }
+
+    /// The diff a peer with `state_vector` needs to hold the collection (or one document of
+    /// it) through the returned cursor.
+    ///
+    /// # Errors
+    /// [`Error::InvalidYjs`] for a state vector that does not decode.
+    pub async fn recovery(&self, c: &str, state_vector: &[u8], document_id: Option<&str>) -> Result<StateAt> {
+        names::validate("collection", c)?;
+        if let Some(d) = document_id {
+            names::validate("documentId", d)?;
+        }
+        crdt::validate_state_vector("stateVector", state_vector)?;
+        self.state_through(c, state_vector.to_vec(), document_id.map(str::to_string)).await
+    }
+
+    /// The whole collection merged into one v1 update, with the cursor it corresponds to.
+    pub async fn state(&self, c: &str) -> Result<StateAt> {
+        names::validate("collection", c)?;
+        self.state_through(c, Vec::new(), None).await
+    }
+
+    async fn state_through(&self, c: &str, state_vector: Vec<u8>, document_id: Option<String>) -> Result<StateAt> {
+        let cursor = self.call(c, || Head).await?;
+        let recover = Recover { collection: c.to_string(), document_id, upto: cursor, state_vector };
+        let update = send_to_compactor(&self.shared, recover).await??;
+        Ok(StateAt { update, cursor })
+    }
+
+    /// Observable state of one collection.
+    pub async fn collection_stats(&self, c: &str) -> Result<CollectionStats> {
+        names::validate("collection", c)?;
+        self.call(c, || GetState).await
+    }
+
+    /// Observable state of every live collection actor.
+    pub async fn stats(&self) -> ServiceStats {
+        let addrs: Vec<Addr<CollectionActor>> = match self.shared.registry.lock() {
+            Ok(map) => map.values().map(|e| e.addr.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut collections = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            if let Ok(Ok(s)) = addr.send(GetState).timeout(self.shared.config.ask_timeout).await {
+                collections.push(s);
+            }
+        }
+        collections.sort_by(|a, b| a.collection.cmp(&b.collection));
+        ServiceStats { live_collections: collections.len() as u64, flushes: self.shared.commit.flushes(), collections }
+    }
+
+    /// Stops taking writes, waits (up to `grace`) for admitted requests to finish, then flushes.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the final flush fails.
+    pub async fn shutdown(&self, grace: Duration) -> Result<()> {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy = match self.shared.registry.lock() {
+                Ok(map) => map.values().map(|e| e.in_flight.load(Ordering::SeqCst)).sum::<usize>(),
+                Err(_) => 0,
+            };
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.shared.commit.durable().await
+    }
+}
+
+async fn send_to_compactor<M>(shared: &Shared, msg: M) -> Result<M::Result>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+    Compactor: Handler<M>,
+    <Compactor as Actor>::Context: ToEnvelope<Compactor, M>,
+{
+    shared.compactor.send(msg).await.map_err(|e| Error::Internal(format!("compactor unavailable: {e}")))
+}
+
+/// Runs one compaction: read the input in the collection actor, merge on the compactor's
+/// threads, apply in the collection actor. Re-plans if another compaction of the same document
+/// finished in between.
+pub(crate) async fn compact_document(addr: &Addr<CollectionActor>, shared: &Arc<Shared>, req: CompactRequest) -> Result<Compacted> {
+    let peer_timeout_ms = req.peer_timeout.unwrap_or(shared.config.peer_timeout).as_millis() as u64;
+    let ask_timeout = shared.config.ask_timeout;
+    let closed = |e: MailboxError| match e {
+        MailboxError::Closed => Error::Relocated,
+        MailboxError::Timeout => Error::Timeout { what: "collection actor", millis: ask_timeout.as_millis() as u64 },
+    };
+    for _ in 0..COMPACTION_RETRIES {
+        let input = addr
+            .send(PlanCompaction { document_id: req.document_id.clone() })
+            .timeout(ask_timeout)
+            .await
+            .map_err(closed)??;
+        if input.snapshot.is_none() && input.deltas.is_empty() && req.snapshot.is_none() {
+            return Ok(Compacted { removed: 0, retained: 0, snapshot_seq: 0 });
+        }
+        let merged_seqs: Vec<u64> = input.deltas.iter().map(|(s, _)| *s).collect();
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(input.deltas.len() + 2);
+        parts.extend(input.snapshot);
+        parts.extend(req.snapshot.clone());
+        parts.extend(input.deltas.into_iter().map(|(_, b)| b));
+        let merged = send_to_compactor(shared, Merge { parts }).await??;
+        let apply = ApplyCompaction {
+            document_id: req.document_id.clone(),
+            generation: input.generation,
+            merged,
+            merged_seqs,
+            peer_timeout_ms,
+        };
+        match addr.send(apply).timeout(ask_timeout).await.map_err(closed)? {
+            Err(Error::CompactionRaced) => continue,
+            other => return other,
+        }
+    }
+    Err(Error::CompactionRaced)
+}

@@ -1,0 +1,353 @@
+//! The durable store: every record of every collection, on sled, behind this module's own API.
+//!
+//! Nothing outside this module sees a sled type, so a second engine can replace it. All records
+//! live in one tree (see [`crate::keys`]); every write that must be all-or-nothing is one atomic
+//! `apply_batch`, which sled also recovers atomically after a crash.
+//!
+//! Writes here are not durable until [`Store::flush`]; the group-commit flusher
+//! ([`crate::durability`]) decides when that happens.
+
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::{self, Tag};
+use crate::types::OperationType;
+
+/// Current on-disk format; bump when a record or key layout changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One stored update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRecord {
+    pub document_id: String,
+    pub operation: OperationType,
+    pub bytes: Vec<u8>,
+    pub created_at: u64,
+}
+
+/// A document's compacted state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub bytes: Vec<u8>,
+    pub state_vector: Vec<u8>,
+    /// Highest seq of the document's deltas merged into this snapshot.
+    pub snapshot_seq: u64,
+    pub created_at: u64,
+}
+
+/// Running counters of one document, kept so no request has to scan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocStats {
+    pub retained_bytes: u64,
+    pub retained_count: u64,
+    /// Highest seq of this document that compaction deleted (0: none).
+    pub watermark: u64,
+    /// Compactions applied; lets a compaction detect that another one finished first.
+    pub generation: u64,
+    /// Whether a snapshot is stored.
+    pub has_snapshot: bool,
+}
+
+/// Acknowledgement state of one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub synced_seq: u64,
+    pub last_seen_at: u64,
+}
+
+/// Everything a collection actor needs in memory, read once when it starts.
+#[derive(Debug, Default)]
+pub struct LoadedCollection {
+    pub high_water: u64,
+    pub docs: Vec<(String, DocStats)>,
+    pub peers: Vec<(String, PeerRecord)>,
+}
+
+/// What one compaction writes, applied atomically by [`Store::apply_compaction`].
+#[derive(Debug)]
+pub struct CompactionWrite<'a> {
+    pub document_id: &'a str,
+    pub snapshot: &'a SnapshotRecord,
+    pub deleted: &'a [u64],
+    pub stats: DocStats,
+    pub old_watermark: u64,
+}
+
+/// A handle to the open store; clones share it.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    Ok(bincode::serialize(value)?)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    Ok(bincode::deserialize(bytes)?)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if sled cannot open the directory or it holds another format version.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
+        let store = Store { db };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// A store in a temporary directory, deleted on drop (for tests and benchmarks).
+    pub fn temporary() -> Result<Store> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let store = Store { db };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<()> {
+        let key = keys::format_version();
+        match self.db.get(&key)? {
+            None => {
+                self.db.insert(key, &FORMAT_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => Ok(()),
+            Some(v) => Err(Error::Storage(format!(
+                "store format {:?} is not the supported format {FORMAT_VERSION}",
+                v.as_ref()
+            ))),
+        }
+    }
+
+    /// Makes every write so far durable. Blocking: call it off async threads.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        self.db.get(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Loads a collection's high-water seq, document counters and peers.
+    ///
+    /// The high-water seq is the larger of the persisted counter and the newest delta key:
+    /// both are written in one batch, so they agree; taking the max costs one key read.
+    pub fn load_collection(&self, c: &str) -> Result<LoadedCollection> {
+        let persisted: u64 = self.get(&keys::collection(c))?.unwrap_or(0);
+        let newest = match self.db.scan_prefix(keys::prefix(Tag::Delta, c)).next_back() {
+            Some(entry) => keys::trailing_seq(&entry?.0).unwrap_or(0),
+            None => 0,
+        };
+        let mut loaded = LoadedCollection { high_water: persisted.max(newest), ..Default::default() };
+        let stats_prefix = keys::prefix(Tag::DocStats, c);
+        for entry in self.db.scan_prefix(&stats_prefix) {
+            let (k, v) = entry?;
+            let (doc, _) = keys::read_str(&k, stats_prefix.len()).ok_or_else(|| corrupt("doc stats key"))?;
+            loaded.docs.push((doc, decode(&v)?));
+        }
+        let peer_prefix = keys::prefix(Tag::Peer, c);
+        for entry in self.db.scan_prefix(&peer_prefix) {
+            let (k, v) = entry?;
+            let (peer, _) = keys::read_str(&k, peer_prefix.len()).ok_or_else(|| corrupt("peer key"))?;
+            loaded.peers.push((peer, decode(&v)?));
+        }
+        Ok(loaded)
+    }
+
+    /// Stores one delta with its index entry, the document's new counters, the collection's
+    /// new high-water seq and the op id, as one atomic batch.
+    pub fn append(&self, c: &str, seq: u64, delta: &DeltaRecord, stats: &DocStats, op_id: Option<&str>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::delta(c, seq), encode(delta)?);
+        batch.insert(
+            keys::doc_delta(c, &delta.document_id, seq),
+            &(delta.bytes.len() as u64).to_be_bytes(),
+        );
+        batch.insert(keys::doc_stats(c, &delta.document_id), encode(stats)?);
+        batch.insert(keys::collection(c), encode(&seq)?);
+        if let Some(op) = op_id {
+            batch.insert(keys::op_id(c, op), &seq.to_be_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The seq first assigned to client operation `op`, if any.
+    pub fn op_seq(&self, c: &str, op: &str) -> Result<Option<u64>> {
+        Ok(self.db.get(keys::op_id(c, op))?.and_then(|v| keys::read_u64(&v, 0)))
+    }
+
+    /// Up to `limit` deltas with `after < seq <= upto`, in seq order.
+    pub fn deltas_after(&self, c: &str, after: u64, upto: u64, limit: usize) -> Result<Vec<(u64, DeltaRecord)>> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let range = keys::delta(c, after + 1)..=keys::delta(c, upto);
+        let mut out = Vec::new();
+        for entry in self.db.range(range).take(limit) {
+            let (k, v) = entry?;
+            let seq = keys::trailing_seq(&k).ok_or_else(|| corrupt("delta key"))?;
+            out.push((seq, decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Seqs of one document's retained deltas with seq ≤ `upto`, in order.
+    pub fn doc_delta_seqs(&self, c: &str, doc: &str, upto: u64) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(keys::doc_delta_prefix(c, doc)) {
+            let (k, _) = entry?;
+            let seq = keys::trailing_seq(&k).ok_or_else(|| corrupt("doc delta key"))?;
+            if seq > upto {
+                break;
+            }
+            out.push(seq);
+        }
+        Ok(out)
+    }
+
+    /// One document's retained deltas with seq ≤ `upto`, in seq order. A delta deleted between
+    /// the index read and its own read is skipped: the snapshot that replaced it was written in
+    /// the same batch, so a caller that reads the snapshot afterwards still sees its content.
+    pub fn doc_deltas(&self, c: &str, doc: &str, upto: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for seq in self.doc_delta_seqs(c, doc, upto)? {
+            if let Some(d) = self.get::<DeltaRecord>(&keys::delta(c, seq))? {
+                out.push((seq, d.bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every retained delta of the collection with seq ≤ `upto`, in seq order.
+    pub fn all_deltas(&self, c: &str, upto: u64) -> Result<Vec<(u64, DeltaRecord)>> {
+        self.deltas_after(c, 0, upto, usize::MAX)
+    }
+
+    pub fn snapshot(&self, c: &str, doc: &str) -> Result<Option<SnapshotRecord>> {
+        self.get(&keys::snapshot(c, doc))
+    }
+
+    /// Every snapshot of the collection, with its document id.
+    pub fn snapshots(&self, c: &str) -> Result<Vec<(String, SnapshotRecord)>> {
+        let p = keys::prefix(Tag::Snapshot, c);
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(&p) {
+            let (k, v) = entry?;
+            let (doc, _) = keys::read_str(&k, p.len()).ok_or_else(|| corrupt("snapshot key"))?;
+            out.push((doc, decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` documents whose compaction watermark is above `after`, by watermark.
+    /// Watermarks are seqs, so no two documents share one.
+    pub fn compacted_after(&self, c: &str, after: u64, limit: usize) -> Result<Vec<(u64, String)>> {
+        let p = keys::prefix(Tag::Watermark, c);
+        let start = keys::watermark(c, after.saturating_add(1), "");
+        let mut out = Vec::new();
+        if after == u64::MAX {
+            return Ok(out);
+        }
+        for entry in self.db.range(start..).take(limit) {
+            let (k, _) = entry?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let seq = keys::read_u64(&k, p.len()).ok_or_else(|| corrupt("watermark key"))?;
+            let (doc, _) = keys::read_str(&k, p.len() + 8).ok_or_else(|| corrupt("watermark key"))?;
+            out.push((seq, doc));
+        }
+        Ok(out)
+    }
+
+    /// Writes a compaction: the new snapshot, the deletions, the counters and the watermark
+    /// index, as one atomic batch (a reader or a crash sees all of it or none).
+    pub fn apply_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::snapshot(c, w.document_id), encode(w.snapshot)?);
+        for &seq in w.deleted {
+            batch.remove(keys::delta(c, seq));
+            batch.remove(keys::doc_delta(c, w.document_id, seq));
+        }
+        batch.insert(keys::doc_stats(c, w.document_id), encode(&w.stats)?);
+        if w.stats.watermark != w.old_watermark {
+            if w.old_watermark > 0 {
+                batch.remove(keys::watermark(c, w.old_watermark, w.document_id));
+            }
+            batch.insert(keys::watermark(c, w.stats.watermark, w.document_id), &[]);
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Byte length of a retained delta, from the per-document index.
+    pub fn doc_delta_len(&self, c: &str, doc: &str, seq: u64) -> Result<Option<u64>> {
+        Ok(self.db.get(keys::doc_delta(c, doc, seq))?.and_then(|v| keys::read_u64(&v, 0)))
+    }
+
+    pub fn put_peer(&self, c: &str, peer: &str, record: &PeerRecord) -> Result<()> {
+        self.db.insert(keys::peer(c, peer), encode(record)?)?;
+        Ok(())
+    }
+
+    /// Bytes sled reports on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Storage(format!("corrupt {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(doc: &str, bytes: &[u8]) -> DeltaRecord {
+        DeltaRecord { document_id: doc.into(), operation: OperationType::Update, bytes: bytes.to_vec(), created_at: 1 }
+    }
+
+    #[test]
+    fn append_then_read_back_in_order() {
+        let store = Store::temporary().unwrap();
+        for seq in 1..=5 {
+            let doc = if seq % 2 == 0 { "even" } else { "odd" };
+            store.append("c", seq, &delta(doc, &[seq as u8]), &DocStats::default(), None).unwrap();
+        }
+        let page = store.deltas_after("c", 1, 4, 10).unwrap();
+        assert_eq!(page.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(store.doc_delta_seqs("c", "odd", 10).unwrap(), vec![1, 3, 5]);
+        assert_eq!(store.load_collection("c").unwrap().high_water, 5);
+        assert!(store.deltas_after("other", 0, 10, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn compaction_write_moves_the_watermark_index() {
+        let store = Store::temporary().unwrap();
+        for seq in 1..=3 {
+            store.append("c", seq, &delta("d", &[1]), &DocStats::default(), None).unwrap();
+        }
+        let snap = SnapshotRecord { bytes: vec![0, 0], state_vector: vec![0], snapshot_seq: 3, created_at: 0 };
+        let stats = DocStats { watermark: 2, ..Default::default() };
+        let w = CompactionWrite { document_id: "d", snapshot: &snap, deleted: &[1, 2], stats, old_watermark: 0 };
+        store.apply_compaction("c", &w).unwrap();
+        assert_eq!(store.compacted_after("c", 1, 10).unwrap(), vec![(2, "d".to_string())]);
+        assert!(store.compacted_after("c", 2, 10).unwrap().is_empty());
+        let stats = DocStats { watermark: 3, ..Default::default() };
+        let w = CompactionWrite { document_id: "d", snapshot: &snap, deleted: &[3], stats, old_watermark: 2 };
+        store.apply_compaction("c", &w).unwrap();
+        assert_eq!(store.compacted_after("c", 0, 10).unwrap(), vec![(3, "d".to_string())]);
+        // High water survives deleting the newest delta.
+        assert_eq!(store.load_collection("c").unwrap().high_water, 3);
+        assert!(store.deltas_after("c", 0, 10, 10).unwrap().is_empty());
+    }
+}

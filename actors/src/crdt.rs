@@ -12,6 +12,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::error::{Error, Result};
+use crate::precheck;
 
 /// A merged document: its full state as one v1 update, and its v1 state vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,40 +23,6 @@ pub struct Merged {
 
 fn invalid(field: &'static str, kind: &'static str, reason: impl ToString) -> Error {
     Error::InvalidYjs { field, kind, reason: reason.to_string() }
-}
-
-/// Reads a lib0 var-uint (LEB128, at most 5 bytes for a u32) at `at`.
-fn read_var_u32(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut value: u64 = 0;
-    for shift in 0..5 {
-        let b = *bytes.get(*at)?;
-        *at += 1;
-        value |= u64::from(b & 0x7f) << (7 * shift);
-        if b & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-/// Rejects headers whose declared counts could not fit in the bytes that follow.
-///
-/// yrs pre-allocates from the declared client count (a hash map it must initialise) and block
-/// count before reading them; a few hostile bytes can declare four billion. Every client entry
-/// and every block takes at least one byte, so a count above the remaining length is a lie.
-fn check_declared_counts(bytes: &[u8]) -> std::result::Result<(), &'static str> {
-    let mut at = 0;
-    let clients = read_var_u32(bytes, &mut at).ok_or("truncated header")?;
-    if clients > (bytes.len() - at) as u64 {
-        return Err("declares more clients than it has bytes");
-    }
-    if clients > 0 {
-        let blocks = read_var_u32(bytes, &mut at).ok_or("truncated header")?;
-        if blocks > (bytes.len() - at) as u64 {
-            return Err("declares more blocks than it has bytes");
-        }
-    }
-    Ok(())
 }
 
 /// Decodes `bytes` as a Yjs v1 update, within `max_bytes`.
@@ -70,16 +37,28 @@ pub fn decode_update(field: &'static str, bytes: &[u8], max_bytes: usize) -> Res
     if bytes.is_empty() {
         return Err(invalid(field, "update", "empty"));
     }
-    check_declared_counts(bytes).map_err(|r| invalid(field, "update", r))?;
+    precheck::check_update(bytes).map_err(|r| invalid(field, "update", r))?;
     let decoded = catch_unwind(AssertUnwindSafe(|| Update::decode_v1(bytes)))
         .map_err(|_| invalid(field, "update", "malformed (decoder panicked)"))?;
     let update = decoded.map_err(|e| invalid(field, "update", e))?;
     Ok(update)
 }
 
-/// Checks that `bytes` is a valid Yjs v1 update; see [`decode_update`].
+/// Checks that `bytes` decodes and applies to an empty document without yrs failing or
+/// panicking, so a stored update can never make later merges of its document fail.
+fn check_applies(field: &'static str, update: Update) -> Result<()> {
+    let applied = catch_unwind(AssertUnwindSafe(|| {
+        let doc = Doc::new();
+        let mut txn = doc.transact_mut();
+        txn.apply_update(update)
+    }))
+    .map_err(|_| invalid(field, "update", "malformed (applying it panicked)"))?;
+    applied.map_err(|e| invalid(field, "update", e))
+}
+
+/// Checks that `bytes` is a valid Yjs v1 update that applies cleanly; see [`decode_update`].
 pub fn validate_update(field: &'static str, bytes: &[u8], max_bytes: usize) -> Result<()> {
-    decode_update(field, bytes, max_bytes).map(drop)
+    check_applies(field, decode_update(field, bytes, max_bytes)?)
 }
 
 /// Decodes a v1 state vector.
@@ -87,12 +66,7 @@ pub fn validate_update(field: &'static str, bytes: &[u8], max_bytes: usize) -> R
 /// # Errors
 /// [`Error::InvalidYjs`] when the bytes are not a v1 state vector.
 pub fn decode_state_vector(field: &'static str, bytes: &[u8]) -> Result<StateVector> {
-    // A state vector is a count then (client, clock) pairs of at least one byte each.
-    let mut at = 0;
-    let entries = read_var_u32(bytes, &mut at).ok_or_else(|| invalid(field, "state vector", "truncated"))?;
-    if entries > (bytes.len() - at) as u64 / 2 {
-        return Err(invalid(field, "state vector", "declares more entries than it has bytes"));
-    }
+    precheck::check_state_vector(bytes).map_err(|r| invalid(field, "state vector", r))?;
     let decoded = catch_unwind(AssertUnwindSafe(|| StateVector::decode_v1(bytes)))
         .map_err(|_| invalid(field, "state vector", "malformed (decoder panicked)"))?;
     decoded.map_err(|e| invalid(field, "state vector", e))
@@ -228,6 +202,48 @@ mod tests {
         let only_b = merge([b.as_slice()]).unwrap();
         let all = merge([a.as_slice(), only_b.update.as_slice()]).unwrap();
         assert_eq!(text_of(&all.update), "abcd");
+    }
+
+    /// A random edit to a doc holding text, a map and an array with nested JSON-like values.
+    fn edit(doc: &Doc, op: u8, n: u32, s: &str) -> Vec<u8> {
+        use yrs::{Any, Array, Map};
+        let text = doc.get_or_insert_text("t");
+        let map = doc.get_or_insert_map("m");
+        let array = doc.get_or_insert_array("a");
+        let mut txn = doc.transact_mut();
+        let len = text.len(&txn);
+        match op % 5 {
+            0 => text.insert(&mut txn, n % (len + 1), s),
+            1 if len > 0 => text.remove_range(&mut txn, n % len, 1),
+            2 => {
+                let nested = Any::from(vec![Any::from(n as f64), Any::from(format!("{s}é😀")), Any::Null]);
+                map.insert(&mut txn, s.to_string(), nested);
+            }
+            3 => {
+                array.push_back(&mut txn, Any::from(vec![Any::Bool(true), Any::from(vec![Any::from(s.to_string())])]));
+            }
+            _ => {
+                map.insert(&mut txn, "k", n as i64);
+            }
+        }
+        txn.encode_update_v1()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn real_updates_and_merges_pass_validation(ops in proptest::collection::vec((any::<u8>(), any::<u32>(), "[a-z]{0,6}"), 1..40)) {
+            let doc = Doc::with_client_id(7);
+            let mut updates = Vec::new();
+            for (op, n, s) in &ops {
+                let u = edit(&doc, *op, *n, s);
+                prop_assert!(validate_update("crdtBytes", &u, 1 << 20).is_ok(), "{:?}", u);
+                updates.push(u);
+            }
+            let merged = merge(updates.iter().map(Vec::as_slice)).unwrap();
+            prop_assert!(validate_update("snapshotBytes", &merged.update, 1 << 20).is_ok());
+            prop_assert!(validate_state_vector("stateVector", &merged.state_vector).is_ok());
+        }
     }
 
     proptest! {

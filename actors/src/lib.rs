@@ -9,7 +9,8 @@
 //! - [`compactor`]: a `SyncArbiter` actor for merges and diffs, off the async threads.
 //! - [`durability`]: group commit, one flusher thread batching concurrent writes into one flush.
 //! - [`store`]: every record on sled, behind its own API; [`keys`]: its key encoding.
-//! - [`crdt`]: the only user of yrs: validation, merge, state vectors, diffs.
+//! - [`crdt`]: the only user of yrs: validation, merge, state vectors, diffs; [`precheck`]: a
+//!   bounds check of the v1 layout that runs before yrs sees untrusted bytes.
 //! - [`clock`], [`config`], [`names`], [`error`], [`types`]: injected time, settings, the naming
 //!   rule, the typed error, the public request/answer types.
 //!
@@ -46,6 +47,7 @@ pub mod error;
 pub mod keys;
 pub mod names;
 pub mod peers;
+pub mod precheck;
 pub mod runtime;
 pub mod store;
 pub mod types;

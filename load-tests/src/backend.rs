@@ -1,0 +1,409 @@
+//! How a peer reaches the service: over HTTP (the wire contract, v1) or by calling the actors
+//! in-process ([`replicate_actors::Replicate`], no HTTP). Both speak the same small vocabulary
+//! ([`Backend`]), so a scenario runs unchanged against either; the in-process run is the floor
+//! the HTTP run is measured against.
+//!
+//! HTTP body bytes are counted in both directions ([`WireCounters`]); headers are not.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use anyhow::{anyhow, bail, Context as _, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use futures::{Stream, StreamExt};
+use replicate_actors::{CompactRequest, OperationType, Replicate, StreamRequest, Write};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// One change as a peer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub document_id: String,
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+    pub operation: OperationType,
+}
+
+/// One stream page.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub changes: Vec<Change>,
+    pub cursor: u64,
+    pub has_more: bool,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Compacted {
+    pub removed: u64,
+    pub retained: u64,
+    pub snapshot_seq: u64,
+}
+
+/// A v1 update and the cursor it corresponds to (recovery and state answers).
+#[derive(Debug, Clone, Default)]
+pub struct StateAt {
+    pub update: Vec<u8>,
+    pub cursor: u64,
+}
+
+/// Body bytes sent and received over HTTP, shared by every clone of a client.
+#[derive(Debug, Clone, Default)]
+pub struct WireCounters {
+    pub sent: Rc<Cell<u64>>,
+    pub received: Rc<Cell<u64>>,
+}
+
+impl WireCounters {
+    pub fn total(&self) -> u64 {
+        self.sent.get() + self.received.get()
+    }
+    fn add_sent(&self, n: usize) {
+        self.sent.set(self.sent.get() + n as u64);
+    }
+    fn add_received(&self, n: usize) {
+        self.received.set(self.received.get() + n as u64);
+    }
+}
+
+/// An HTTP client for one server, speaking the wire contract.
+#[derive(Clone)]
+pub struct Http {
+    client: awc::Client,
+    base: Rc<str>,
+    pub wire: WireCounters,
+}
+
+/// Longest answer body accepted (a catch-up page of 1000 changes, a whole-document state).
+const MAX_BODY: usize = 256 * 1024 * 1024;
+
+impl Http {
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`), with no connection limit: a scenario
+    /// holds one connection per long-polling subscriber.
+    pub fn new(base: &str) -> Http {
+        let connector = awc::Connector::new().limit(0).timeout(Duration::from_secs(10));
+        let client = awc::Client::builder().connector(connector).timeout(Duration::from_secs(60)).finish();
+        Http { client, base: base.trim_end_matches('/').into(), wire: WireCounters::default() }
+    }
+
+    fn url(&self, c: &str, route: &str) -> String {
+        format!("{}/v1/{}/{}", self.base, c, route)
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Result<Value> {
+        let body = serde_json::to_vec(body)?;
+        self.wire.add_sent(body.len());
+        let mut res = self
+            .client
+            .post(url)
+            .insert_header(("content-type", "application/json"))
+            .send_body(body)
+            .await
+            .map_err(|e| anyhow!("POST {url}: {e}"))?;
+        let bytes = res.body().limit(MAX_BODY).await.map_err(|e| anyhow!("POST {url}: body: {e}"))?;
+        self.wire.add_received(bytes.len());
+        decode_answer(res.status(), &bytes, url)
+    }
+
+    async fn get(&self, url: &str, timeout: Duration) -> Result<Value> {
+        let mut res = self.client.get(url).timeout(timeout).send().await.map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let bytes = res.body().limit(MAX_BODY).await.map_err(|e| anyhow!("GET {url}: body: {e}"))?;
+        self.wire.add_received(bytes.len());
+        decode_answer(res.status(), &bytes, url)
+    }
+
+    /// `GET /healthz` answers 200.
+    pub async fn healthy(&self) -> bool {
+        let url = format!("{}/healthz", self.base);
+        matches!(self.client.get(url).send().await, Ok(r) if r.status().is_success())
+    }
+}
+
+fn decode_answer(status: awc::http::StatusCode, bytes: &[u8], url: &str) -> Result<Value> {
+    let value: Value = serde_json::from_slice(bytes)
+        .with_context(|| format!("{url}: {status}: answer is not JSON: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])))?;
+    if !status.is_success() {
+        let code = value.pointer("/error/code").and_then(Value::as_str).unwrap_or("?");
+        let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or("?");
+        bail!("{url}: {status} {code}: {message}");
+    }
+    Ok(value)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+fn unb64(v: &Value, field: &str) -> Result<Vec<u8>> {
+    let s = v.get(field).and_then(Value::as_str).ok_or_else(|| anyhow!("answer lacks string field {field}"))?;
+    B64.decode(s).with_context(|| format!("field {field} is not base64"))
+}
+
+fn num(v: &Value, field: &str) -> Result<u64> {
+    v.get(field).and_then(Value::as_u64).ok_or_else(|| anyhow!("answer lacks number field {field}: {v}"))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireChange {
+    document_id: String,
+    seq: u64,
+    crdt_bytes: String,
+    operation_type: OperationType,
+}
+
+impl WireChange {
+    fn into_change(self) -> Result<Change> {
+        Ok(Change {
+            bytes: B64.decode(&self.crdt_bytes).context("change crdtBytes is not base64")?,
+            document_id: self.document_id,
+            seq: self.seq,
+            operation: self.operation_type,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePage {
+    changes: Vec<WireChange>,
+    cursor: u64,
+    has_more: bool,
+}
+
+/// The service, over HTTP or in-process.
+#[derive(Clone)]
+pub enum Backend {
+    Http(Http),
+    Actor(Replicate),
+}
+
+impl Backend {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Backend::Http(_) => "http",
+            Backend::Actor(_) => "actor",
+        }
+    }
+
+    /// HTTP body bytes so far (0 in-process).
+    pub fn wire_bytes(&self) -> u64 {
+        match self {
+            Backend::Http(h) => h.wire.total(),
+            Backend::Actor(_) => 0,
+        }
+    }
+
+    /// Stores one write; answers its seq.
+    pub async fn write(&self, c: &str, op: OperationType, doc: &str, bytes: &[u8], op_id: Option<&str>) -> Result<u64> {
+        match self {
+            Backend::Http(h) => {
+                let mut body = json!({ "documentId": doc, "crdtBytes": b64(bytes) });
+                if let Some(op_id) = op_id {
+                    body["opId"] = json!(op_id);
+                }
+                let answer = h.post(&h.url(c, op.as_str()), &body).await?;
+                num(&answer, "seq")
+            }
+            Backend::Actor(r) => {
+                let write = Write { document_id: doc.to_string(), bytes: bytes.to_vec(), op_id: op_id.map(str::to_string) };
+                Ok(r.write(c, op, write).await?.seq)
+            }
+        }
+    }
+
+    /// One stream page after `cursor`; waits up to `wait` for a commit when there is nothing new.
+    pub async fn stream(&self, c: &str, cursor: u64, limit: usize, wait: Duration) -> Result<Page> {
+        match self {
+            Backend::Http(h) => {
+                let url = format!("{}?cursor={cursor}&limit={limit}&waitMs={}", h.url(c, "stream"), wait.as_millis());
+                let answer = h.get(&url, wait + Duration::from_secs(30)).await?;
+                let page: WirePage = serde_json::from_value(answer).context("stream answer")?;
+                Ok(Page {
+                    changes: page.changes.into_iter().map(WireChange::into_change).collect::<Result<_>>()?,
+                    cursor: page.cursor,
+                    has_more: page.has_more,
+                })
+            }
+            Backend::Actor(r) => {
+                let req = StreamRequest { cursor, limit, size_threshold: None, wait };
+                let page = r.stream(c, req).await?;
+                Ok(Page {
+                    changes: page
+                        .changes
+                        .into_iter()
+                        .map(|ch| Change { document_id: ch.document_id, seq: ch.seq, bytes: ch.bytes, operation: ch.operation })
+                        .collect(),
+                    cursor: page.cursor,
+                    has_more: page.has_more,
+                })
+            }
+        }
+    }
+
+    /// Records that `peer` has synced through `synced`.
+    pub async fn ack(&self, c: &str, peer: &str, synced: u64) -> Result<u64> {
+        match self {
+            Backend::Http(h) => {
+                let answer = h.post(&h.url(c, "ack"), &json!({ "peerId": peer, "syncedSeq": synced })).await?;
+                num(&answer, "lastSyncedSeq")
+            }
+            Backend::Actor(r) => Ok(r.ack(c, peer, synced).await?),
+        }
+    }
+
+    /// Compacts one document; peers not seen within `peer_timeout` do not hold it back.
+    pub async fn compact(&self, c: &str, doc: &str, peer_timeout: Option<Duration>) -> Result<Compacted> {
+        match self {
+            Backend::Http(h) => {
+                let mut body = json!({ "documentId": doc });
+                if let Some(t) = peer_timeout {
+                    body["peerTimeout"] = json!(t.as_millis() as u64);
+                }
+                let a = h.post(&h.url(c, "compact"), &body).await?;
+                Ok(Compacted { removed: num(&a, "removed")?, retained: num(&a, "retained")?, snapshot_seq: num(&a, "snapshotSeq")? })
+            }
+            Backend::Actor(r) => {
+                let req = CompactRequest { peer_timeout, ..CompactRequest::document(doc) };
+                let done = r.compact(c, req).await?;
+                Ok(Compacted { removed: done.removed, retained: done.retained, snapshot_seq: done.snapshot_seq })
+            }
+        }
+    }
+
+    /// What a peer holding `state_vector` lacks of `doc` (or of the whole collection).
+    pub async fn recovery(&self, c: &str, state_vector: &[u8], doc: Option<&str>) -> Result<StateAt> {
+        match self {
+            Backend::Http(h) => {
+                let mut body = json!({ "stateVector": b64(state_vector) });
+                if let Some(doc) = doc {
+                    body["documentId"] = json!(doc);
+                }
+                let a = h.post(&h.url(c, "recovery"), &body).await?;
+                Ok(StateAt { update: unb64(&a, "diff")?, cursor: num(&a, "cursor")? })
+            }
+            Backend::Actor(r) => {
+                let s = r.recovery(c, state_vector, doc).await?;
+                Ok(StateAt { update: s.update, cursor: s.cursor })
+            }
+        }
+    }
+
+    /// Opens a change feed from `cursor`: SSE over HTTP, a long-poll loop in-process.
+    pub async fn events(&self, c: &str, cursor: u64) -> Result<Events> {
+        match self {
+            Backend::Http(h) => {
+                let url = format!("{}?cursor={cursor}", h.url(c, "events"));
+                let res = h
+                    .client
+                    .get(&url)
+                    .insert_header(("accept", "text/event-stream"))
+                    .timeout(Duration::from_secs(3600))
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("GET {url}: {e}"))?;
+                if !res.status().is_success() {
+                    bail!("GET {url}: {}", res.status());
+                }
+                let body: Pin<Box<dyn Stream<Item = std::result::Result<Bytes, awc::error::PayloadError>>>> = Box::pin(res);
+                Ok(Events::Sse { body, buf: Vec::new(), wire: h.wire.clone() })
+            }
+            Backend::Actor(_) => {
+                Ok(Events::Poll { backend: self.clone(), collection: c.to_string(), cursor, ready: VecDeque::new() })
+            }
+        }
+    }
+}
+
+/// A change feed: one change at a time, in seq order (snapshots first where the service sends
+/// them).
+pub enum Events {
+    Sse {
+        body: Pin<Box<dyn Stream<Item = std::result::Result<Bytes, awc::error::PayloadError>>>>,
+        buf: Vec<u8>,
+        wire: WireCounters,
+    },
+    Poll {
+        backend: Backend,
+        collection: String,
+        cursor: u64,
+        ready: VecDeque<Change>,
+    },
+}
+
+impl Events {
+    /// The next change, or `None` when `wait` passes first (or the feed ended).
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<Change>> {
+        match self {
+            Events::Sse { body, buf, wire } => loop {
+                if let Some(event) = take_event(buf) {
+                    if let Some(data) = event {
+                        let change: WireChange = serde_json::from_str(&data).context("SSE data is not a change")?;
+                        return change.into_change().map(Some);
+                    }
+                    continue;
+                }
+                match tokio::time::timeout(wait, body.next()).await {
+                    Err(_) => return Ok(None),
+                    Ok(None) => return Ok(None),
+                    Ok(Some(chunk)) => {
+                        let chunk = chunk.map_err(|e| anyhow!("SSE body: {e}"))?;
+                        wire.add_received(chunk.len());
+                        buf.extend(chunk.iter().copied().filter(|b| *b != b'\r'));
+                    }
+                }
+            },
+            Events::Poll { backend, collection, cursor, ready } => {
+                if ready.is_empty() {
+                    let page = backend.stream(collection, *cursor, 1000, wait).await?;
+                    *cursor = page.cursor;
+                    ready.extend(page.changes);
+                }
+                Ok(ready.pop_front())
+            }
+        }
+    }
+}
+
+/// Takes one complete SSE event off the front of `buf`: `Some(Some(data))` for an event with
+/// data, `Some(None)` for one without (a comment or keep-alive), `None` if none is complete.
+/// Carriage returns were dropped on the way in, so `\r\n` line ends work too.
+fn take_event(buf: &mut Vec<u8>) -> Option<Option<String>> {
+    let end = buf.windows(2).position(|w| w == b"\n\n")?;
+    let raw: Vec<u8> = buf.drain(..end + 2).collect();
+    let text = String::from_utf8_lossy(&raw);
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("data:") {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(rest);
+                }
+                None => data = Some(rest.to_string()),
+            }
+        }
+    }
+    Some(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_split_on_blank_lines() {
+        let mut buf = b": keep-alive\n\nid: 3\ndata: {\"a\":1}\n\nid: 4\ndata: {".to_vec();
+        assert_eq!(take_event(&mut buf), Some(None));
+        assert_eq!(take_event(&mut buf), Some(Some("{\"a\":1}".to_string())));
+        assert_eq!(take_event(&mut buf), None);
+        buf.extend_from_slice(b"}\n\n");
+        assert_eq!(take_event(&mut buf), Some(Some("{".to_string() + "}")));
+    }
+}

@@ -1,0 +1,333 @@
+//! A peer: what a real client of the service does, written once and used by every scenario.
+//!
+//! A peer keeps one yrs document per `documentId` it knows, makes edits (text inserts and
+//! deletes, map sets), pushes each edit's update with an `opId` (retrying the same opId after an
+//! error, as the contract allows), streams changes after its cursor (long-poll or the SSE feed),
+//! applies them — snapshots included — acks, and recovers with its state vectors.
+//!
+//! Every edit sets a map key unique to it (`"{peer}:{n}"`), so "nothing lost" is checkable: the
+//! key of every answered write must be in every converged replica. What the peer received is
+//! logged in [`Seen`] for the ordering and coverage checks in [`crate::verify`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use replicate_actors::OperationType;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, Map, MapRef, ReadTxn, StateVector, Text, TextRef, Transact, Update};
+
+use crate::backend::{Backend, Change, Events};
+use crate::metrics::{timed, Metrics};
+use crate::verify::Ledger;
+
+/// How many times a push is retried (with the same opId) before it counts as failed.
+const PUSH_ATTEMPTS: u32 = 8;
+
+/// One document as a peer holds it.
+pub struct Replica {
+    doc: Doc,
+    text: TextRef,
+    map: MapRef,
+}
+
+impl Replica {
+    fn new(client_id: u64) -> Replica {
+        let doc = Doc::with_client_id(client_id);
+        let text = doc.get_or_insert_text("body");
+        let map = doc.get_or_insert_map("meta");
+        Replica { doc, text, map }
+    }
+
+    /// A replica built from one update (e.g. the server's full state of a document).
+    pub fn from_update(update: &[u8]) -> Result<Replica> {
+        let r = Replica::new(0x7fff_fff0);
+        r.apply(update)?;
+        Ok(r)
+    }
+
+    pub fn apply(&self, update: &[u8]) -> Result<()> {
+        let update = Update::decode_v1(update).context("update does not decode")?;
+        self.doc.transact_mut().apply_update(update).context("update does not apply")?;
+        Ok(())
+    }
+
+    pub fn state_vector(&self) -> Vec<u8> {
+        self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// The document's content (text, then the map sorted by key): equal digests, equal docs.
+    pub fn digest(&self) -> String {
+        let txn = self.doc.transact();
+        let mut out = self.text.get_string(&txn);
+        let mut entries: Vec<(String, String)> =
+            self.map.iter(&txn).map(|(k, v)| (k.to_string(), v.to_string(&txn))).collect();
+        entries.sort();
+        for (k, v) in entries {
+            out.push_str(&format!("|{k}={v}"));
+        }
+        out
+    }
+
+    pub fn has_key(&self, key: &str) -> bool {
+        self.map.contains_key(&self.doc.transact(), key)
+    }
+
+    pub fn key_count(&self) -> u32 {
+        self.map.len(&self.doc.transact())
+    }
+
+    /// Whether some update is still waiting for what it depends on.
+    pub fn has_pending(&self) -> bool {
+        let txn = self.doc.transact();
+        txn.store().pending_update().is_some() || txn.store().pending_ds().is_some()
+    }
+}
+
+/// What a peer received, for the verdict.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The cursor the peer started streaming from.
+    pub start_cursor: u64,
+    /// Delta seqs applied, in the order received.
+    pub deltas: Vec<u64>,
+    /// (document, snapshotSeq) of every snapshot applied.
+    pub snapshots: Vec<(String, u64)>,
+    /// Seqs ≤ this are covered by a recovery diff of every document.
+    pub recovered_through: u64,
+    /// A delta that arrived with a seq not above the previous one, or above the page cursor.
+    pub order_violations: u64,
+    /// Receipt time of each delta seq (only when asked for, for push→delivery latency).
+    pub receipts: Vec<(u64, Instant)>,
+}
+
+/// A client of one collection.
+pub struct Peer {
+    pub name: String,
+    pub collection: String,
+    backend: Backend,
+    metrics: Metrics,
+    docs: BTreeMap<String, Replica>,
+    /// Base of this peer's yrs client ids: each document gets its own (`base + n`).
+    client_base: u64,
+    pub cursor: u64,
+    rng: StdRng,
+    edits: u64,
+    pub seen: Seen,
+    /// Record receipt times of deltas (fan-out latency).
+    pub track_receipts: bool,
+}
+
+impl Peer {
+    /// A peer numbered `index` (distinct per scenario: it makes the yrs client ids unique).
+    pub fn new(index: u64, collection: &str, backend: Backend, metrics: Metrics, seed: u64) -> Peer {
+        Peer {
+            name: format!("peer-{index}"),
+            collection: collection.to_string(),
+            backend,
+            metrics,
+            docs: BTreeMap::new(),
+            client_base: 1 + index * 4096,
+            cursor: 0,
+            rng: StdRng::seed_from_u64(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            edits: 0,
+            seen: Seen::default(),
+            track_receipts: false,
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Starts tracking a document (a client knows the documents it has locally).
+    pub fn know(&mut self, doc: &str) -> &Replica {
+        let next = self.client_base + self.docs.len() as u64;
+        self.docs.entry(doc.to_string()).or_insert_with(|| Replica::new(next))
+    }
+
+    pub fn replica(&self, doc: &str) -> Option<&Replica> {
+        self.docs.get(doc)
+    }
+
+    pub fn documents(&self) -> impl Iterator<Item = &String> {
+        self.docs.keys()
+    }
+
+    /// Makes one random edit to `doc` and returns its update and its unique key.
+    pub fn edit(&mut self, doc: &str) -> (Vec<u8>, String) {
+        let key = format!("{}:{}", self.name, self.edits);
+        self.edits += 1;
+        let choice = self.rng.gen_range(0..10u32);
+        let token_len = self.rng.gen_range(4..24usize);
+        let salt: u32 = self.rng.gen();
+        self.know(doc);
+        let replica = &self.docs[doc];
+        let mut txn = replica.doc.transact_mut();
+        let len = replica.text.len(&txn);
+        if choice < 2 && len > 16 {
+            let n = self.rng.gen_range(1..=8);
+            let at = self.rng.gen_range(0..=len - n);
+            replica.text.remove_range(&mut txn, at, n);
+        } else {
+            let at = self.rng.gen_range(0..=len);
+            let mut token = format!("[{key}:{salt:08x}]");
+            token.truncate(token_len.max(key.len() + 2));
+            replica.text.insert(&mut txn, at, &token);
+        }
+        replica.map.insert(&mut txn, key.clone(), self.edits as i64);
+        (txn.encode_update_v1(), key)
+    }
+
+    /// Edits `doc` and pushes the update as `op`, retrying with the same opId on errors.
+    /// Records the write in `ledger` once answered.
+    ///
+    /// # Errors
+    /// The last error, after [`PUSH_ATTEMPTS`] attempts.
+    pub async fn push(&mut self, doc: &str, op: OperationType, op_name: &str, ledger: &Ledger) -> Result<u64> {
+        let (update, key) = self.edit(doc);
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        let mut last = None;
+        for _ in 0..PUSH_ATTEMPTS {
+            let attempt = Instant::now();
+            match self.backend.write(&self.collection, op, doc, &update, Some(&key)).await {
+                Ok(seq) => {
+                    self.metrics.record(op_name, attempt.elapsed());
+                    self.metrics.raw(op_name, update.len());
+                    ledger.record(seq, doc, &key, started);
+                    return Ok(seq);
+                }
+                Err(e) => {
+                    self.metrics.error(op_name, &e);
+                    last = Some(e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    /// Applies one received change. Snapshots merge like any update (Yjs merges are
+    /// idempotent); deltas must come in increasing seq order.
+    pub fn apply(&mut self, change: &Change, op_name: &str) -> Result<()> {
+        let next = self.client_base + self.docs.len() as u64;
+        let replica = self.docs.entry(change.document_id.clone()).or_insert_with(|| Replica::new(next));
+        replica.apply(&change.bytes).with_context(|| format!("seq {} of {}", change.seq, change.document_id))?;
+        self.metrics.raw(op_name, change.bytes.len());
+        if change.operation == OperationType::Snapshot {
+            self.seen.snapshots.push((change.document_id.clone(), change.seq));
+        } else {
+            if self.seen.deltas.last().is_some_and(|last| *last >= change.seq) || change.seq <= self.seen.start_cursor {
+                self.seen.order_violations += 1;
+            }
+            self.seen.deltas.push(change.seq);
+            if self.track_receipts {
+                self.seen.receipts.push((change.seq, Instant::now()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets where streaming starts (a new peer: 0; a returning one: its old cursor).
+    pub fn start_at(&mut self, cursor: u64) {
+        self.cursor = cursor;
+        self.seen.start_cursor = cursor;
+    }
+
+    /// One stream request; applies the page and moves the cursor. Answers (changes, hasMore).
+    ///
+    /// # Errors
+    /// A failed request or a change that does not apply.
+    pub async fn pull(&mut self, limit: usize, wait: Duration, op_name: &str) -> Result<(usize, bool)> {
+        let page = timed(&self.metrics, op_name, self.backend.stream(&self.collection, self.cursor, limit, wait)).await?;
+        for change in &page.changes {
+            self.apply(change, op_name)?;
+            if change.operation != OperationType::Snapshot && change.seq > page.cursor {
+                self.seen.order_violations += 1;
+            }
+        }
+        self.metrics.items(op_name, page.changes.len() as u64);
+        if page.cursor < self.cursor {
+            self.seen.order_violations += 1;
+        }
+        self.cursor = self.cursor.max(page.cursor);
+        Ok((page.changes.len(), page.has_more))
+    }
+
+    /// Pulls pages until the cursor reaches `head` (or `deadline` passes).
+    ///
+    /// # Errors
+    /// As [`Peer::pull`], or if the deadline passes first.
+    pub async fn catch_up(&mut self, head: u64, deadline: Instant, op_name: &str) -> Result<()> {
+        while self.cursor < head {
+            if Instant::now() >= deadline {
+                anyhow::bail!("{}: catch-up stopped at {} of {head} when its time ran out", self.name, self.cursor);
+            }
+            self.pull(1000, Duration::ZERO, op_name).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the SSE feed (a long-poll loop in-process) from the cursor, applying changes,
+    /// until the cursor reaches `head` or `deadline` passes.
+    ///
+    /// # Errors
+    /// A failed feed or a change that does not apply.
+    pub async fn follow(&mut self, events: &mut Events, head: Option<u64>, deadline: Instant, op_name: &str) -> Result<()> {
+        while head.is_none_or(|h| self.cursor < h) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match events.next(left.min(Duration::from_millis(250))).await? {
+                Some(change) => {
+                    self.apply(&change, op_name)?;
+                    self.metrics.items(op_name, 1);
+                    if change.operation != OperationType::Snapshot {
+                        self.cursor = self.cursor.max(change.seq);
+                    }
+                }
+                None => continue,
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledges the cursor.
+    pub async fn ack(&mut self) -> Result<u64> {
+        let cursor = self.cursor;
+        timed(&self.metrics, "ack", self.backend.ack(&self.collection, &self.name, cursor)).await
+    }
+
+    /// Recovers every known document with its state vector and moves the cursor to the lowest
+    /// recovery cursor: each document now holds everything up to its own, higher or equal, one.
+    ///
+    /// # Errors
+    /// A failed request or a diff that does not apply.
+    pub async fn recover(&mut self, op_name: &str) -> Result<()> {
+        let docs: Vec<String> = self.docs.keys().cloned().collect();
+        let mut through = u64::MAX;
+        for doc in docs {
+            let sv = self.docs[&doc].state_vector();
+            let state = timed(&self.metrics, op_name, self.backend.recovery(&self.collection, &sv, Some(&doc))).await?;
+            self.docs[&doc].apply(&state.update)?;
+            self.metrics.raw(op_name, state.update.len());
+            through = through.min(state.cursor);
+        }
+        if through != u64::MAX && through > self.cursor {
+            self.cursor = through;
+            self.seen.recovered_through = self.seen.recovered_through.max(through);
+        }
+        Ok(())
+    }
+}
+
+/// The empty state vector (a peer that has nothing), as v1 bytes.
+pub fn empty_state_vector() -> Vec<u8> {
+    StateVector::default().encode_v1()
+}

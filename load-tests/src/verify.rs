@@ -1,0 +1,208 @@
+//! The correctness verdict: seqs contiguous, every peer converged to the same state, nothing
+//! lost. Checks run after the timed part of a scenario, so they never distort its numbers.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::peer::{empty_state_vector, Peer, Replica};
+
+/// One answered write: its seq, document, unique edit key and when its push started.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub seq: u64,
+    pub doc: String,
+    pub key: String,
+    pub started: Instant,
+}
+
+/// Every answered write of a scenario, shared by its writers.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger(Rc<RefCell<Vec<Written>>>);
+
+impl Ledger {
+    pub fn record(&self, seq: u64, doc: &str, key: &str, started: Instant) {
+        self.0.borrow_mut().push(Written { seq, doc: doc.to_string(), key: key.to_string(), started });
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.borrow().is_empty()
+    }
+
+    pub fn writes(&self) -> Vec<Written> {
+        self.0.borrow().clone()
+    }
+
+    /// Highest seq answered.
+    pub fn head(&self) -> u64 {
+        self.0.borrow().iter().map(|w| w.seq).max().unwrap_or(0)
+    }
+
+    /// Push start time by seq.
+    pub fn started_by_seq(&self) -> HashMap<u64, Instant> {
+        self.0.borrow().iter().map(|w| (w.seq, w.started)).collect()
+    }
+}
+
+/// One named check and its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// A scenario's checks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
+    pub checks: Vec<Check>,
+}
+
+impl Verdict {
+    pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        self.checks.push(Check { name: name.to_string(), ok, detail: detail.into() });
+    }
+
+    pub fn ok(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.ok)
+    }
+
+    pub fn merge(&mut self, other: Verdict) {
+        self.checks.extend(other.checks);
+    }
+}
+
+/// The writers' seqs are exactly `base+1 ..= base+n`: no gap, none issued twice.
+pub fn seqs_contiguous(ledger: &Ledger, base: u64, label: &str) -> Check {
+    let mut seqs: Vec<u64> = ledger.writes().iter().map(|w| w.seq).collect();
+    seqs.sort_unstable();
+    let n = seqs.len() as u64;
+    let dupes = seqs.windows(2).filter(|w| w[0] == w[1]).count();
+    let ok = dupes == 0 && seqs.first().is_none_or(|f| *f == base + 1) && seqs.last().is_none_or(|l| *l == base + n);
+    Check {
+        name: format!("seqs contiguous ({label})"),
+        ok: ok && n > 0,
+        detail: format!("{n} writes answered seqs {}..={}, {dupes} duplicates", seqs.first().unwrap_or(&0), seqs.last().unwrap_or(&0)),
+    }
+}
+
+/// A reader saw every seq between where it started and its cursor: as a delta, inside a
+/// snapshot of that seq's document, or inside a recovery diff — and deltas in increasing order.
+pub fn reader_covered(peer: &Peer, ledger: &Ledger) -> Result<(), String> {
+    if peer.seen.order_violations > 0 {
+        return Err(format!("{}: {} deltas out of order", peer.name, peer.seen.order_violations));
+    }
+    let docs: HashMap<u64, String> = ledger.writes().into_iter().map(|w| (w.seq, w.doc)).collect();
+    let deltas: HashSet<u64> = peer.seen.deltas.iter().copied().collect();
+    let mut snapshot_through: HashMap<&str, u64> = HashMap::new();
+    for (doc, seq) in &peer.seen.snapshots {
+        let e = snapshot_through.entry(doc.as_str()).or_default();
+        *e = (*e).max(*seq);
+    }
+    let from = peer.seen.start_cursor.max(peer.seen.recovered_through);
+    for seq in from + 1..=peer.cursor {
+        if deltas.contains(&seq) {
+            continue;
+        }
+        let covered = docs.get(&seq).is_some_and(|d| snapshot_through.get(d.as_str()).is_some_and(|s| *s >= seq));
+        if !covered {
+            return Err(format!("{}: seq {seq} neither delivered nor inside a snapshot (cursor {})", peer.name, peer.cursor));
+        }
+    }
+    Ok(())
+}
+
+/// Every reader is covered (see [`reader_covered`]).
+pub fn readers_covered(peers: &[&Peer], ledger: &Ledger) -> Check {
+    let failures: Vec<String> = peers.iter().filter_map(|p| reader_covered(p, ledger).err()).collect();
+    let deltas: usize = peers.iter().map(|p| p.seen.deltas.len()).sum();
+    let snapshots: usize = peers.iter().map(|p| p.seen.snapshots.len()).sum();
+    Check {
+        name: "nothing skipped (per reader, per seq)".into(),
+        ok: failures.is_empty(),
+        detail: if failures.is_empty() {
+            format!("{} readers: {deltas} deltas, {snapshots} snapshots, in order", peers.len())
+        } else {
+            format!("{} readers failed; first: {}", failures.len(), failures[0])
+        },
+    }
+}
+
+/// Every peer holds the same content as the server for every document written, and every
+/// answered write's edit is in it.
+pub async fn converged(backend: &Backend, collection: &str, peers: &[&Peer], ledger: &Ledger) -> Vec<Check> {
+    let mut by_doc: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for w in ledger.writes() {
+        by_doc.entry(w.doc).or_default().push(w.key);
+    }
+    let mut diverged = Vec::new();
+    let mut lost = Vec::new();
+    let mut server_errors = Vec::new();
+    let mut pending = 0;
+    for (doc, keys) in &by_doc {
+        let server = match backend.recovery(collection, &empty_state_vector(), Some(doc)).await {
+            Ok(s) => s,
+            Err(e) => {
+                server_errors.push(format!("{doc}: {e:#}"));
+                continue;
+            }
+        };
+        let reference = match Replica::from_update(&server.update) {
+            Ok(r) => r,
+            Err(e) => {
+                server_errors.push(format!("{doc}: server state does not apply: {e:#}"));
+                continue;
+            }
+        };
+        if reference.has_pending() {
+            pending += 1;
+        }
+        let missing = keys.iter().filter(|k| !reference.has_key(k)).count();
+        if missing > 0 {
+            lost.push(format!("{doc}: {missing} of {} edits missing on the server", keys.len()));
+        }
+        let want = reference.digest();
+        for p in peers {
+            match p.replica(doc) {
+                Some(r) if r.digest() == want => {}
+                Some(r) => diverged.push(format!(
+                    "{} differs on {doc} ({} vs {} keys)",
+                    p.name,
+                    r.key_count(),
+                    reference.key_count()
+                )),
+                None => diverged.push(format!("{} lacks {doc}", p.name)),
+            }
+        }
+    }
+    let writes = ledger.len();
+    vec![
+        Check {
+            name: "converged (every peer = server, per document)".into(),
+            ok: diverged.is_empty() && server_errors.is_empty() && pending == 0,
+            detail: if diverged.is_empty() && server_errors.is_empty() && pending == 0 {
+                format!("{} peers × {} documents identical", peers.len(), by_doc.len())
+            } else {
+                format!(
+                    "{} divergences, {} server errors, {pending} documents with pending structs; first: {}",
+                    diverged.len(),
+                    server_errors.len(),
+                    diverged.first().or(server_errors.first()).cloned().unwrap_or_default()
+                )
+            },
+        },
+        Check {
+            name: "nothing lost (every answered edit present)".into(),
+            ok: lost.is_empty() && writes > 0,
+            detail: if lost.is_empty() { format!("{writes} edits present") } else { lost.join("; ") },
+        },
+    ]
+}

@@ -1,0 +1,55 @@
+//! `GET /v1/{c}/events?cursor=` (or `Last-Event-ID`): Server-Sent Events, one change per
+//! event, same order and snapshot-on-gap guarantee as `stream`. See [`crate::sse`] for ids.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::{Data, Path, Query};
+use actix_web::{HttpRequest, HttpResponse};
+use replicate_actors::{StreamRequest, MAX_STREAM_LIMIT};
+
+use crate::error::ApiError;
+use crate::routes::AppState;
+use crate::sse;
+use crate::wire::{query_param, query_u64};
+
+/// The starting cursor: `Last-Event-ID` when present (a reconnect), else `?cursor=`, else 0.
+///
+/// # Errors
+/// 400 `invalid_argument` for a value that is not a non-negative integer.
+pub fn parse(req: &HttpRequest, pairs: &[(String, String)]) -> Result<u64, ApiError> {
+    if let Some(value) = req.headers().get("last-event-id") {
+        let text = value.to_str().map_err(|_| ApiError::invalid_argument("Last-Event-ID", "must be ASCII digits"))?;
+        return query_u64("Last-Event-ID", text.trim());
+    }
+    match query_param(pairs, "cursor")? {
+        None | Some("") => Ok(0),
+        Some(v) => query_u64("cursor", v),
+    }
+}
+
+pub async fn events(
+    state: Data<AppState>,
+    c: Path<String>,
+    req: HttpRequest,
+    query: Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let cursor = parse(&req, &query)?;
+    let c = c.into_inner();
+    // The first page is read before answering, so a bad name or cursor gets its 4xx.
+    let first_req = StreamRequest { cursor, limit: MAX_STREAM_LIMIT, size_threshold: None, wait: Duration::ZERO };
+    let first = state.replicate.stream(&c, first_req).await?;
+    let body = sse::events(
+        state.replicate.clone(),
+        c,
+        cursor,
+        first,
+        state.settings.sse_heartbeat,
+        state.shutdown.clone(),
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}

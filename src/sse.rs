@@ -1,0 +1,181 @@
+//! Server-Sent Events: the body of `GET /v1/{c}/events`, a loop of long-poll stream pages
+//! written as events.
+//!
+//! # Event ids and resuming
+//! A client resumes by sending the last `id:` it saw as `Last-Event-ID` (browsers'
+//! `EventSource` does this by itself). An id must therefore always be a cursor from which
+//! nothing is missing:
+//! - a delta event has `id:` = its seq. Deltas are sent in seq order, after the page's
+//!   snapshots, so a client holding everything up to that event holds every update ≤ seq;
+//! - a snapshot event (sent when compaction deleted deltas past the client's cursor) has
+//!   `id:` = the cursor the page was read from, not the snapshot's seq: the snapshot's seq can
+//!   lie beyond deltas of other documents that have not been sent yet, so resuming there could
+//!   skip them. Resuming at the page's start sends the snapshot again, which Yjs applies
+//!   idempotently;
+//! - when a page's cursor is past the id of its last event (its newest deltas were compacted
+//!   into a snapshot), an id-only block `id: <cursor>` follows. `EventSource` records it as the
+//!   last event id without firing an event.
+//!
+//! So a reconnect sees no gap; it can see a snapshot twice, never a delta twice.
+//!
+//! While idle, a `: keepalive` comment goes out every heartbeat, which also lets the server
+//! notice a client that disconnected. On shutdown the stream ends; on an error mid-stream an
+//! `event: error` with the usual error JSON is sent and the stream ends (the client reconnects).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use futures::Stream;
+use replicate_actors::{OperationType, Replicate, StreamPage, StreamRequest, MAX_STREAM_LIMIT};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::metrics::{self, GaugeGuard};
+use crate::routes::until_shutdown;
+use crate::wire::WireChange;
+
+/// The comment sent while idle.
+pub const KEEPALIVE: &str = ": keepalive\n\n";
+
+/// Writes `page`, read from cursor `from`, as events; answers the text (empty for an empty
+/// page that moves nothing). See the module docs for the ids.
+pub fn encode_page(from: u64, page: &StreamPage) -> String {
+    let mut out = String::new();
+    let mut last_id = from;
+    for change in &page.changes {
+        let id = if change.operation == OperationType::Snapshot { from } else { change.seq };
+        let data = match serde_json::to_string(&WireChange::from(change)) {
+            Ok(data) => data,
+            // Strings and numbers always serialize; keep the id rule intact if not.
+            Err(e) => {
+                tracing::error!(error = %e, "could not serialize a change");
+                break;
+            }
+        };
+        let _ = write!(out, "id: {id}\ndata: {data}\n\n");
+        last_id = id;
+    }
+    if page.cursor > last_id {
+        let _ = write!(out, "id: {}\n\n", page.cursor);
+    }
+    out
+}
+
+/// An error as a final event.
+fn error_event(e: ApiError) -> String {
+    let body = serde_json::json!({ "error": { "code": e.code, "message": e.message } });
+    format!("event: error\ndata: {body}\n\n")
+}
+
+struct Subscription {
+    replicate: Replicate,
+    collection: String,
+    cursor: u64,
+    /// The first page, read before the response started (so its errors got a status).
+    first: Option<StreamPage>,
+    heartbeat: Duration,
+    shutdown: watch::Receiver<bool>,
+    done: bool,
+    _subscribed: GaugeGuard,
+}
+
+impl Subscription {
+    /// The next chunk of the body, or `None` when the stream ends.
+    async fn next_chunk(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        let page = match self.first.take() {
+            Some(page) => Ok(page),
+            None => {
+                let req = StreamRequest { cursor: self.cursor, limit: MAX_STREAM_LIMIT, size_threshold: None, wait: self.heartbeat };
+                match until_shutdown(self.shutdown.clone(), self.replicate.stream(&self.collection, req)).await {
+                    Some(page) => page,
+                    None => {
+                        self.done = true;
+                        return Some(": replicate is shutting down\n\n".to_string());
+                    }
+                }
+            }
+        };
+        match page {
+            Ok(page) => {
+                metrics::counter!(metrics::STREAM_REQUESTS).increment(1);
+                metrics::counter!(metrics::STREAM_CHANGES).increment(page.changes.len() as u64);
+                let text = encode_page(self.cursor, &page);
+                self.cursor = self.cursor.max(page.cursor);
+                Some(if text.is_empty() { KEEPALIVE.to_string() } else { text })
+            }
+            Err(e) => {
+                self.done = true;
+                Some(error_event(e.into()))
+            }
+        }
+    }
+}
+
+/// The event stream for `collection` from `cursor`, starting with `first` (the page at
+/// `cursor`, already read). Dropping it (the client went away) cancels any wait in progress.
+pub fn events(
+    replicate: Replicate,
+    collection: String,
+    cursor: u64,
+    first: StreamPage,
+    heartbeat: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let sub = Subscription {
+        replicate,
+        collection,
+        cursor,
+        first: Some(first),
+        heartbeat,
+        shutdown,
+        done: false,
+        _subscribed: GaugeGuard::new(metrics::SSE_SUBSCRIBERS),
+    };
+    futures::stream::unfold(sub, |mut sub| async move {
+        let chunk = sub.next_chunk().await?;
+        Some((Ok(Bytes::from(chunk)), sub))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use replicate_actors::Change;
+
+    use super::*;
+
+    fn change(seq: u64, operation: OperationType) -> Change {
+        Change { document_id: "d".into(), seq, bytes: vec![0, 0], operation }
+    }
+
+    fn ids(text: &str) -> Vec<u64> {
+        text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|v| v.parse().expect("numeric id")).collect()
+    }
+
+    #[test]
+    fn ids_are_resume_points() {
+        // (from, changes, page cursor, expected ids)
+        let cases: &[(u64, &[(u64, OperationType)], u64, &[u64])] = &[
+            (0, &[(1, OperationType::Insert), (2, OperationType::Update)], 2, &[1, 2]),
+            // a snapshot whose seq (9) is past undelivered deltas: its id stays at the page start
+            (3, &[(9, OperationType::Snapshot), (4, OperationType::Insert), (5, OperationType::Update)], 5, &[3, 4, 5]),
+            // newest deltas compacted: an id-only block carries the page cursor
+            (3, &[(9, OperationType::Snapshot)], 9, &[3, 9]),
+            (3, &[(4, OperationType::Insert)], 6, &[4, 6]),
+            (7, &[], 7, &[]),
+        ];
+        for (from, changes, cursor, expected) in cases {
+            let page = StreamPage {
+                changes: changes.iter().map(|(s, o)| change(*s, *o)).collect(),
+                cursor: *cursor,
+                has_more: false,
+                compact: None,
+            };
+            assert_eq!(ids(&encode_page(*from, &page)), *expected, "from {from}: {changes:?}");
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The JSON of the wire contract (v1): request bodies, answers, and the parsers that turn wire
+//! values (base64 strings, JSON numbers, query strings) into typed values with errors a client
+//! can act on. Field names follow the Convex component (camelCase); bytes are standard padded
+//! base64.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use replicate_actors::{Change, StreamPage};
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+use crate::error::ApiError;
+
+/// Body of `insert`, `update` and `delete`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteBody {
+    pub document_id: String,
+    pub crdt_bytes: String,
+    #[serde(default)]
+    pub op_id: Option<String>,
+}
+
+/// Answer of `insert`, `update` and `delete`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteAnswer {
+    pub success: bool,
+    pub seq: u64,
+    /// True when an `opId` was seen before: `seq` is the first write's and nothing was stored.
+    pub duplicate: bool,
+}
+
+/// Body of `ack`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AckBody {
+    pub peer_id: String,
+    pub synced_seq: Number,
+}
+
+/// Answer of `ack`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AckAnswer {
+    pub last_synced_seq: u64,
+}
+
+/// Body of `compact`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompactBody {
+    pub document_id: String,
+    #[serde(default)]
+    pub snapshot_bytes: Option<String>,
+    #[serde(default)]
+    pub state_vector: Option<String>,
+    /// Milliseconds.
+    #[serde(default)]
+    pub peer_timeout: Option<Number>,
+}
+
+/// Answer of `compact`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CompactAnswer {
+    pub success: bool,
+    pub removed: u64,
+    pub retained: u64,
+    pub snapshot_seq: u64,
+}
+
+/// Body of `recovery`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryBody {
+    pub state_vector: String,
+    #[serde(default)]
+    pub document_id: Option<String>,
+}
+
+/// Answer of `recovery`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryAnswer {
+    pub diff: String,
+    pub cursor: u64,
+}
+
+/// Answer of `state`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateAnswer {
+    pub crdt_bytes: String,
+    pub cursor: u64,
+}
+
+/// One change, in `stream` answers and as the `data:` of an SSE event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WireChange {
+    pub document_id: String,
+    pub seq: u64,
+    pub crdt_bytes: String,
+    /// `insert`, `update`, `delete` or `snapshot`.
+    pub operation_type: String,
+}
+
+impl From<&Change> for WireChange {
+    fn from(c: &Change) -> Self {
+        WireChange {
+            document_id: c.document_id.clone(),
+            seq: c.seq,
+            crdt_bytes: encode(&c.bytes),
+            operation_type: c.operation.as_str().to_string(),
+        }
+    }
+}
+
+/// Answer of `stream`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamAnswer {
+    pub changes: Vec<WireChange>,
+    pub cursor: u64,
+    pub has_more: bool,
+    pub compact: Option<String>,
+}
+
+impl From<&StreamPage> for StreamAnswer {
+    fn from(p: &StreamPage) -> Self {
+        StreamAnswer {
+            changes: p.changes.iter().map(WireChange::from).collect(),
+            cursor: p.cursor,
+            has_more: p.has_more,
+            compact: p.compact.clone(),
+        }
+    }
+}
+
+/// Standard padded base64.
+pub fn encode(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Decodes standard padded base64 from field `field`.
+///
+/// # Errors
+/// 400 `invalid_base64` naming the field and what is wrong.
+pub fn decode(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
+    STANDARD
+        .decode(value)
+        .map_err(|e| ApiError::bad_request("invalid_base64", format!("{field} is not standard padded base64: {e}")))
+}
+
+/// A JSON number that must be a non-negative integer fitting in u64.
+///
+/// # Errors
+/// 400 `invalid_argument` for negative, fractional or too large numbers.
+pub fn json_u64(field: &str, n: &Number) -> Result<u64, ApiError> {
+    if let Some(v) = n.as_u64() {
+        return Ok(v);
+    }
+    let reason = if n.as_i64().is_some_and(|v| v < 0) || n.as_f64().is_some_and(|v| v < 0.0) {
+        format!("must not be negative, got {n}")
+    } else if n.as_f64().is_some_and(|v| v.fract() == 0.0) {
+        format!("must be at most {}, got {n}", u64::MAX)
+    } else {
+        format!("must be a whole number, got {n}")
+    };
+    Err(ApiError::invalid_argument(field, reason))
+}
+
+/// A query-string number: decimal digits only, fitting in u64.
+///
+/// # Errors
+/// 400 `invalid_argument` for empty, negative, non-numeric or too large values.
+pub fn query_u64(field: &str, value: &str) -> Result<u64, ApiError> {
+    let shown: String = value.chars().take(40).collect();
+    if value.is_empty() {
+        return Err(ApiError::invalid_argument(field, "must not be empty; expected a non-negative integer"));
+    }
+    if value.starts_with('-') {
+        return Err(ApiError::invalid_argument(field, format!("must not be negative, got {shown:?}")));
+    }
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::invalid_argument(field, format!("must be a non-negative integer, got {shown:?}")));
+    }
+    value
+        .parse::<u64>()
+        .map_err(|_| ApiError::invalid_argument(field, format!("must be at most {}, got {shown:?}", u64::MAX)))
+}
+
+/// Looks up `name` in parsed query pairs; a repeated parameter is an error rather than a guess.
+///
+/// # Errors
+/// 400 `invalid_query` when `name` appears more than once.
+pub fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, ApiError> {
+    let mut found = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(ApiError::bad_request("invalid_query", format!("query parameter {name} is given more than once")));
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_u64_table() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("42", Some(42)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("99999999999999999999999999", None),
+            ("-1", None),
+            ("+1", None),
+            ("1.5", None),
+            ("abc", None),
+            ("", None),
+            (" 1", None),
+        ];
+        for (v, expected) in cases {
+            assert_eq!(query_u64("cursor", v).ok(), *expected, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn json_u64_table() {
+        let cases: &[(&str, Option<u64>)] =
+            &[("0", Some(0)), ("7", Some(7)), ("-1", None), ("1.5", None), ("1e30", None), ("18446744073709551615", Some(u64::MAX))];
+        for (v, expected) in cases {
+            let n: Number = serde_json::from_str(v).expect("test number parses");
+            assert_eq!(json_u64("syncedSeq", &n).ok(), *expected, "{v}");
+        }
+    }
+
+    #[test]
+    fn base64_is_standard_padded() {
+        assert_eq!(decode("x", "AAA=").ok(), Some(vec![0, 0]));
+        assert!(decode("x", "AAA").is_err());
+        assert!(decode("x", "AA-_").is_err());
+        assert!(decode("x", "not base64!").is_err());
+        assert_eq!(encode(&[0, 0]), "AAA=");
+    }
+}

@@ -78,6 +78,8 @@ impl Shared {
 pub struct Replicate {
     shared: Arc<Shared>,
     arbiters: Arc<Vec<ArbiterHandle>>,
+    /// The arbiter threads themselves, joined by [`Replicate::close`].
+    threads: Arc<Mutex<Vec<Arbiter>>>,
     next_arbiter: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     shutting_down: Arc<AtomicBool>,
@@ -111,7 +113,8 @@ impl Replicate {
         let commit = GroupCommit::start(store.clone())?;
         let compactor_store = store.clone();
         let compactor = SyncArbiter::start(config.compactor_threads.max(1), move || Compactor::new(compactor_store.clone()));
-        let arbiters = (0..config.collection_arbiters.max(1)).map(|_| Arbiter::new().handle()).collect();
+        let threads: Vec<Arbiter> = (0..config.collection_arbiters.max(1)).map(|_| Arbiter::new()).collect();
+        let arbiters = threads.iter().map(Arbiter::handle).collect();
         Ok(Replicate {
             shared: Arc::new(Shared {
                 store,
@@ -123,6 +126,7 @@ impl Replicate {
                 auto_compacting: Mutex::default(),
             }),
             arbiters: Arc::new(arbiters),
+            threads: Arc::new(Mutex::new(threads)),
             next_arbiter: Arc::default(),
             next_id: Arc::default(),
             shutting_down: Arc::default(),
@@ -376,6 +380,28 @@ impl Replicate {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.shared.commit.durable().await
+    }
+
+    /// [`Self::shutdown`], then stops the collection actors and waits for their threads, so
+    /// the store is released once the last clone of this handle is dropped (a restart in the
+    /// same process can then reopen the directory).
+    ///
+    /// # Errors
+    /// As [`Self::shutdown`].
+    pub async fn close(self, grace: Duration) -> Result<()> {
+        let flushed = self.shutdown(grace).await;
+        if let Ok(mut map) = self.shared.registry.lock() {
+            map.clear();
+        }
+        let threads = match self.threads.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => Vec::new(),
+        };
+        for arbiter in threads {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+        flushed
     }
 }
 

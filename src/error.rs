@@ -4,7 +4,7 @@
 //!
 //! | status | codes |
 //! | --- | --- |
-//! | 400 | `invalid_json`, `invalid_base64`, `invalid_argument`, `invalid_name`, `invalid_query` |
+//! | 400 | `invalid_json`, `invalid_base64`, `invalid_argument`, `invalid_name`, `invalid_query`, `invalid_body` |
 //! | 404 / 405 | `not_found`, `method_not_allowed` |
 //! | 409 | `conflict` (a compaction kept losing races; retry) |
 //! | 413 | `too_large` (body over the limit, or an update over `max_update_bytes`) |
@@ -42,7 +42,11 @@ struct Inner<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// 400 with `code`.
@@ -65,17 +69,31 @@ impl ApiError {
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}; see the API in README.md"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route for {path}; see the API in README.md"),
+        )
     }
 
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {path}"))
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )
     }
 }
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -86,9 +104,13 @@ pub fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::InvalidName { .. } | Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::InvalidYjs { .. } | Error::AckAhead { .. } | Error::CursorAhead { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::InvalidYjs { .. } | Error::AckAhead { .. } | Error::CursorAhead { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         Error::CompactionRaced => StatusCode::CONFLICT,
-        Error::Overloaded { .. } | Error::ShuttingDown | Error::Relocated => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Overloaded { .. } | Error::ShuttingDown | Error::Relocated => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -96,7 +118,11 @@ pub fn status_of(e: &Error) -> StatusCode {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        ApiError { status: status_of(&e), code: e.code(), message: e.to_string() }
+        ApiError {
+            status: status_of(&e),
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -116,25 +142,37 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             res.insert_header((header::RETRY_AFTER, "1"));
         }
-        res.json(Body { error: Inner { code: self.code, message: &self.message } })
+        res.json(Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        })
     }
 }
 
 /// `JsonConfig` error handler: malformed or mistyped JSON is 400, an oversized body 413.
 pub fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
     let api = match &err {
-        JsonPayloadError::OverflowKnownLength { limit, .. } | JsonPayloadError::Overflow { limit } => {
-            ApiError::body_too_large(*limit)
-        }
+        JsonPayloadError::OverflowKnownLength { limit, .. }
+        | JsonPayloadError::Overflow { limit } => ApiError::body_too_large(*limit),
         JsonPayloadError::Deserialize(e) => ApiError::bad_request("invalid_json", json_message(e)),
-        JsonPayloadError::ContentType => {
-            ApiError::bad_request("invalid_json", "the body must be JSON (Content-Type: application/json)")
-        }
+        JsonPayloadError::ContentType => ApiError::bad_request(
+            "invalid_json",
+            "the body must be JSON (Content-Type: application/json)",
+        ),
         JsonPayloadError::Payload(e) => {
             if matches!(e, actix_web::error::PayloadError::Overflow) {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body is larger than the limit")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "request body is larger than the limit",
+                )
             } else {
-                ApiError::bad_request("invalid_body", format!("could not read the request body: {e}"))
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("could not read the request body: {e}"),
+                )
             }
         }
         other => ApiError::bad_request("invalid_json", other.to_string()),
@@ -145,7 +183,9 @@ pub fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
 fn json_message(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Eof if e.line() == 1 && e.column() == 0 => "the body is empty; expected a JSON object".to_string(),
+        Category::Eof if e.line() == 1 && e.column() == 0 => {
+            "the body is empty; expected a JSON object".to_string()
+        }
         Category::Syntax | Category::Eof => format!("malformed JSON: {e}"),
         Category::Data => format!("the JSON does not match the request: {e}"),
         Category::Io => format!("could not read the JSON body: {e}"),
@@ -169,16 +209,54 @@ mod tests {
     #[test]
     fn status_table() {
         let cases: &[(Error, u16)] = &[
-            (Error::InvalidName { field: "collection", reason: "empty".into() }, 400),
-            (Error::InvalidArgument { field: "limit", reason: "0".into() }, 400),
-            (Error::TooLarge { field: "crdtBytes", size: 2, max: 1 }, 413),
-            (Error::InvalidYjs { field: "crdtBytes", kind: "update", reason: "x".into() }, 422),
+            (
+                Error::InvalidName {
+                    field: "collection",
+                    reason: "empty".into(),
+                },
+                400,
+            ),
+            (
+                Error::InvalidArgument {
+                    field: "limit",
+                    reason: "0".into(),
+                },
+                400,
+            ),
+            (
+                Error::TooLarge {
+                    field: "crdtBytes",
+                    size: 2,
+                    max: 1,
+                },
+                413,
+            ),
+            (
+                Error::InvalidYjs {
+                    field: "crdtBytes",
+                    kind: "update",
+                    reason: "x".into(),
+                },
+                422,
+            ),
             (Error::AckAhead { synced: 2, head: 1 }, 422),
             (Error::CursorAhead { cursor: 2, head: 1 }, 422),
-            (Error::Overloaded { collection: "c".into(), in_flight: 1 }, 503),
+            (
+                Error::Overloaded {
+                    collection: "c".into(),
+                    in_flight: 1,
+                },
+                503,
+            ),
             (Error::ShuttingDown, 503),
             (Error::Relocated, 503),
-            (Error::Timeout { what: "actor", millis: 1 }, 504),
+            (
+                Error::Timeout {
+                    what: "actor",
+                    millis: 1,
+                },
+                504,
+            ),
             (Error::Storage("disk".into()), 500),
             (Error::Internal("bug".into()), 500),
             (Error::CompactionRaced, 409),

@@ -1,1 +1,38 @@
+//! replicate: the HTTP front of the replicate sync backend, an actix-web service over the
+//! actors of [`replicate_actors`].
+//!
+//! # Layout
+//! - [`server`]: [`run`] (serve on a listener until a shutdown future resolves),
+//!   [`spawn_in_thread`] / [`RunningServer`] (a whole server on its own thread).
+//! - [`routes`]: [`configure`] mounts one module per route; each parses its input once
+//!   (`parse`) and makes one call on [`replicate_actors::Replicate`]. [`AppState`] is what
+//!   handlers share.
+//! - [`wire`]: the JSON of the wire contract (camelCase, standard padded base64) and the
+//!   parsers for base64, JSON numbers and query numbers.
+//! - [`error`]: [`ApiError`], the one `ResponseError`: status mapping and the
+//!   `{"error":{"code","message"}}` body, also for actix's own extractor errors.
+//! - [`sse`]: the Server-Sent Events body and its resume-safe event ids.
+//! - [`metrics`]: the Prometheus recorder, metric names, and the per-request middleware
+//!   (tracing span, latency histogram).
+//! - [`settings`]: [`ServerSettings`], the front's plain configuration.
+//!
+//! The binary `replicate-server` (`src/main.rs`) is the only place that reads flags and
+//! environment.
+//!
+//! # Invariants
+//! - No handler unwraps anything a client sent: every bad input is an [`ApiError`] 4xx, and
+//!   nothing is stored for it (validation happens before the one actor call).
+//! - An SSE event id is always a cursor a client may resume from without a gap.
 
+pub mod error;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod settings;
+pub mod sse;
+pub mod wire;
+
+pub use error::ApiError;
+pub use routes::{configure, AppState};
+pub use server::{run, spawn_in_thread, spawn_in_thread_with_clock, RunningServer};
+pub use settings::ServerSettings;

@@ -1,1 +1,143 @@
-fn main(){}
+//! `replicate-server`: the replicate sync backend as a service. The only place that reads
+//! flags and environment; everything else takes plain settings.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use replicate::ServerSettings;
+use replicate_actors::{Config, Replicate};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A durable, ordered, compacting sync log for Yjs documents, over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "replicate-server", version, about)]
+struct Args {
+    /// Address to listen on (HOST:PORT; port 0 picks a free one).
+    #[arg(long, env = "REPLICATE_BIND", default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+    /// The sled data directory (created if missing).
+    #[arg(long, env = "REPLICATE_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// Retained delta bytes of a document above which `stream` names it in `compact` (and,
+    /// with --auto-compact, compacts it).
+    #[arg(long, env = "REPLICATE_SIZE_THRESHOLD", default_value_t = 5_000_000)]
+    size_threshold: u64,
+    /// A peer not seen for this many milliseconds no longer holds back compaction.
+    #[arg(long, env = "REPLICATE_PEER_TIMEOUT_MS", default_value_t = 600_000)]
+    peer_timeout_ms: u64,
+    /// Compact documents automatically once they pass --size-threshold.
+    #[arg(long, env = "REPLICATE_AUTO_COMPACT")]
+    auto_compact: bool,
+    /// Largest request body in bytes; larger bodies get 413.
+    #[arg(long, env = "REPLICATE_BODY_LIMIT", default_value_t = 16 * 1024 * 1024)]
+    body_limit: usize,
+    /// Largest Yjs update (or client snapshot) in bytes, after base64 decoding; larger get 413.
+    #[arg(long, env = "REPLICATE_MAX_UPDATE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_update_bytes: usize,
+    /// An origin allowed by CORS (repeatable, or comma-separated in the environment). None or
+    /// `*` allows any origin.
+    #[arg(
+        long = "cors-origin",
+        env = "REPLICATE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
+    /// HTTP worker threads.
+    #[arg(long, env = "REPLICATE_WORKERS", default_value_t = 2)]
+    workers: usize,
+    /// Milliseconds in-flight requests get to finish on shutdown.
+    #[arg(long, env = "REPLICATE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    shutdown_grace_ms: u64,
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "REPLICATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+impl Args {
+    fn config(&self) -> Config {
+        let mut config = Config::new(&self.data);
+        config.size_threshold = self.size_threshold;
+        config.peer_timeout = Duration::from_millis(self.peer_timeout_ms);
+        config.auto_compact = self.auto_compact;
+        config.max_update_bytes = self.max_update_bytes;
+        config
+    }
+
+    fn settings(&self) -> ServerSettings {
+        ServerSettings {
+            bind: self.bind,
+            body_limit: self.body_limit,
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            workers: self.workers,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            ..ServerSettings::default()
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        _ => {
+            tracing::error!("cannot listen for SIGTERM/SIGINT; stop the server with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let settings = args.settings();
+    settings
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid settings")?;
+    let config = args.config();
+    let listener =
+        TcpListener::bind(args.bind).with_context(|| format!("cannot listen on {}", args.bind))?;
+    let addr = listener.local_addr().context("listener has no address")?;
+    actix::System::new().block_on(async move {
+        let replicate = Replicate::open(config)
+            .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+        tracing::info!(data = %args.data.display(), "listening on http://{addr}");
+        replicate::run(listener, replicate, settings, shutdown_signal())
+            .await
+            .context("server failed")
+    })
+}

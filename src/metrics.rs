@@ -34,7 +34,10 @@ pub const ACTOR_WAITERS: &str = "replicate_actor_waiters";
 pub const PENDING_WRITES: &str = "replicate_pending_writes";
 
 /// Latency buckets in seconds: 0.5 ms to 60 s (long polls wait up to a minute).
-const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -62,30 +65,56 @@ pub fn install() -> Option<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route and status");
-    describe_histogram!(HTTP_DURATION, Unit::Seconds, "Time to answer an HTTP request (to the headers for SSE), by route");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time to answer an HTTP request (to the headers for SSE), by route"
+    );
     describe_counter!(ERRORS, "Error answers, by error code");
     describe_counter!(APPENDS, "Writes stored, by operation type");
     describe_counter!(APPENDED_BYTES, Unit::Bytes, "Update bytes stored");
-    describe_counter!(DUPLICATE_WRITES, "Writes answered from an earlier opId, storing nothing");
+    describe_counter!(
+        DUPLICATE_WRITES,
+        "Writes answered from an earlier opId, storing nothing"
+    );
     describe_counter!(STREAM_REQUESTS, "stream pages served (long-poll and SSE)");
-    describe_counter!(STREAM_CHANGES, "Changes sent in stream pages and SSE events");
+    describe_counter!(
+        STREAM_CHANGES,
+        "Changes sent in stream pages and SSE events"
+    );
     describe_gauge!(WAITERS, "Long-poll stream requests currently waiting");
     describe_gauge!(SSE_SUBSCRIBERS, "Open Server-Sent Events streams");
     describe_counter!(ACKS, "Acknowledgements recorded");
     describe_counter!(COMPACTIONS, "Compactions run through the API");
-    describe_counter!(DELTAS_REMOVED, "Deltas deleted by compactions run through the API");
+    describe_counter!(
+        DELTAS_REMOVED,
+        "Deltas deleted by compactions run through the API"
+    );
     describe_gauge!(LIVE_COLLECTIONS, "Collection actors running");
     describe_counter!(FLUSHES, "Group-commit flushes of the store");
-    describe_gauge!(ACTOR_WAITERS, "Readers waiting on collection actors for a commit");
-    describe_gauge!(PENDING_WRITES, "Writes assigned a seq and waiting for their flush");
+    describe_gauge!(
+        ACTOR_WAITERS,
+        "Readers waiting on collection actors for a commit"
+    );
+    describe_gauge!(
+        PENDING_WRITES,
+        "Writes assigned a seq and waiting for their flush"
+    );
 }
 
 /// Renders the metrics, after refreshing the gauges read from the actors' stats.
 pub fn render(handle: &PrometheusHandle, stats: &ServiceStats) -> String {
     metrics::gauge!(LIVE_COLLECTIONS).set(stats.live_collections as f64);
     metrics::counter!(FLUSHES).absolute(stats.flushes);
-    metrics::gauge!(ACTOR_WAITERS).set(stats.collections.iter().map(|c| c.waiters).sum::<u64>() as f64);
-    metrics::gauge!(PENDING_WRITES).set(stats.collections.iter().map(|c| c.pending_writes).sum::<u64>() as f64);
+    metrics::gauge!(ACTOR_WAITERS)
+        .set(stats.collections.iter().map(|c| c.waiters).sum::<u64>() as f64);
+    metrics::gauge!(PENDING_WRITES).set(
+        stats
+            .collections
+            .iter()
+            .map(|c| c.pending_writes)
+            .sum::<u64>() as f64,
+    );
     handle.run_upkeep();
     handle.render()
 }
@@ -106,6 +135,14 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// The route pattern as a label: `/v1/{c}/insert` (the collection segment's regex dropped).
+fn route_label(pattern: Option<String>) -> String {
+    pattern.map_or_else(
+        || "unmatched".to_string(),
+        |p| p.replace("{c:[^/]*}", "{c}"),
+    )
+}
+
 /// Middleware: a tracing span per request, and the request count and latency per route
 /// pattern (`/v1/{c}/insert`, not the concrete path, so label values stay few).
 pub async fn observe(
@@ -124,8 +161,14 @@ pub async fn observe(
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let (route, status) = match &result {
-        Ok(res) => (res.request().match_pattern().unwrap_or_else(|| "unmatched".into()), res.status().as_u16()),
-        Err(e) => ("unmatched".into(), e.as_response_error().status_code().as_u16()),
+        Ok(res) => (
+            route_label(res.request().match_pattern()),
+            res.status().as_u16(),
+        ),
+        Err(e) => (
+            "unmatched".into(),
+            e.as_response_error().status_code().as_u16(),
+        ),
     };
     span.record("status", status);
     span.record("millis", elapsed.as_secs_f64() * 1000.0);

@@ -72,12 +72,23 @@ impl ServerSettings {
 
 /// An origin is `scheme://host[:port]`, nothing more (what browsers send in `Origin`).
 fn valid_origin(origin: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("CORS origin {origin:?} {why}; expected scheme://host[:port]"));
-    let Some((scheme, rest)) = origin.split_once("://") else { return bad("has no scheme") };
-    if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+    let bad = |why: &str| {
+        Err(format!(
+            "CORS origin {origin:?} {why}; expected scheme://host[:port]"
+        ))
+    };
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return bad("has no scheme");
+    };
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
         return bad("has an invalid scheme");
     }
-    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) || rest.chars().any(char::is_control) {
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) || rest.chars().any(char::is_control)
+    {
         return bad("has no host, or a path");
     }
     match origin.parse::<actix_web::http::Uri>() {
@@ -102,9 +113,16 @@ mod tests {
             ("://a.com", false),
         ];
         for (origin, ok) in cases {
-            let s = ServerSettings { cors_origins: vec![origin.to_string()], ..Default::default() };
+            let s = ServerSettings {
+                cors_origins: vec![origin.to_string()],
+                ..Default::default()
+            };
             assert_eq!(s.validate().is_ok(), *ok, "{origin}");
         }
-        assert!(ServerSettings { cors_origins: vec!["*".into()], ..Default::default() }.cors_any_origin());
+        assert!(ServerSettings {
+            cors_origins: vec!["*".into()],
+            ..Default::default()
+        }
+        .cors_any_origin());
     }
 }

@@ -19,7 +19,8 @@
 //! So a reconnect sees no gap; it can see a snapshot twice, never a delta twice.
 //!
 //! While idle, a `: keepalive` comment goes out every heartbeat, which also lets the server
-//! notice a client that disconnected. On shutdown the stream ends; on an error mid-stream an
+//! notice a client that disconnected: actix does not watch the socket while a streaming body
+//! is pending, so a gone client is seen when a write fails, within about two heartbeats. On shutdown the stream ends; on an error mid-stream an
 //! `event: error` with the usual error JSON is sent and the stream ends (the client reconnects).
 
 use std::convert::Infallible;
@@ -45,7 +46,11 @@ pub fn encode_page(from: u64, page: &StreamPage) -> String {
     let mut out = String::new();
     let mut last_id = from;
     for change in &page.changes {
-        let id = if change.operation == OperationType::Snapshot { from } else { change.seq };
+        let id = if change.operation == OperationType::Snapshot {
+            from
+        } else {
+            change.seq
+        };
         let data = match serde_json::to_string(&WireChange::from(change)) {
             Ok(data) => data,
             // Strings and numbers always serialize; keep the id rule intact if not.
@@ -90,8 +95,18 @@ impl Subscription {
         let page = match self.first.take() {
             Some(page) => Ok(page),
             None => {
-                let req = StreamRequest { cursor: self.cursor, limit: MAX_STREAM_LIMIT, size_threshold: None, wait: self.heartbeat };
-                match until_shutdown(self.shutdown.clone(), self.replicate.stream(&self.collection, req)).await {
+                let req = StreamRequest {
+                    cursor: self.cursor,
+                    limit: MAX_STREAM_LIMIT,
+                    size_threshold: None,
+                    wait: self.heartbeat,
+                };
+                match until_shutdown(
+                    self.shutdown.clone(),
+                    self.replicate.stream(&self.collection, req),
+                )
+                .await
+                {
                     Some(page) => page,
                     None => {
                         self.done = true;
@@ -102,11 +117,15 @@ impl Subscription {
         };
         match page {
             Ok(page) => {
-                metrics::counter!(metrics::STREAM_REQUESTS).increment(1);
-                metrics::counter!(metrics::STREAM_CHANGES).increment(page.changes.len() as u64);
+                ::metrics::counter!(metrics::STREAM_REQUESTS).increment(1);
+                ::metrics::counter!(metrics::STREAM_CHANGES).increment(page.changes.len() as u64);
                 let text = encode_page(self.cursor, &page);
                 self.cursor = self.cursor.max(page.cursor);
-                Some(if text.is_empty() { KEEPALIVE.to_string() } else { text })
+                Some(if text.is_empty() {
+                    KEEPALIVE.to_string()
+                } else {
+                    text
+                })
             }
             Err(e) => {
                 self.done = true;
@@ -149,20 +168,44 @@ mod tests {
     use super::*;
 
     fn change(seq: u64, operation: OperationType) -> Change {
-        Change { document_id: "d".into(), seq, bytes: vec![0, 0], operation }
+        Change {
+            document_id: "d".into(),
+            seq,
+            bytes: vec![0, 0],
+            operation,
+        }
     }
 
     fn ids(text: &str) -> Vec<u64> {
-        text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|v| v.parse().expect("numeric id")).collect()
+        text.lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|v| v.parse().expect("numeric id"))
+            .collect()
     }
+
+    /// (page read from, changes as (seq, operation), page cursor, expected ids)
+    type IdCase = (u64, &'static [(u64, OperationType)], u64, &'static [u64]);
 
     #[test]
     fn ids_are_resume_points() {
-        // (from, changes, page cursor, expected ids)
-        let cases: &[(u64, &[(u64, OperationType)], u64, &[u64])] = &[
-            (0, &[(1, OperationType::Insert), (2, OperationType::Update)], 2, &[1, 2]),
+        let cases: &[IdCase] = &[
+            (
+                0,
+                &[(1, OperationType::Insert), (2, OperationType::Update)],
+                2,
+                &[1, 2],
+            ),
             // a snapshot whose seq (9) is past undelivered deltas: its id stays at the page start
-            (3, &[(9, OperationType::Snapshot), (4, OperationType::Insert), (5, OperationType::Update)], 5, &[3, 4, 5]),
+            (
+                3,
+                &[
+                    (9, OperationType::Snapshot),
+                    (4, OperationType::Insert),
+                    (5, OperationType::Update),
+                ],
+                5,
+                &[3, 4, 5],
+            ),
             // newest deltas compacted: an id-only block carries the page cursor
             (3, &[(9, OperationType::Snapshot)], 9, &[3, 9]),
             (3, &[(4, OperationType::Insert)], 6, &[4, 6]),
@@ -175,7 +218,11 @@ mod tests {
                 has_more: false,
                 compact: None,
             };
-            assert_eq!(ids(&encode_page(*from, &page)), *expected, "from {from}: {changes:?}");
+            assert_eq!(
+                ids(&encode_page(*from, &page)),
+                *expected,
+                "from {from}: {changes:?}"
+            );
         }
     }
 }

@@ -148,9 +148,12 @@ pub fn encode(bytes: &[u8]) -> String {
 /// # Errors
 /// 400 `invalid_base64` naming the field and what is wrong.
 pub fn decode(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
-    STANDARD
-        .decode(value)
-        .map_err(|e| ApiError::bad_request("invalid_base64", format!("{field} is not standard padded base64: {e}")))
+    STANDARD.decode(value).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_base64",
+            format!("{field} is not standard padded base64: {e}"),
+        )
+    })
 }
 
 /// A JSON number that must be a non-negative integer fitting in u64.
@@ -178,28 +181,84 @@ pub fn json_u64(field: &str, n: &Number) -> Result<u64, ApiError> {
 pub fn query_u64(field: &str, value: &str) -> Result<u64, ApiError> {
     let shown: String = value.chars().take(40).collect();
     if value.is_empty() {
-        return Err(ApiError::invalid_argument(field, "must not be empty; expected a non-negative integer"));
+        return Err(ApiError::invalid_argument(
+            field,
+            "must not be empty; expected a non-negative integer",
+        ));
     }
     if value.starts_with('-') {
-        return Err(ApiError::invalid_argument(field, format!("must not be negative, got {shown:?}")));
+        return Err(ApiError::invalid_argument(
+            field,
+            format!("must not be negative, got {shown:?}"),
+        ));
     }
     if !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::invalid_argument(field, format!("must be a non-negative integer, got {shown:?}")));
+        return Err(ApiError::invalid_argument(
+            field,
+            format!("must be a non-negative integer, got {shown:?}"),
+        ));
     }
-    value
-        .parse::<u64>()
-        .map_err(|_| ApiError::invalid_argument(field, format!("must be at most {}, got {shown:?}", u64::MAX)))
+    value.parse::<u64>().map_err(|_| {
+        ApiError::invalid_argument(
+            field,
+            format!("must be at most {}, got {shown:?}", u64::MAX),
+        )
+    })
+}
+
+/// Percent-decodes a URL path segment into UTF-8. Unlike actix's lossy decoding, bytes that
+/// are not UTF-8 are refused rather than replaced, so a name is never silently changed. A `%`
+/// not followed by two hex digits is kept as it is.
+///
+/// # Errors
+/// 400 `invalid_name` when the decoded bytes are not UTF-8.
+pub fn path_segment(field: &str, raw: &str) -> Result<String, ApiError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_name",
+            format!("invalid {field}: is not UTF-8 once percent-decoded"),
+        )
+    })
 }
 
 /// Looks up `name` in parsed query pairs; a repeated parameter is an error rather than a guess.
 ///
 /// # Errors
 /// 400 `invalid_query` when `name` appears more than once.
-pub fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, ApiError> {
-    let mut found = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+pub fn query_param<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    let mut found = pairs
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str());
     let first = found.next();
     if found.next().is_some() {
-        return Err(ApiError::bad_request("invalid_query", format!("query parameter {name} is given more than once")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("query parameter {name} is given more than once"),
+        ));
     }
     Ok(first)
 }
@@ -230,11 +289,39 @@ mod tests {
 
     #[test]
     fn json_u64_table() {
-        let cases: &[(&str, Option<u64>)] =
-            &[("0", Some(0)), ("7", Some(7)), ("-1", None), ("1.5", None), ("1e30", None), ("18446744073709551615", Some(u64::MAX))];
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("-1", None),
+            ("1.5", None),
+            ("1e30", None),
+            ("18446744073709551615", Some(u64::MAX)),
+        ];
         for (v, expected) in cases {
             let n: Number = serde_json::from_str(v).expect("test number parses");
             assert_eq!(json_u64("syncedSeq", &n).ok(), *expected, "{v}");
+        }
+    }
+
+    #[test]
+    fn path_segment_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("todos", Some("todos")),
+            ("a%20b", Some("a b")),
+            ("a%2Fb", Some("a/b")),
+            ("%C3%A9", Some("é")),
+            ("100%", Some("100%")),
+            ("%zz", Some("%zz")),
+            ("a%0Ab", Some("a\nb")),
+            ("a%FFb", None),
+            ("%C3", None),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(
+                path_segment("collection", raw).ok().as_deref(),
+                *expected,
+                "{raw}"
+            );
         }
     }
 

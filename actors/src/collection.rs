@@ -6,7 +6,7 @@
 //! crash and issued again. Stream pages, acks and compaction applies also run here, so each
 //! sees a consistent view of the collection.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +17,10 @@ use tokio::sync::watch;
 use crate::compaction;
 use crate::crdt::Merged;
 use crate::error::{Error, Result};
-use crate::runtime::Shared;
-use crate::store::{CompactionWrite, DeltaRecord, DocStats, SnapshotRecord};
-use crate::types::{Change, CollectionStats, Compacted, OperationType, StreamPage, Write, Written};
 use crate::peers::PeerTable;
+use crate::runtime::Shared;
+use crate::store::{CompactionWrite, DeltaRecord, DocStats, PreparedWrite, SnapshotRecord, Store};
+use crate::types::{Change, CollectionStats, Compacted, OperationType, StreamPage, Write, Written};
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -39,6 +39,10 @@ pub struct CollectionActor {
     /// (retained bytes, document) for the compaction hint without a scan.
     by_size: BTreeSet<(u64, String)>,
     peers: PeerTable,
+    /// Op ids of writes queued for commit but not yet on disk (the store cannot answer for them).
+    pending_ops: HashMap<String, u64>,
+    /// Documents with a compaction queued for commit; a new plan for them waits for it.
+    pending_compactions: HashSet<String>,
     stats: CollectionStats,
     last_activity: u64,
     stopped: bool,
@@ -49,12 +53,24 @@ impl CollectionActor {
     ///
     /// # Errors
     /// [`Error::Storage`] if the store cannot be read.
-    pub(crate) fn load(name: String, id: u64, shared: Arc<Shared>, in_flight: Arc<AtomicUsize>) -> Result<Self> {
+    pub(crate) fn load(
+        name: String,
+        id: u64,
+        shared: Arc<Shared>,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Result<Self> {
         let loaded = shared.store.load_collection(&name)?;
-        let by_size = loaded.docs.iter().map(|(d, s)| (s.retained_bytes, d.clone())).collect();
+        let by_size = loaded
+            .docs
+            .iter()
+            .map(|(d, s)| (s.retained_bytes, d.clone()))
+            .collect();
         let now = shared.clock.now_millis();
         Ok(CollectionActor {
-            stats: CollectionStats { collection: name.clone(), ..Default::default() },
+            stats: CollectionStats {
+                collection: name.clone(),
+                ..Default::default()
+            },
             name,
             id,
             in_flight,
@@ -66,6 +82,8 @@ impl CollectionActor {
             docs: loaded.docs.into_iter().collect(),
             by_size,
             peers: PeerTable::from_records(loaded.peers),
+            pending_ops: HashMap::new(),
+            pending_compactions: HashSet::new(),
             last_activity: now,
             stopped: false,
             shared,
@@ -96,7 +114,10 @@ impl CollectionActor {
 
     /// The document with the most retained bytes, if above `threshold`.
     fn compaction_hint(&self, threshold: u64) -> Option<String> {
-        self.by_size.last().filter(|(bytes, _)| *bytes > threshold).map(|(_, d)| d.clone())
+        self.by_size
+            .last()
+            .filter(|(bytes, _)| *bytes > threshold)
+            .map(|(_, d)| d.clone())
     }
 
     fn snapshot_stats(&self) -> CollectionStats {
@@ -124,7 +145,11 @@ impl CollectionActor {
         let mut deltas = store.deltas_after(&self.name, cursor, head, limit + 1)?;
         let more_deltas = deltas.len() > limit;
         deltas.truncate(limit);
-        let mut new_cursor = if more_deltas { deltas.last().map(|(s, _)| *s).unwrap_or(cursor) } else { head };
+        let mut new_cursor = if more_deltas {
+            deltas.last().map(|(s, _)| *s).unwrap_or(cursor)
+        } else {
+            head
+        };
         if let Some(next_watermark) = snapshots_cut_at {
             // The next unsent snapshot covers a delta at `next_watermark`: stop just below it.
             new_cursor = new_cursor.min(next_watermark - 1);
@@ -132,15 +157,25 @@ impl CollectionActor {
         let mut changes = Vec::with_capacity(compacted.len() + deltas.len());
         for (_, doc) in compacted {
             if let Some(s) = store.snapshot(&self.name, &doc)? {
-                changes.push(Change { document_id: doc, seq: s.snapshot_seq, bytes: s.bytes, operation: OperationType::Snapshot });
+                changes.push(Change {
+                    document_id: doc,
+                    seq: s.snapshot_seq,
+                    bytes: s.bytes,
+                    operation: OperationType::Snapshot,
+                });
             }
         }
-        changes.extend(deltas.into_iter().filter(|(seq, _)| *seq <= new_cursor).map(|(seq, d)| Change {
-            document_id: d.document_id,
-            seq,
-            bytes: d.bytes,
-            operation: d.operation,
-        }));
+        changes.extend(
+            deltas
+                .into_iter()
+                .filter(|(seq, _)| *seq <= new_cursor)
+                .map(|(seq, d)| Change {
+                    document_id: d.document_id,
+                    seq,
+                    bytes: d.bytes,
+                    operation: d.operation,
+                }),
+        );
         self.stats.stream_pages += 1;
         Ok(StreamPage {
             changes,
@@ -151,8 +186,14 @@ impl CollectionActor {
     }
 
     fn auto_compact(&mut self, doc: &str, ctx: &mut Context<Self>) {
-        let over = self.docs.get(doc).is_some_and(|s| s.retained_bytes > self.shared.config.size_threshold);
-        if !self.shared.config.auto_compact || !over || !self.shared.auto_compacting(&self.name, doc, true) {
+        let over = self
+            .docs
+            .get(doc)
+            .is_some_and(|s| s.retained_bytes > self.shared.config.size_threshold);
+        if !self.shared.config.auto_compact
+            || !over
+            || !self.shared.auto_compacting(&self.name, doc, true)
+        {
             return;
         }
         let addr = ctx.address();
@@ -176,7 +217,10 @@ impl CollectionActor {
         let quiet = self.in_flight.load(Ordering::SeqCst) == 0
             && self.assigned == self.durable
             && self.durable_tx.receiver_count() == 0;
-        if quiet && idle_for >= self.shared.config.idle_timeout.as_millis() as u64 && self.shared.evict(&self.name, self.id) {
+        if quiet
+            && idle_for >= self.shared.config.idle_timeout.as_millis() as u64
+            && self.shared.evict(&self.name, self.id)
+        {
             tracing::debug!(collection = %self.name, "stopping idle collection actor");
             self.stopped = true;
             ctx.stop();
@@ -189,7 +233,12 @@ impl Actor for CollectionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.shared.config.max_in_flight.max(16));
-        let every = IDLE_CHECK_EVERY.min(self.shared.config.idle_timeout.max(Duration::from_millis(10)));
+        let every = IDLE_CHECK_EVERY.min(
+            self.shared
+                .config
+                .idle_timeout
+                .max(Duration::from_millis(10)),
+        );
         ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
     }
 }
@@ -206,56 +255,86 @@ impl Handler<Append> for CollectionActor {
     type Result = ResponseActFuture<Self, Result<Written>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Self::Context) -> Self::Result {
-        if let Err(e) = self.touch() {
-            return Box::pin(fut::ready(Err(e)));
-        }
-        let commit = self.shared.commit.clone();
-        let c = self.name.clone();
-        let previous = match &msg.write.op_id {
-            Some(op) => self.shared.store.op_seq(&c, op),
-            None => Ok(None),
-        };
-        let (seq, duplicate) = match previous {
+        let op_id = msg.write.op_id.clone();
+        let (seq, committed) = match self.append(msg, ctx) {
+            Ok(Appended::Duplicate(seq)) if seq <= self.durable => {
+                return Box::pin(fut::ready(Ok(Written {
+                    seq,
+                    duplicate: true,
+                })));
+            }
+            // A duplicate still queued waits for the round that holds the original.
+            Ok(Appended::Duplicate(seq)) => (seq, None),
+            Ok(Appended::New(seq, prepared)) => (seq, Some(prepared)),
             Err(e) => return Box::pin(fut::ready(Err(e))),
-            Ok(Some(seq)) => (seq, true),
-            Ok(None) => {
-                let seq = self.assigned + 1;
-                let write = &msg.write;
-                let mut stats = self.docs.get(&write.document_id).copied().unwrap_or_default();
-                stats.retained_bytes += write.bytes.len() as u64;
-                stats.retained_count += 1;
-                let record = DeltaRecord {
-                    document_id: write.document_id.clone(),
-                    operation: msg.operation,
-                    bytes: write.bytes.clone(),
-                    created_at: self.shared.clock.now_millis(),
-                };
-                if let Err(e) = self.shared.store.append(&c, seq, &record, &stats, write.op_id.as_deref()) {
-                    return Box::pin(fut::ready(Err(e)));
-                }
-                self.assigned = seq;
-                self.set_doc_stats(&write.document_id, stats);
-                self.stats.appends += 1;
-                self.stats.appended_bytes += write.bytes.len() as u64;
-                self.stats.pending_writes += 1;
-                self.auto_compact(&write.document_id, ctx);
-                (seq, false)
-            }
         };
-        if duplicate {
-            self.stats.duplicate_writes += 1;
-            if seq <= self.durable {
-                return Box::pin(fut::ready(Ok(Written { seq, duplicate })));
-            }
-        }
-        Box::pin(async move { commit.durable().await }.into_actor(self).map(move |res, act, _| {
+        let duplicate = committed.is_none();
+        // `submit` queues now, so commit order is seq order.
+        let round = self.shared.commit.submit(committed.unwrap_or_default());
+        Box::pin(round.into_actor(self).map(move |res, act, _| {
             if !duplicate {
                 act.stats.pending_writes -= 1;
+                if let Some(op) = op_id {
+                    act.pending_ops.remove(&op);
+                }
             }
             res?;
             act.mark_durable(seq);
             Ok(Written { seq, duplicate })
         }))
+    }
+}
+
+/// What [`CollectionActor::append`] did with a write.
+enum Appended {
+    /// A new seq and the write to commit.
+    New(u64, PreparedWrite),
+    /// The op id was seen before, with this seq.
+    Duplicate(u64),
+}
+
+impl CollectionActor {
+    /// Assigns the next seq to a write and prepares it (or finds the seq of its op id).
+    fn append(&mut self, msg: Append, ctx: &mut Context<Self>) -> Result<Appended> {
+        self.touch()?;
+        let write = msg.write;
+        if let Some(op) = &write.op_id {
+            let known = match self.pending_ops.get(op) {
+                Some(seq) => Some(*seq),
+                None => self.shared.store.op_seq(&self.name, op)?,
+            };
+            if let Some(seq) = known {
+                self.stats.duplicate_writes += 1;
+                return Ok(Appended::Duplicate(seq));
+            }
+        }
+        let seq = self.assigned + 1;
+        let mut stats = self
+            .docs
+            .get(&write.document_id)
+            .copied()
+            .unwrap_or_default();
+        let len = write.bytes.len() as u64;
+        stats.retained_bytes += len;
+        stats.retained_count += 1;
+        let record = DeltaRecord {
+            document_id: write.document_id,
+            operation: msg.operation,
+            bytes: write.bytes,
+            created_at: self.shared.clock.now_millis(),
+        };
+        let prepared =
+            Store::prepare_append(&self.name, seq, &record, &stats, write.op_id.as_deref())?;
+        self.assigned = seq;
+        if let Some(op) = write.op_id {
+            self.pending_ops.insert(op, seq);
+        }
+        self.set_doc_stats(&record.document_id, stats);
+        self.stats.appends += 1;
+        self.stats.appended_bytes += len;
+        self.stats.pending_writes += 1;
+        self.auto_compact(&record.document_id, ctx);
+        Ok(Appended::New(seq, prepared))
     }
 }
 
@@ -294,8 +373,12 @@ impl Handler<Ack> for CollectionActor {
     fn handle(&mut self, msg: Ack, _: &mut Self::Context) -> Self::Result {
         self.touch()?;
         let now = self.shared.clock.now_millis();
-        let record = self.peers.ack(&msg.peer_id, msg.synced_seq, self.durable, now)?;
-        self.shared.store.put_peer(&self.name, &msg.peer_id, &record)?;
+        let record = self
+            .peers
+            .ack(&msg.peer_id, msg.synced_seq, self.durable, now)?;
+        self.shared
+            .store
+            .put_peer(&self.name, &msg.peer_id, &record)?;
         self.stats.acks += 1;
         Ok(record.synced_seq)
     }
@@ -346,15 +429,28 @@ pub struct PlanCompaction {
 }
 
 impl Handler<PlanCompaction> for CollectionActor {
-    type Result = Result<CompactionInput>;
+    type Result = ResponseActFuture<Self, Result<CompactionInput>>;
 
+    /// If a compaction of the document is still being committed, waits for it first, so the
+    /// store shows its outcome.
     fn handle(&mut self, msg: PlanCompaction, _: &mut Self::Context) -> Self::Result {
-        self.touch()?;
-        let store = &self.shared.store;
-        let stats = self.docs.get(&msg.document_id).copied().unwrap_or_default();
-        let snapshot = if stats.has_snapshot { store.snapshot(&self.name, &msg.document_id)?.map(|s| s.bytes) } else { None };
-        let deltas = store.doc_deltas(&self.name, &msg.document_id, self.durable)?;
-        Ok(CompactionInput { generation: stats.generation, snapshot, deltas })
+        let wait = self
+            .pending_compactions
+            .contains(&msg.document_id)
+            .then(|| self.shared.commit.durable());
+        Box::pin(
+            async move {
+                match wait {
+                    Some(round) => round.await,
+                    None => Ok(()),
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                res?;
+                act.read_compaction_input(&msg.document_id)
+            }),
+        )
     }
 }
 
@@ -366,8 +462,8 @@ pub struct ApplyCompaction {
     /// The document's compaction generation when its input was read.
     pub generation: u64,
     pub merged: Merged,
-    /// Seqs of the deltas merged into `merged`, ascending.
-    pub merged_seqs: Vec<u64>,
+    /// (seq, byte length) of the deltas merged into `merged`, ascending.
+    pub merged_deltas: Vec<(u64, u64)>,
     pub peer_timeout_ms: u64,
 }
 
@@ -375,56 +471,76 @@ impl Handler<ApplyCompaction> for CollectionActor {
     type Result = ResponseActFuture<Self, Result<Compacted>>;
 
     fn handle(&mut self, msg: ApplyCompaction, _: &mut Self::Context) -> Self::Result {
-        let result = self.apply_compaction(msg);
-        let commit = self.shared.commit.clone();
-        Box::pin(async move {
-            let compacted = result?;
-            commit.durable().await?;
-            Ok(compacted)
-        }.into_actor(self))
+        let doc = msg.document_id.clone();
+        let (compacted, round) = match self.apply_compaction(msg) {
+            Ok((compacted, prepared)) => (compacted, self.shared.commit.submit(prepared)),
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        self.pending_compactions.insert(doc.clone());
+        Box::pin(round.into_actor(self).map(move |res, act, _| {
+            act.pending_compactions.remove(&doc);
+            res.map(|()| compacted)
+        }))
     }
 }
 
 impl CollectionActor {
-    fn apply_compaction(&mut self, msg: ApplyCompaction) -> Result<Compacted> {
+    /// Reads deltas first, the snapshot second: a compaction committing in between deletes
+    /// deltas and writes the snapshot holding them in one atomic batch, so the second read
+    /// sees what the first missed. Only durable deltas are merged.
+    fn read_compaction_input(&mut self, doc: &str) -> Result<CompactionInput> {
         self.touch()?;
-        let c = self.name.clone();
+        let store = &self.shared.store;
+        let stats = self.docs.get(doc).copied().unwrap_or_default();
+        let deltas = store.doc_deltas(&self.name, doc, self.durable)?;
+        let snapshot = if stats.has_snapshot {
+            store.snapshot(&self.name, doc)?.map(|s| s.bytes)
+        } else {
+            None
+        };
+        Ok(CompactionInput {
+            generation: stats.generation,
+            snapshot,
+            deltas,
+        })
+    }
+
+    /// Plans the compaction against the current acks and updates the in-memory counters;
+    /// answers the outcome and the write to commit.
+    fn apply_compaction(&mut self, msg: ApplyCompaction) -> Result<(Compacted, PreparedWrite)> {
+        self.touch()?;
         let doc = msg.document_id.as_str();
         let previous = self.docs.get(doc).copied().unwrap_or_default();
         if previous.generation != msg.generation {
             return Err(Error::CompactionRaced);
         }
-        let store = &self.shared.store;
-        let previous_snapshot_seq = if previous.has_snapshot {
-            store.snapshot(&c, doc)?.map(|s| s.snapshot_seq).unwrap_or(0)
-        } else {
-            0
-        };
-        let mut merged = Vec::with_capacity(msg.merged_seqs.len());
-        for &seq in &msg.merged_seqs {
-            // Only compaction deletes deltas and the generation is unchanged, so each is there.
-            let len = store.doc_delta_len(&c, doc, seq)?.ok_or_else(|| Error::Internal(format!("merged delta {seq} vanished")))?;
-            merged.push((seq, len));
-        }
         let now = self.shared.clock.now_millis();
         let min_active = self.peers.min_active_synced(now, msg.peer_timeout_ms);
-        let plan = compaction::plan(&merged, previous, previous_snapshot_seq, min_active);
+        let plan = compaction::plan(&msg.merged_deltas, previous, min_active);
         let snapshot = SnapshotRecord {
             bytes: msg.merged.update,
             state_vector: msg.merged.state_vector,
             snapshot_seq: plan.snapshot_seq,
             created_at: now,
         };
-        store.apply_compaction(&c, &CompactionWrite {
-            document_id: doc,
-            snapshot: &snapshot,
-            deleted: &plan.delete,
-            stats: plan.stats,
-            old_watermark: previous.watermark,
-        })?;
+        let prepared = Store::prepare_compaction(
+            &self.name,
+            &CompactionWrite {
+                document_id: doc,
+                snapshot: &snapshot,
+                deleted: &plan.delete,
+                stats: plan.stats,
+                old_watermark: previous.watermark,
+            },
+        )?;
         self.set_doc_stats(doc, plan.stats);
         self.stats.compactions += 1;
         self.stats.deltas_removed += plan.delete.len() as u64;
-        Ok(Compacted { removed: plan.delete.len() as u64, retained: plan.stats.retained_count, snapshot_seq: plan.snapshot_seq })
+        let compacted = Compacted {
+            removed: plan.delete.len() as u64,
+            retained: plan.stats.retained_count,
+            snapshot_seq: plan.snapshot_seq,
+        };
+        Ok((compacted, prepared))
     }
 }

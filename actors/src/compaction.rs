@@ -22,12 +22,24 @@ pub struct Plan {
 
 /// Plans the deletion of `merged` deltas (seq, byte length; ascending), all of which are in
 /// the new snapshot, given the previous counters and `min_active` (see module docs).
-pub fn plan(merged: &[(u64, u64)], previous: DocStats, previous_snapshot_seq: u64, min_active: Option<u64>) -> Plan {
+pub fn plan(merged: &[(u64, u64)], previous: DocStats, min_active: Option<u64>) -> Plan {
     let delete_below = min_active.unwrap_or(u64::MAX);
-    let deleted: Vec<(u64, u64)> = merged.iter().copied().filter(|(seq, _)| *seq < delete_below).collect();
+    let deleted: Vec<(u64, u64)> = merged
+        .iter()
+        .copied()
+        .filter(|(seq, _)| *seq < delete_below)
+        .collect();
     let removed_bytes: u64 = deleted.iter().map(|(_, len)| len).sum();
-    let snapshot_seq = merged.last().map(|(s, _)| *s).unwrap_or(0).max(previous_snapshot_seq);
-    let watermark = deleted.last().map(|(s, _)| *s).unwrap_or(0).max(previous.watermark);
+    let snapshot_seq = merged
+        .last()
+        .map(|(s, _)| *s)
+        .unwrap_or(0)
+        .max(previous.snapshot_seq);
+    let watermark = deleted
+        .last()
+        .map(|(s, _)| *s)
+        .unwrap_or(0)
+        .max(previous.watermark);
     Plan {
         delete: deleted.iter().map(|(s, _)| *s).collect(),
         snapshot_seq,
@@ -37,6 +49,7 @@ pub fn plan(merged: &[(u64, u64)], previous: DocStats, previous_snapshot_seq: u6
             watermark,
             generation: previous.generation + 1,
             has_snapshot: true,
+            snapshot_seq,
         },
     }
 }
@@ -46,25 +59,38 @@ mod tests {
     use super::*;
 
     fn stats(bytes: u64, count: u64, watermark: u64) -> DocStats {
-        DocStats { retained_bytes: bytes, retained_count: count, watermark, generation: 0, has_snapshot: false }
+        DocStats {
+            retained_bytes: bytes,
+            retained_count: count,
+            watermark,
+            ..DocStats::default()
+        }
     }
 
     #[test]
     fn plan_table() {
         let merged = [(2, 10), (5, 20), (9, 30)];
         // (min_active, deleted, retained_bytes, retained_count, watermark)
-        let cases: &[(Option<u64>, &[u64], u64, u64, u64)] = &[
+        type Case = (Option<u64>, &'static [u64], u64, u64, u64);
+        let cases: &[Case] = &[
             (None, &[2, 5, 9], 0, 0, 9),
             (Some(100), &[2, 5, 9], 0, 0, 9),
             (Some(9), &[2, 5], 30, 1, 5), // seq == min ack is kept
             (Some(5), &[2], 50, 2, 2),
-            (Some(2), &[], 60, 3, 1),   // nothing deleted: old watermark kept
+            (Some(2), &[], 60, 3, 1), // nothing deleted: old watermark kept
             (Some(0), &[], 60, 3, 1),
         ];
         for (min_active, deleted, bytes, count, watermark) in cases {
-            let p = plan(&merged, stats(60, 3, 1), 0, *min_active);
+            let p = plan(&merged, stats(60, 3, 1), *min_active);
             assert_eq!(p.delete, *deleted, "{min_active:?}");
-            assert_eq!((p.stats.retained_bytes, p.stats.retained_count, p.stats.watermark), (*bytes, *count, *watermark));
+            assert_eq!(
+                (
+                    p.stats.retained_bytes,
+                    p.stats.retained_count,
+                    p.stats.watermark
+                ),
+                (*bytes, *count, *watermark)
+            );
             assert_eq!(p.snapshot_seq, 9);
             assert!(p.stats.has_snapshot);
             assert_eq!(p.stats.generation, 1);
@@ -73,7 +99,16 @@ mod tests {
 
     #[test]
     fn snapshot_seq_never_goes_back() {
-        assert_eq!(plan(&[], stats(0, 0, 7), 7, None).snapshot_seq, 7);
-        assert_eq!(plan(&[(3, 1)], stats(1, 1, 0), 7, None).snapshot_seq, 7);
+        let with_snapshot = |s| DocStats {
+            snapshot_seq: s,
+            has_snapshot: true,
+            ..stats(1, 1, 0)
+        };
+        assert_eq!(plan(&[], with_snapshot(7), None).snapshot_seq, 7);
+        assert_eq!(plan(&[(3, 1)], with_snapshot(7), None).snapshot_seq, 7);
+        assert_eq!(
+            plan(&[(9, 1)], with_snapshot(7), None).stats.snapshot_seq,
+            9
+        );
     }
 }

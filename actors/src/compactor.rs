@@ -59,11 +59,21 @@ impl Handler<Recover> for Compactor {
         let mut parts: Vec<Vec<u8>> = Vec::new();
         match &msg.document_id {
             Some(doc) => {
-                parts.extend(self.store.doc_deltas(c, doc, msg.upto)?.into_iter().map(|(_, b)| b));
+                parts.extend(
+                    self.store
+                        .doc_deltas(c, doc, msg.upto)?
+                        .into_iter()
+                        .map(|(_, b)| b),
+                );
                 parts.extend(self.store.snapshot(c, doc)?.map(|s| s.bytes));
             }
             None => {
-                parts.extend(self.store.all_deltas(c, msg.upto)?.into_iter().map(|(_, d)| d.bytes));
+                parts.extend(
+                    self.store
+                        .all_deltas(c, msg.upto)?
+                        .into_iter()
+                        .map(|(_, d)| d.bytes),
+                );
                 parts.extend(self.store.snapshots(c)?.into_iter().map(|(_, s)| s.bytes));
             }
         }

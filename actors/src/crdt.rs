@@ -22,7 +22,11 @@ pub struct Merged {
 }
 
 fn invalid(field: &'static str, kind: &'static str, reason: impl ToString) -> Error {
-    Error::InvalidYjs { field, kind, reason: reason.to_string() }
+    Error::InvalidYjs {
+        field,
+        kind,
+        reason: reason.to_string(),
+    }
 }
 
 /// Decodes `bytes` as a Yjs v1 update, within `max_bytes`.
@@ -32,7 +36,11 @@ fn invalid(field: &'static str, kind: &'static str, reason: impl ToString) -> Er
 /// update (including bytes that would make yrs panic).
 pub fn decode_update(field: &'static str, bytes: &[u8], max_bytes: usize) -> Result<Update> {
     if bytes.len() > max_bytes {
-        return Err(Error::TooLarge { field, size: bytes.len(), max: max_bytes });
+        return Err(Error::TooLarge {
+            field,
+            size: bytes.len(),
+            max: max_bytes,
+        });
     }
     if bytes.is_empty() {
         return Err(invalid(field, "update", "empty"));
@@ -117,7 +125,10 @@ pub fn merge<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Result<Merged> 
 ///
 /// # Errors
 /// [`Error::InvalidYjs`] for a bad state vector; otherwise as [`merge`].
-pub fn diff<'a>(updates: impl IntoIterator<Item = &'a [u8]>, state_vector: &[u8]) -> Result<Vec<u8>> {
+pub fn diff<'a>(
+    updates: impl IntoIterator<Item = &'a [u8]>,
+    state_vector: &[u8],
+) -> Result<Vec<u8>> {
     let sv = if state_vector.is_empty() {
         StateVector::default()
     } else {
@@ -148,7 +159,9 @@ mod tests {
     fn text_of(update: &[u8]) -> String {
         let doc = Doc::new();
         let text = doc.get_or_insert_text("t");
-        doc.transact_mut().apply_update(Update::decode_v1(update).unwrap()).unwrap();
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).unwrap())
+            .unwrap();
         let s = text.get_string(&doc.transact());
         s
     }
@@ -157,12 +170,26 @@ mod tests {
     fn accepts_real_updates_and_rejects_junk() {
         let good = text_update(1, 0, "hello");
         assert!(validate_update("crdtBytes", &good, 1 << 20).is_ok());
-        assert!(validate_update("crdtBytes", &[0, 0], 1 << 20).is_ok(), "the empty update is valid");
-        let table: &[&[u8]] = &[&[], &[0xff], &[0xff, 0xff, 0xff, 0xff, 0x0f], &good[..good.len() - 3]];
+        assert!(
+            validate_update("crdtBytes", &[0, 0], 1 << 20).is_ok(),
+            "the empty update is valid"
+        );
+        let table: &[&[u8]] = &[
+            &[],
+            &[0xff],
+            &[0xff, 0xff, 0xff, 0xff, 0x0f],
+            &good[..good.len() - 3],
+        ];
         for bytes in table {
-            assert!(validate_update("crdtBytes", bytes, 1 << 20).is_err(), "{bytes:?}");
+            assert!(
+                validate_update("crdtBytes", bytes, 1 << 20).is_err(),
+                "{bytes:?}"
+            );
         }
-        assert!(matches!(validate_update("crdtBytes", &good, 3), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            validate_update("crdtBytes", &good, 3),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -174,7 +201,9 @@ mod tests {
         assert_eq!(text.len(), 6);
         let sv_a = {
             let doc = Doc::new();
-            doc.transact_mut().apply_update(Update::decode_v1(&a).unwrap()).unwrap();
+            doc.transact_mut()
+                .apply_update(Update::decode_v1(&a).unwrap())
+                .unwrap();
             let sv = doc.transact().state_vector().encode_v1();
             sv
         };
@@ -216,11 +245,21 @@ mod tests {
             0 => text.insert(&mut txn, n % (len + 1), s),
             1 if len > 0 => text.remove_range(&mut txn, n % len, 1),
             2 => {
-                let nested = Any::from(vec![Any::from(n as f64), Any::from(format!("{s}é😀")), Any::Null]);
+                let nested = Any::from(vec![
+                    Any::from(n as f64),
+                    Any::from(format!("{s}é😀")),
+                    Any::Null,
+                ]);
                 map.insert(&mut txn, s.to_string(), nested);
             }
             3 => {
-                array.push_back(&mut txn, Any::from(vec![Any::Bool(true), Any::from(vec![Any::from(s.to_string())])]));
+                array.push_back(
+                    &mut txn,
+                    Any::from(vec![
+                        Any::Bool(true),
+                        Any::from(vec![Any::from(s.to_string())]),
+                    ]),
+                );
             }
             _ => {
                 map.insert(&mut txn, "k", n as i64);

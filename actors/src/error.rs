@@ -12,10 +12,18 @@ pub enum Error {
     InvalidArgument { field: &'static str, reason: String },
     /// Bytes that should be a Yjs v1 update (or state vector) do not decode as one.
     #[error("{field} is not a valid Yjs v1 {kind}: {reason}")]
-    InvalidYjs { field: &'static str, kind: &'static str, reason: String },
+    InvalidYjs {
+        field: &'static str,
+        kind: &'static str,
+        reason: String,
+    },
     /// An update is larger than the configured cap.
     #[error("{field} is {size} bytes, over the limit of {max} bytes")]
-    TooLarge { field: &'static str, size: usize, max: usize },
+    TooLarge {
+        field: &'static str,
+        size: usize,
+        max: usize,
+    },
     /// An ack names a seq the collection has not issued yet.
     #[error("syncedSeq {synced} is above the collection's current seq {head}")]
     AckAhead { synced: u64, head: u64 },
@@ -24,7 +32,10 @@ pub enum Error {
     CursorAhead { cursor: u64, head: u64 },
     /// Too many requests are queued for one collection; retry later.
     #[error("collection {collection} is overloaded ({in_flight} requests in flight); retry later")]
-    Overloaded { collection: String, in_flight: usize },
+    Overloaded {
+        collection: String,
+        in_flight: usize,
+    },
     /// An actor did not answer within the ask timeout.
     #[error("{what} did not answer within {millis} ms")]
     Timeout { what: &'static str, millis: u64 },

@@ -143,7 +143,10 @@ mod tests {
         let key = watermark("c", 42, "doc-1");
         let base = prefix(Tag::Watermark, "c").len();
         assert_eq!(read_u64(&key, base), Some(42));
-        assert_eq!(read_str(&key, base + 8), Some(("doc-1".to_string(), key.len())));
+        assert_eq!(
+            read_str(&key, base + 8),
+            Some(("doc-1".to_string(), key.len()))
+        );
     }
 
     proptest! {

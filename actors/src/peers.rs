@@ -16,7 +16,9 @@ pub struct PeerTable {
 
 impl PeerTable {
     pub fn from_records(records: impl IntoIterator<Item = (String, PeerRecord)>) -> Self {
-        PeerTable { peers: records.into_iter().collect() }
+        PeerTable {
+            peers: records.into_iter().collect(),
+        }
     }
 
     /// Records that `peer` has synced through `synced`, seen at `now`. Keeps the larger of the
@@ -66,27 +68,50 @@ mod tests {
     fn ack_keeps_the_maximum_and_rejects_the_future() {
         let mut t = PeerTable::default();
         assert_eq!(t.ack("p", 5, 10, 100).unwrap().synced_seq, 5);
-        assert_eq!(t.ack("p", 3, 10, 200).unwrap(), PeerRecord { synced_seq: 5, last_seen_at: 200 });
-        assert_eq!(t.ack("p", 11, 10, 300), Err(Error::AckAhead { synced: 11, head: 10 }));
+        assert_eq!(
+            t.ack("p", 3, 10, 200).unwrap(),
+            PeerRecord {
+                synced_seq: 5,
+                last_seen_at: 200
+            }
+        );
+        assert_eq!(
+            t.ack("p", 11, 10, 300),
+            Err(Error::AckAhead {
+                synced: 11,
+                head: 10
+            })
+        );
         assert_eq!(t.ack("p", 10, 10, 300).unwrap().synced_seq, 10);
     }
 
     #[test]
     fn min_active_synced_table() {
         // (peers as (synced, last_seen), now, timeout, expected)
-        let cases: &[(&[(u64, u64)], u64, u64, Option<u64>)] = &[
+        type Case = (&'static [(u64, u64)], u64, u64, Option<u64>);
+        let cases: &[Case] = &[
             (&[], 1000, 100, None),
             (&[(10, 950)], 1000, 100, Some(10)),
-            (&[(10, 900)], 1000, 100, None),            // seen exactly `timeout` ago: inactive
+            (&[(10, 900)], 1000, 100, None), // seen exactly `timeout` ago: inactive
             (&[(10, 901), (1000, 990)], 1000, 100, Some(10)),
             (&[(10, 100), (1000, 990)], 1000, 100, Some(1000)), // the slow one timed out
             (&[(7, 0), (3, 0)], 0, 1, Some(3)),
         ];
         for (peers, now, timeout, expected) in cases {
             let t = PeerTable::from_records(peers.iter().enumerate().map(|(i, (s, seen))| {
-                (format!("p{i}"), PeerRecord { synced_seq: *s, last_seen_at: *seen })
+                (
+                    format!("p{i}"),
+                    PeerRecord {
+                        synced_seq: *s,
+                        last_seen_at: *seen,
+                    },
+                )
             }));
-            assert_eq!(t.min_active_synced(*now, *timeout), *expected, "{peers:?} at {now}");
+            assert_eq!(
+                t.min_active_synced(*now, *timeout),
+                *expected,
+                "{peers:?} at {now}"
+            );
         }
     }
 }

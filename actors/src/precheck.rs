@@ -34,7 +34,9 @@ impl<'a> Walker<'a> {
         let mut value: u64 = 0;
         for shift in 0..10 {
             let b = self.u8()?;
-            value |= u64::from(b & 0x7f).checked_shl(7 * shift).ok_or("varint too long")?;
+            value |= u64::from(b & 0x7f)
+                .checked_shl(7 * shift)
+                .ok_or("varint too long")?;
             if b & 0x80 == 0 {
                 return Ok(value);
             }
@@ -178,7 +180,10 @@ impl<'a> Walker<'a> {
             for _ in 0..self.count(2)? {
                 let clock = self.var()?;
                 let len = self.var()?;
-                if clock.checked_add(len).is_none_or(|end| end > u64::from(u32::MAX)) {
+                if clock
+                    .checked_add(len)
+                    .is_none_or(|end| end > u64::from(u32::MAX))
+                {
                     return Err("delete range overflows");
                 }
             }
@@ -210,13 +215,21 @@ mod tests {
     fn rejects_lying_counts_and_deep_nesting() {
         // One client with one Any block (info 8, parent named "t"), holding a map that declares
         // 2^32 entries.
-        let bomb = [1, 1, 1, 0, 8, 1, 1, b't', 1, 118, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0];
-        assert_eq!(check_update(&bomb), Err("declares more elements than it has bytes"));
+        let bomb = [
+            1, 1, 1, 0, 8, 1, 1, b't', 1, 118, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0,
+        ];
+        assert_eq!(
+            check_update(&bomb),
+            Err("declares more elements than it has bytes")
+        );
         let mut deep = vec![1, 1, 1, 0, 8, 1, 1, b't', 1];
         deep.extend(std::iter::repeat_n([117u8, 1], 100).flatten());
         deep.extend([126, 0]);
         assert_eq!(check_update(&deep), Err("values nested too deeply"));
-        assert_eq!(check_update(&[0xff, 0xff, 0xff, 0xff, 0x0f]), Err("declares more elements than it has bytes"));
+        assert_eq!(
+            check_update(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
+            Err("declares more elements than it has bytes")
+        );
         assert_eq!(check_update(&[0, 0]), Ok(()));
     }
 }

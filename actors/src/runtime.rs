@@ -15,7 +15,9 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
 use crate::clock::{Clock, SystemClock};
-use crate::collection::{Ack, Append, ApplyCompaction, CollectionActor, GetState, Head, PlanCompaction, ReadPage};
+use crate::collection::{
+    Ack, Append, ApplyCompaction, CollectionActor, GetState, Head, PlanCompaction, ReadPage,
+};
 use crate::compactor::{Compactor, Merge, Recover};
 use crate::config::Config;
 use crate::crdt;
@@ -51,7 +53,9 @@ impl Shared {
     /// Removes collection `name` from the registry if incarnation `id` is still the one
     /// registered and nothing is admitted for it. Returns whether it did.
     pub fn evict(&self, name: &str, id: u64) -> bool {
-        let Ok(mut map) = self.registry.lock() else { return false };
+        let Ok(mut map) = self.registry.lock() else {
+            return false;
+        };
         match map.get(name) {
             Some(e) if e.id == id && e.in_flight.load(Ordering::SeqCst) == 0 => {
                 map.remove(name);
@@ -64,9 +68,15 @@ impl Shared {
     /// Marks (or clears) an automatic compaction of (collection, document); returns false if
     /// marking and one is already running.
     pub fn auto_compacting(&self, c: &str, doc: &str, start: bool) -> bool {
-        let Ok(mut set) = self.auto_compacting.lock() else { return false };
+        let Ok(mut set) = self.auto_compacting.lock() else {
+            return false;
+        };
         let key = (c.to_string(), doc.to_string());
-        if start { set.insert(key) } else { set.remove(&key) }
+        if start {
+            set.insert(key)
+        } else {
+            set.remove(&key)
+        }
     }
 }
 
@@ -112,8 +122,12 @@ impl Replicate {
     pub fn start(config: Config, store: Store, clock: Arc<dyn Clock>) -> Result<Replicate> {
         let commit = GroupCommit::start(store.clone())?;
         let compactor_store = store.clone();
-        let compactor = SyncArbiter::start(config.compactor_threads.max(1), move || Compactor::new(compactor_store.clone()));
-        let threads: Vec<Arbiter> = (0..config.collection_arbiters.max(1)).map(|_| Arbiter::new()).collect();
+        let compactor = SyncArbiter::start(config.compactor_threads.max(1), move || {
+            Compactor::new(compactor_store.clone())
+        });
+        let threads: Vec<Arbiter> = (0..config.collection_arbiters.max(1))
+            .map(|_| Arbiter::new())
+            .collect();
         let arbiters = threads.iter().map(Arbiter::handle).collect();
         Ok(Replicate {
             shared: Arc::new(Shared {
@@ -139,7 +153,11 @@ impl Replicate {
 
     /// The collection's actor and admission counter, starting the actor if needed.
     fn actor(&self, c: &str) -> Result<(Addr<CollectionActor>, Arc<AtomicUsize>)> {
-        let mut map = self.shared.registry.lock().map_err(|_| Error::Internal("registry lock poisoned".into()))?;
+        let mut map = self
+            .shared
+            .registry
+            .lock()
+            .map_err(|_| Error::Internal("registry lock poisoned".into()))?;
         if let Some(e) = map.get(c) {
             if e.addr.connected() {
                 return Ok((e.addr.clone(), e.in_flight.clone()));
@@ -147,10 +165,19 @@ impl Replicate {
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let actor = CollectionActor::load(c.to_string(), id, self.shared.clone(), in_flight.clone())?;
-        let arbiter = &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+        let actor =
+            CollectionActor::load(c.to_string(), id, self.shared.clone(), in_flight.clone())?;
+        let arbiter =
+            &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
         let addr = CollectionActor::start_in_arbiter(arbiter, move |_| actor);
-        map.insert(c.to_string(), Entry { id, addr: addr.clone(), in_flight: in_flight.clone() });
+        map.insert(
+            c.to_string(),
+            Entry {
+                id,
+                addr: addr.clone(),
+                in_flight: in_flight.clone(),
+            },
+        );
         Ok((addr, in_flight))
     }
 
@@ -169,12 +196,22 @@ impl Replicate {
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             let _admitted = Admitted(in_flight);
             if now > self.shared.config.max_in_flight {
-                return Err(Error::Overloaded { collection: c.to_string(), in_flight: now - 1 });
+                return Err(Error::Overloaded {
+                    collection: c.to_string(),
+                    in_flight: now - 1,
+                });
             }
-            match addr.send(make()).timeout(self.shared.config.ask_timeout).await {
+            match addr
+                .send(make())
+                .timeout(self.shared.config.ask_timeout)
+                .await
+            {
                 Ok(answer) => return Ok(answer),
                 Err(MailboxError::Timeout) => {
-                    return Err(Error::Timeout { what: "collection actor", millis: self.shared.config.ask_timeout.as_millis() as u64 })
+                    return Err(Error::Timeout {
+                        what: "collection actor",
+                        millis: self.shared.config.ask_timeout.as_millis() as u64,
+                    })
                 }
                 Err(MailboxError::Closed) => continue,
             }
@@ -221,10 +258,21 @@ impl Replicate {
             names::validate("opId", op)?;
         }
         if operation == OperationType::Snapshot {
-            return Err(Error::InvalidArgument { field: "operationType", reason: "snapshot is not a write".into() });
+            return Err(Error::InvalidArgument {
+                field: "operationType",
+                reason: "snapshot is not a write".into(),
+            });
         }
-        crdt::validate_update("crdtBytes", &write.bytes, self.shared.config.max_update_bytes)?;
-        self.call(c, || Append { operation, write: write.clone() }).await
+        crdt::validate_update(
+            "crdtBytes",
+            &write.bytes,
+            self.shared.config.max_update_bytes,
+        )?;
+        self.call(c, || Append {
+            operation,
+            write: write.clone(),
+        })
+        .await
     }
 
     pub async fn insert(&self, c: &str, write: Write) -> Result<Written> {
@@ -250,18 +298,33 @@ impl Replicate {
         if req.limit == 0 || req.limit > MAX_STREAM_LIMIT {
             return Err(Error::InvalidArgument {
                 field: "limit",
-                reason: format!("must be between 1 and {MAX_STREAM_LIMIT}, got {}", req.limit),
+                reason: format!(
+                    "must be between 1 and {MAX_STREAM_LIMIT}, got {}",
+                    req.limit
+                ),
             });
         }
-        let threshold = req.size_threshold.unwrap_or(self.shared.config.size_threshold);
-        let read = || ReadPage { cursor: req.cursor, limit: req.limit, size_threshold: threshold };
+        let threshold = req
+            .size_threshold
+            .unwrap_or(self.shared.config.size_threshold);
+        let read = || ReadPage {
+            cursor: req.cursor,
+            limit: req.limit,
+            size_threshold: threshold,
+        };
         let (page, mut durable) = self.call(c, read).await?;
         let wait = req.wait.min(self.shared.config.max_wait);
-        if !page.changes.is_empty() || page.has_more || wait.is_zero() || self.shutting_down.load(Ordering::SeqCst) {
+        if !page.changes.is_empty()
+            || page.has_more
+            || wait.is_zero()
+            || self.shutting_down.load(Ordering::SeqCst)
+        {
             return Ok(page);
         }
         let cursor = req.cursor;
-        let committed = tokio::time::timeout(wait, durable.wait_for(|head| *head > cursor)).await.is_ok_and(|r| r.is_ok());
+        let committed = tokio::time::timeout(wait, durable.wait_for(|head| *head > cursor))
+            .await
+            .is_ok_and(|r| r.is_ok());
         drop(durable);
         if committed {
             self.call(c, read).await.map(|(page, _)| page)
@@ -280,7 +343,11 @@ impl Replicate {
         self.check_open()?;
         names::validate("collection", c)?;
         names::validate("peerId", peer_id)?;
-        self.call(c, || Ack { peer_id: peer_id.to_string(), synced_seq }).await
+        self.call(c, || Ack {
+            peer_id: peer_id.to_string(),
+            synced_seq,
+        })
+        .await
     }
 
     /// Compacts one document: merges its snapshot, the client's snapshot and its retained
@@ -318,13 +385,19 @@ impl Replicate {
     ///
     /// # Errors
     /// [`Error::InvalidYjs`] for a state vector that does not decode.
-    pub async fn recovery(&self, c: &str, state_vector: &[u8], document_id: Option<&str>) -> Result<StateAt> {
+    pub async fn recovery(
+        &self,
+        c: &str,
+        state_vector: &[u8],
+        document_id: Option<&str>,
+    ) -> Result<StateAt> {
         names::validate("collection", c)?;
         if let Some(d) = document_id {
             names::validate("documentId", d)?;
         }
         crdt::validate_state_vector("stateVector", state_vector)?;
-        self.state_through(c, state_vector.to_vec(), document_id.map(str::to_string)).await
+        self.state_through(c, state_vector.to_vec(), document_id.map(str::to_string))
+            .await
     }
 
     /// The whole collection merged into one v1 update, with the cursor it corresponds to.
@@ -333,9 +406,19 @@ impl Replicate {
         self.state_through(c, Vec::new(), None).await
     }
 
-    async fn state_through(&self, c: &str, state_vector: Vec<u8>, document_id: Option<String>) -> Result<StateAt> {
+    async fn state_through(
+        &self,
+        c: &str,
+        state_vector: Vec<u8>,
+        document_id: Option<String>,
+    ) -> Result<StateAt> {
         let cursor = self.call(c, || Head).await?;
-        let recover = Recover { collection: c.to_string(), document_id, upto: cursor, state_vector };
+        let recover = Recover {
+            collection: c.to_string(),
+            document_id,
+            upto: cursor,
+            state_vector,
+        };
         let update = send_to_compactor(&self.shared, recover).await??;
         Ok(StateAt { update, cursor })
     }
@@ -354,12 +437,20 @@ impl Replicate {
         };
         let mut collections = Vec::with_capacity(addrs.len());
         for addr in addrs {
-            if let Ok(Ok(s)) = addr.send(GetState).timeout(self.shared.config.ask_timeout).await {
+            if let Ok(Ok(s)) = addr
+                .send(GetState)
+                .timeout(self.shared.config.ask_timeout)
+                .await
+            {
                 collections.push(s);
             }
         }
         collections.sort_by(|a, b| a.collection.cmp(&b.collection));
-        ServiceStats { live_collections: collections.len() as u64, flushes: self.shared.commit.flushes(), collections }
+        ServiceStats {
+            live_collections: collections.len() as u64,
+            flushes: self.shared.commit.rounds(),
+            collections,
+        }
     }
 
     /// Stops taking writes, waits (up to `grace`) for admitted requests to finish, then flushes.
@@ -371,7 +462,10 @@ impl Replicate {
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let busy = match self.shared.registry.lock() {
-                Ok(map) => map.values().map(|e| e.in_flight.load(Ordering::SeqCst)).sum::<usize>(),
+                Ok(map) => map
+                    .values()
+                    .map(|e| e.in_flight.load(Ordering::SeqCst))
+                    .sum::<usize>(),
                 Err(_) => 0,
             };
             if busy == 0 || tokio::time::Instant::now() >= deadline {
@@ -412,29 +506,53 @@ where
     Compactor: Handler<M>,
     <Compactor as Actor>::Context: ToEnvelope<Compactor, M>,
 {
-    shared.compactor.send(msg).await.map_err(|e| Error::Internal(format!("compactor unavailable: {e}")))
+    shared
+        .compactor
+        .send(msg)
+        .await
+        .map_err(|e| Error::Internal(format!("compactor unavailable: {e}")))
 }
 
 /// Runs one compaction: read the input in the collection actor, merge on the compactor's
 /// threads, apply in the collection actor. Re-plans if another compaction of the same document
 /// finished in between.
-pub(crate) async fn compact_document(addr: &Addr<CollectionActor>, shared: &Arc<Shared>, req: CompactRequest) -> Result<Compacted> {
-    let peer_timeout_ms = req.peer_timeout.unwrap_or(shared.config.peer_timeout).as_millis() as u64;
+pub(crate) async fn compact_document(
+    addr: &Addr<CollectionActor>,
+    shared: &Arc<Shared>,
+    req: CompactRequest,
+) -> Result<Compacted> {
+    let peer_timeout_ms = req
+        .peer_timeout
+        .unwrap_or(shared.config.peer_timeout)
+        .as_millis() as u64;
     let ask_timeout = shared.config.ask_timeout;
     let closed = |e: MailboxError| match e {
         MailboxError::Closed => Error::Relocated,
-        MailboxError::Timeout => Error::Timeout { what: "collection actor", millis: ask_timeout.as_millis() as u64 },
+        MailboxError::Timeout => Error::Timeout {
+            what: "collection actor",
+            millis: ask_timeout.as_millis() as u64,
+        },
     };
     for _ in 0..COMPACTION_RETRIES {
         let input = addr
-            .send(PlanCompaction { document_id: req.document_id.clone() })
+            .send(PlanCompaction {
+                document_id: req.document_id.clone(),
+            })
             .timeout(ask_timeout)
             .await
             .map_err(closed)??;
         if input.snapshot.is_none() && input.deltas.is_empty() && req.snapshot.is_none() {
-            return Ok(Compacted { removed: 0, retained: 0, snapshot_seq: 0 });
+            return Ok(Compacted {
+                removed: 0,
+                retained: 0,
+                snapshot_seq: 0,
+            });
         }
-        let merged_seqs: Vec<u64> = input.deltas.iter().map(|(s, _)| *s).collect();
+        let merged_deltas: Vec<(u64, u64)> = input
+            .deltas
+            .iter()
+            .map(|(s, b)| (*s, b.len() as u64))
+            .collect();
         let mut parts: Vec<Vec<u8>> = Vec::with_capacity(input.deltas.len() + 2);
         parts.extend(input.snapshot);
         parts.extend(req.snapshot.clone());
@@ -444,10 +562,15 @@ pub(crate) async fn compact_document(addr: &Addr<CollectionActor>, shared: &Arc<
             document_id: req.document_id.clone(),
             generation: input.generation,
             merged,
-            merged_seqs,
+            merged_deltas,
             peer_timeout_ms,
         };
-        match addr.send(apply).timeout(ask_timeout).await.map_err(closed)? {
+        match addr
+            .send(apply)
+            .timeout(ask_timeout)
+            .await
+            .map_err(closed)?
+        {
             Err(Error::CompactionRaced) => continue,
             other => return other,
         }

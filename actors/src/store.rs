@@ -48,6 +48,8 @@ pub struct DocStats {
     pub generation: u64,
     /// Whether a snapshot is stored.
     pub has_snapshot: bool,
+    /// Highest seq the stored snapshot includes (0: none).
+    pub snapshot_seq: u64,
 }
 
 /// Acknowledgement state of one peer.
@@ -75,6 +77,19 @@ pub struct CompactionWrite<'a> {
     pub old_watermark: u64,
 }
 
+/// Writes prepared by [`Store::prepare_append`], applied by [`Store::commit`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PreparedWrite {
+    /// Key and new value, or `None` to remove the key.
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl PreparedWrite {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
 /// A handle to the open store; clones share it.
 #[derive(Clone)]
 pub struct Store {
@@ -95,7 +110,10 @@ impl Store {
     /// # Errors
     /// [`Error::Storage`] if sled cannot open the directory or it holds another format version.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()?;
         let store = Store { db };
         store.check_format()?;
         Ok(store)
@@ -145,47 +163,94 @@ impl Store {
             Some(entry) => keys::trailing_seq(&entry?.0).unwrap_or(0),
             None => 0,
         };
-        let mut loaded = LoadedCollection { high_water: persisted.max(newest), ..Default::default() };
+        let mut loaded = LoadedCollection {
+            high_water: persisted.max(newest),
+            ..Default::default()
+        };
         let stats_prefix = keys::prefix(Tag::DocStats, c);
         for entry in self.db.scan_prefix(&stats_prefix) {
             let (k, v) = entry?;
-            let (doc, _) = keys::read_str(&k, stats_prefix.len()).ok_or_else(|| corrupt("doc stats key"))?;
+            let (doc, _) =
+                keys::read_str(&k, stats_prefix.len()).ok_or_else(|| corrupt("doc stats key"))?;
             loaded.docs.push((doc, decode(&v)?));
         }
         let peer_prefix = keys::prefix(Tag::Peer, c);
         for entry in self.db.scan_prefix(&peer_prefix) {
             let (k, v) = entry?;
-            let (peer, _) = keys::read_str(&k, peer_prefix.len()).ok_or_else(|| corrupt("peer key"))?;
+            let (peer, _) =
+                keys::read_str(&k, peer_prefix.len()).ok_or_else(|| corrupt("peer key"))?;
             loaded.peers.push((peer, decode(&v)?));
         }
         Ok(loaded)
     }
 
-    /// Stores one delta with its index entry, the document's new counters, the collection's
-    /// new high-water seq and the op id, as one atomic batch.
-    pub fn append(&self, c: &str, seq: u64, delta: &DeltaRecord, stats: &DocStats, op_id: Option<&str>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::delta(c, seq), encode(delta)?);
-        batch.insert(
+    /// Prepares one delta with its index entry, the document's new counters, the collection's
+    /// new high-water seq and the op id; nothing is written until [`Store::commit`].
+    pub fn prepare_append(
+        c: &str,
+        seq: u64,
+        delta: &DeltaRecord,
+        stats: &DocStats,
+        op_id: Option<&str>,
+    ) -> Result<PreparedWrite> {
+        let mut ops = Vec::with_capacity(5);
+        ops.push((keys::delta(c, seq), Some(encode(delta)?)));
+        ops.push((
             keys::doc_delta(c, &delta.document_id, seq),
-            &(delta.bytes.len() as u64).to_be_bytes(),
-        );
-        batch.insert(keys::doc_stats(c, &delta.document_id), encode(stats)?);
-        batch.insert(keys::collection(c), encode(&seq)?);
+            Some((delta.bytes.len() as u64).to_be_bytes().to_vec()),
+        ));
+        ops.push((keys::doc_stats(c, &delta.document_id), Some(encode(stats)?)));
+        ops.push((keys::collection(c), Some(encode(&seq)?)));
         if let Some(op) = op_id {
-            batch.insert(keys::op_id(c, op), &seq.to_be_bytes());
+            ops.push((keys::op_id(c, op), Some(seq.to_be_bytes().to_vec())));
+        }
+        Ok(PreparedWrite { ops })
+    }
+
+    /// Writes prepared writes, in order, as one atomic batch (a later write of the same key
+    /// wins, as if applied one by one).
+    pub fn commit(&self, writes: &[PreparedWrite]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for write in writes {
+            for (k, v) in &write.ops {
+                match v {
+                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                    None => batch.remove(k.as_slice()),
+                }
+            }
         }
         self.db.apply_batch(batch)?;
         Ok(())
     }
 
+    /// Prepares and commits one append (tests and tools; the actors go through group commit).
+    pub fn append(
+        &self,
+        c: &str,
+        seq: u64,
+        delta: &DeltaRecord,
+        stats: &DocStats,
+        op_id: Option<&str>,
+    ) -> Result<()> {
+        self.commit(&[Self::prepare_append(c, seq, delta, stats, op_id)?])
+    }
+
     /// The seq first assigned to client operation `op`, if any.
     pub fn op_seq(&self, c: &str, op: &str) -> Result<Option<u64>> {
-        Ok(self.db.get(keys::op_id(c, op))?.and_then(|v| keys::read_u64(&v, 0)))
+        Ok(self
+            .db
+            .get(keys::op_id(c, op))?
+            .and_then(|v| keys::read_u64(&v, 0)))
     }
 
     /// Up to `limit` deltas with `after < seq <= upto`, in seq order.
-    pub fn deltas_after(&self, c: &str, after: u64, upto: u64, limit: usize) -> Result<Vec<(u64, DeltaRecord)>> {
+    pub fn deltas_after(
+        &self,
+        c: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeltaRecord)>> {
         if after >= upto {
             return Ok(Vec::new());
         }
@@ -262,35 +327,38 @@ impl Store {
                 break;
             }
             let seq = keys::read_u64(&k, p.len()).ok_or_else(|| corrupt("watermark key"))?;
-            let (doc, _) = keys::read_str(&k, p.len() + 8).ok_or_else(|| corrupt("watermark key"))?;
+            let (doc, _) =
+                keys::read_str(&k, p.len() + 8).ok_or_else(|| corrupt("watermark key"))?;
             out.push((seq, doc));
         }
         Ok(out)
     }
 
-    /// Writes a compaction: the new snapshot, the deletions, the counters and the watermark
-    /// index, as one atomic batch (a reader or a crash sees all of it or none).
-    pub fn apply_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::snapshot(c, w.document_id), encode(w.snapshot)?);
+    /// Prepares a compaction: the new snapshot, the deletions, the counters and the watermark
+    /// index, committed as one atomic batch (a reader or a crash sees all of it or none).
+    pub fn prepare_compaction(c: &str, w: &CompactionWrite<'_>) -> Result<PreparedWrite> {
+        let mut ops = Vec::with_capacity(4 + 2 * w.deleted.len());
+        ops.push((keys::snapshot(c, w.document_id), Some(encode(w.snapshot)?)));
         for &seq in w.deleted {
-            batch.remove(keys::delta(c, seq));
-            batch.remove(keys::doc_delta(c, w.document_id, seq));
+            ops.push((keys::delta(c, seq), None));
+            ops.push((keys::doc_delta(c, w.document_id, seq), None));
         }
-        batch.insert(keys::doc_stats(c, w.document_id), encode(&w.stats)?);
+        ops.push((keys::doc_stats(c, w.document_id), Some(encode(&w.stats)?)));
         if w.stats.watermark != w.old_watermark {
             if w.old_watermark > 0 {
-                batch.remove(keys::watermark(c, w.old_watermark, w.document_id));
+                ops.push((keys::watermark(c, w.old_watermark, w.document_id), None));
             }
-            batch.insert(keys::watermark(c, w.stats.watermark, w.document_id), &[]);
+            ops.push((
+                keys::watermark(c, w.stats.watermark, w.document_id),
+                Some(Vec::new()),
+            ));
         }
-        self.db.apply_batch(batch)?;
-        Ok(())
+        Ok(PreparedWrite { ops })
     }
 
-    /// Byte length of a retained delta, from the per-document index.
-    pub fn doc_delta_len(&self, c: &str, doc: &str, seq: u64) -> Result<Option<u64>> {
-        Ok(self.db.get(keys::doc_delta(c, doc, seq))?.and_then(|v| keys::read_u64(&v, 0)))
+    /// Prepares and commits a compaction (tests and tools).
+    pub fn apply_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<()> {
+        self.commit(&[Self::prepare_compaction(c, w)?])
     }
 
     pub fn put_peer(&self, c: &str, peer: &str, record: &PeerRecord) -> Result<()> {
@@ -313,7 +381,12 @@ mod tests {
     use super::*;
 
     fn delta(doc: &str, bytes: &[u8]) -> DeltaRecord {
-        DeltaRecord { document_id: doc.into(), operation: OperationType::Update, bytes: bytes.to_vec(), created_at: 1 }
+        DeltaRecord {
+            document_id: doc.into(),
+            operation: OperationType::Update,
+            bytes: bytes.to_vec(),
+            created_at: 1,
+        }
     }
 
     #[test]
@@ -321,10 +394,21 @@ mod tests {
         let store = Store::temporary().unwrap();
         for seq in 1..=5 {
             let doc = if seq % 2 == 0 { "even" } else { "odd" };
-            store.append("c", seq, &delta(doc, &[seq as u8]), &DocStats::default(), None).unwrap();
+            store
+                .append(
+                    "c",
+                    seq,
+                    &delta(doc, &[seq as u8]),
+                    &DocStats::default(),
+                    None,
+                )
+                .unwrap();
         }
         let page = store.deltas_after("c", 1, 4, 10).unwrap();
-        assert_eq!(page.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            page.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         assert_eq!(store.doc_delta_seqs("c", "odd", 10).unwrap(), vec![1, 3, 5]);
         assert_eq!(store.load_collection("c").unwrap().high_water, 5);
         assert!(store.deltas_after("other", 0, 10, 10).unwrap().is_empty());
@@ -334,18 +418,49 @@ mod tests {
     fn compaction_write_moves_the_watermark_index() {
         let store = Store::temporary().unwrap();
         for seq in 1..=3 {
-            store.append("c", seq, &delta("d", &[1]), &DocStats::default(), None).unwrap();
+            store
+                .append("c", seq, &delta("d", &[1]), &DocStats::default(), None)
+                .unwrap();
         }
-        let snap = SnapshotRecord { bytes: vec![0, 0], state_vector: vec![0], snapshot_seq: 3, created_at: 0 };
-        let stats = DocStats { watermark: 2, ..Default::default() };
-        let w = CompactionWrite { document_id: "d", snapshot: &snap, deleted: &[1, 2], stats, old_watermark: 0 };
+        let snap = SnapshotRecord {
+            bytes: vec![0, 0],
+            state_vector: vec![0],
+            snapshot_seq: 3,
+            created_at: 0,
+        };
+        let stats = DocStats {
+            watermark: 2,
+            ..Default::default()
+        };
+        let w = CompactionWrite {
+            document_id: "d",
+            snapshot: &snap,
+            deleted: &[1, 2],
+            stats,
+            old_watermark: 0,
+        };
         store.apply_compaction("c", &w).unwrap();
-        assert_eq!(store.compacted_after("c", 1, 10).unwrap(), vec![(2, "d".to_string())]);
+        assert_eq!(
+            store.compacted_after("c", 1, 10).unwrap(),
+            vec![(2, "d".to_string())]
+        );
         assert!(store.compacted_after("c", 2, 10).unwrap().is_empty());
-        let stats = DocStats { watermark: 3, ..Default::default() };
-        let w = CompactionWrite { document_id: "d", snapshot: &snap, deleted: &[3], stats, old_watermark: 2 };
+        let stats = DocStats {
+            watermark: 3,
+            ..Default::default()
+        };
+        let w = CompactionWrite {
+            document_id: "d",
+            snapshot: &snap,
+            deleted: &[3],
+            stats,
+            old_watermark: 2,
+        };
         store.apply_compaction("c", &w).unwrap();
-        assert_eq!(store.compacted_after("c", 0, 10).unwrap(), vec![(3, "d".to_string())]);
+        assert_eq!(
+            store.compacted_after("c", 0, 10).unwrap(),
+            vec![(3, "d".to_string())]
+        );
         // High water survives deleting the newest delta.
         assert_eq!(store.load_collection("c").unwrap().high_water, 3);
         assert!(store.deltas_after("c", 0, 10, 10).unwrap().is_empty());

@@ -64,7 +64,12 @@ pub const MAX_STREAM_LIMIT: usize = 1000;
 
 impl StreamRequest {
     pub fn after(cursor: u64) -> Self {
-        StreamRequest { cursor, limit: DEFAULT_STREAM_LIMIT, size_threshold: None, wait: Duration::ZERO }
+        StreamRequest {
+            cursor,
+            limit: DEFAULT_STREAM_LIMIT,
+            size_threshold: None,
+            wait: Duration::ZERO,
+        }
     }
 }
 
@@ -107,7 +112,12 @@ pub struct CompactRequest {
 
 impl CompactRequest {
     pub fn document(document_id: impl Into<String>) -> Self {
-        CompactRequest { document_id: document_id.into(), snapshot: None, state_vector: None, peer_timeout: None }
+        CompactRequest {
+            document_id: document_id.into(),
+            snapshot: None,
+            state_vector: None,
+            peer_timeout: None,
+        }
     }
 }
 

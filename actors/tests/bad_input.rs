@@ -9,8 +9,17 @@ use replicate_actors::{CompactRequest, Error, ManualClock, Replicate, StreamRequ
 
 async fn assert_nothing_stored(r: &Replicate) {
     let stats = r.collection_stats("c").await.unwrap();
-    assert_eq!((stats.assigned_seq, stats.appends, stats.documents), (0, 0, 0), "{stats:?}");
-    assert!(r.stream("c", StreamRequest::after(0)).await.unwrap().changes.is_empty());
+    assert_eq!(
+        (stats.assigned_seq, stats.appends, stats.documents),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert!(r
+        .stream("c", StreamRequest::after(0))
+        .await
+        .unwrap()
+        .changes
+        .is_empty());
 }
 
 #[actix_rt::test]
@@ -25,14 +34,46 @@ async fn invalid_writes_are_rejected_and_store_nothing() {
     let cases: Vec<(&str, Write, &str)> = vec![
         ("empty bytes", write("d", vec![]), "invalid_yjs"),
         ("one junk byte", write("d", vec![0xff]), "invalid_yjs"),
-        ("truncated", write("d", good[..good.len() - 2].to_vec()), "invalid_yjs"),
-        ("text, not yjs", write("d", b"{\"hello\":1}".to_vec()), "invalid_yjs"),
-        ("count bomb", write("d", vec![1, 1, 1, 0, 8, 1, 1, b't', 1, 118, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0]), "invalid_yjs"),
+        (
+            "truncated",
+            write("d", good[..good.len() - 2].to_vec()),
+            "invalid_yjs",
+        ),
+        (
+            "text, not yjs",
+            write("d", b"{\"hello\":1}".to_vec()),
+            "invalid_yjs",
+        ),
+        (
+            "count bomb",
+            write(
+                "d",
+                vec![
+                    1, 1, 1, 0, 8, 1, 1, b't', 1, 118, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0,
+                ],
+            ),
+            "invalid_yjs",
+        ),
         ("over the size cap", write("d", big), "too_large"),
         ("empty document id", write("", good.clone()), "invalid_name"),
-        ("control char in id", write("a\u{7}b", good.clone()), "invalid_name"),
-        ("long id", write(&"d".repeat(10_000), good.clone()), "invalid_name"),
-        ("bad op id", Write { op_id: Some(String::new()), ..write("d", good.clone()) }, "invalid_name"),
+        (
+            "control char in id",
+            write("a\u{7}b", good.clone()),
+            "invalid_name",
+        ),
+        (
+            "long id",
+            write(&"d".repeat(10_000), good.clone()),
+            "invalid_name",
+        ),
+        (
+            "bad op id",
+            Write {
+                op_id: Some(String::new()),
+                ..write("d", good.clone())
+            },
+            "invalid_name",
+        ),
     ];
     for (what, w, code) in cases {
         let err = r.insert("c", w).await.expect_err(what);
@@ -42,16 +83,43 @@ async fn invalid_writes_are_rejected_and_store_nothing() {
     assert_nothing_stored(&r).await;
 
     // Bad snapshots and state vectors change nothing either.
-    let bad_snapshot = CompactRequest { snapshot: Some(vec![0xff, 0x01]), ..CompactRequest::document("d") };
-    assert_eq!(r.compact("c", bad_snapshot).await.unwrap_err().code(), "invalid_yjs");
-    let bad_sv = CompactRequest { state_vector: Some(vec![0xff, 0xff, 0xff, 0xff, 0x0f]), ..CompactRequest::document("d") };
-    assert_eq!(r.compact("c", bad_sv).await.unwrap_err().code(), "invalid_yjs");
-    assert_eq!(r.recovery("c", &[5, 1], None).await.unwrap_err().code(), "invalid_yjs");
-    assert_eq!(r.ack("c", "p", 1).await.unwrap_err(), Error::AckAhead { synced: 1, head: 0 });
-    assert!(matches!(r.stream("c", StreamRequest::after(1)).await, Err(Error::CursorAhead { .. })));
+    let bad_snapshot = CompactRequest {
+        snapshot: Some(vec![0xff, 0x01]),
+        ..CompactRequest::document("d")
+    };
+    assert_eq!(
+        r.compact("c", bad_snapshot).await.unwrap_err().code(),
+        "invalid_yjs"
+    );
+    let bad_sv = CompactRequest {
+        state_vector: Some(vec![0xff, 0xff, 0xff, 0xff, 0x0f]),
+        ..CompactRequest::document("d")
+    };
+    assert_eq!(
+        r.compact("c", bad_sv).await.unwrap_err().code(),
+        "invalid_yjs"
+    );
+    assert_eq!(
+        r.recovery("c", &[5, 1], None).await.unwrap_err().code(),
+        "invalid_yjs"
+    );
+    assert_eq!(
+        r.ack("c", "p", 1).await.unwrap_err(),
+        Error::AckAhead { synced: 1, head: 0 }
+    );
+    assert!(matches!(
+        r.stream("c", StreamRequest::after(1)).await,
+        Err(Error::CursorAhead { .. })
+    ));
     for limit in [0, 1001, usize::MAX] {
-        let req = StreamRequest { limit, ..StreamRequest::after(0) };
-        assert_eq!(r.stream("c", req).await.unwrap_err().code(), "invalid_argument");
+        let req = StreamRequest {
+            limit,
+            ..StreamRequest::after(0)
+        };
+        assert_eq!(
+            r.stream("c", req).await.unwrap_err().code(),
+            "invalid_argument"
+        );
     }
     assert_nothing_stored(&r).await;
 

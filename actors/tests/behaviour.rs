@@ -14,7 +14,11 @@ async fn retried_op_id_answers_the_first_seq_and_stores_nothing() {
     let clock = ManualClock::new(1_000);
     let r = open(dir.path(), &clock).await;
     let a = Replica::new(1);
-    let w = Write { document_id: "d".into(), bytes: a.append("once"), op_id: Some("op-1".into()) };
+    let w = Write {
+        document_id: "d".into(),
+        bytes: a.append("once"),
+        op_id: Some("op-1".into()),
+    };
     let first = r.insert("c", w.clone()).await.unwrap();
     let other = r.insert("c", write("d", a.append("!"))).await.unwrap();
     let again = r.insert("c", w).await.unwrap();
@@ -22,9 +26,16 @@ async fn retried_op_id_answers_the_first_seq_and_stores_nothing() {
     assert_eq!(other.seq, 2);
     assert_eq!((again.seq, again.duplicate), (1, true));
     let stats = r.collection_stats("c").await.unwrap();
-    assert_eq!((stats.assigned_seq, stats.appends, stats.duplicate_writes), (2, 2, 1));
+    assert_eq!(
+        (stats.assigned_seq, stats.appends, stats.duplicate_writes),
+        (2, 2, 1)
+    );
     // Op ids are per collection.
-    let elsewhere = Write { document_id: "d".into(), bytes: a.append("?"), op_id: Some("op-1".into()) };
+    let elsewhere = Write {
+        document_id: "d".into(),
+        bytes: a.append("?"),
+        op_id: Some("op-1".into()),
+    };
     assert_eq!(r.insert("other", elsewhere).await.unwrap().seq, 1);
 }
 
@@ -34,13 +45,31 @@ async fn long_poll_answers_when_a_change_commits() {
     let clock = ManualClock::new(1_000);
     let r = open(dir.path(), &clock).await;
     // Nothing new and a short wait: an empty page at the same cursor.
-    let empty = r.stream("c", StreamRequest { wait: Duration::from_millis(20), ..StreamRequest::after(0) }).await.unwrap();
+    let empty = r
+        .stream(
+            "c",
+            StreamRequest {
+                wait: Duration::from_millis(20),
+                ..StreamRequest::after(0)
+            },
+        )
+        .await
+        .unwrap();
     assert!(empty.changes.is_empty() && !empty.has_more && empty.cursor == 0);
 
     let waiters: Vec<_> = (0..200)
         .map(|_| {
             let r = r.clone();
-            actix::spawn(async move { r.stream("c", StreamRequest { wait: Duration::from_secs(20), ..StreamRequest::after(0) }).await })
+            actix::spawn(async move {
+                r.stream(
+                    "c",
+                    StreamRequest {
+                        wait: Duration::from_secs(20),
+                        ..StreamRequest::after(0)
+                    },
+                )
+                .await
+            })
         })
         .collect();
     // Wait until all 200 are parked, observed through the actor's state.
@@ -51,7 +80,9 @@ async fn long_poll_answers_when_a_change_commits() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(r.collection_stats("c").await.unwrap().waiters, 200);
-    r.insert("c", write("d", Replica::new(1).append("wake"))).await.unwrap();
+    r.insert("c", write("d", Replica::new(1).append("wake")))
+        .await
+        .unwrap();
     for w in waiters {
         let page = w.await.unwrap().unwrap();
         assert_eq!(page.changes.len(), 1);
@@ -67,11 +98,21 @@ async fn compaction_hint_and_automatic_compaction() {
     let r = open(dir.path(), &clock).await;
     let a = Replica::new(1);
     for _ in 0..10 {
-        r.update("c", write("big", a.append(&"x".repeat(100)))).await.unwrap();
+        r.update("c", write("big", a.append(&"x".repeat(100))))
+            .await
+            .unwrap();
     }
-    r.update("c", write("small", Replica::new(2).append("y"))).await.unwrap();
-    let hint = |t| StreamRequest { size_threshold: Some(t), ..StreamRequest::after(0) };
-    assert_eq!(r.stream("c", hint(500)).await.unwrap().compact.as_deref(), Some("big"));
+    r.update("c", write("small", Replica::new(2).append("y")))
+        .await
+        .unwrap();
+    let hint = |t| StreamRequest {
+        size_threshold: Some(t),
+        ..StreamRequest::after(0)
+    };
+    assert_eq!(
+        r.stream("c", hint(500)).await.unwrap().compact.as_deref(),
+        Some("big")
+    );
     assert_eq!(r.stream("c", hint(1_000_000)).await.unwrap().compact, None);
     r.close(Duration::from_secs(1)).await.unwrap();
 
@@ -81,7 +122,9 @@ async fn compaction_hint_and_automatic_compaction() {
     config.size_threshold = 2_000;
     let r = open_with(config, &clock).await;
     for _ in 0..20 {
-        r.update("c", write("big", a.append(&"x".repeat(100)))).await.unwrap();
+        r.update("c", write("big", a.append(&"x".repeat(100))))
+            .await
+            .unwrap();
     }
     let mut compacted = false;
     for _ in 0..400 {
@@ -118,6 +161,9 @@ async fn idle_collections_stop_and_restart_with_their_counter() {
         }
     }
     assert!(stopped, "an idle collection actor kept running");
-    assert_eq!(r.insert("c", write("d", a.append("2"))).await.unwrap().seq, 2);
+    assert_eq!(
+        r.insert("c", write("d", a.append("2"))).await.unwrap().seq,
+        2
+    );
     assert_eq!(r.stats().await.live_collections, 1);
 }

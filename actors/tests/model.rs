@@ -21,11 +21,27 @@ const C: &str = "model";
 
 #[derive(Debug, Clone)]
 enum Op {
-    Edit { peer: usize, doc: usize, text: String, delete: bool },
-    Sync { peer: usize, limit: usize },
-    Ack { peer: usize },
-    Advance { millis: u64 },
-    Compact { doc: usize, snapshot_from: Option<usize>, short_timeout: bool },
+    Edit {
+        peer: usize,
+        doc: usize,
+        text: String,
+        delete: bool,
+    },
+    Sync {
+        peer: usize,
+        limit: usize,
+    },
+    Ack {
+        peer: usize,
+    },
+    Advance {
+        millis: u64,
+    },
+    Compact {
+        doc: usize,
+        snapshot_from: Option<usize>,
+        short_timeout: bool,
+    },
     Restart,
 }
 
@@ -64,7 +80,11 @@ impl Model {
     }
 
     fn min_active(&self, now: u64, timeout: u64) -> Option<u64> {
-        self.acks.values().filter(|(_, seen)| now.saturating_sub(*seen) < timeout).map(|(s, _)| *s).min()
+        self.acks
+            .values()
+            .filter(|(_, seen)| now.saturating_sub(*seen) < timeout)
+            .map(|(s, _)| *s)
+            .min()
     }
 }
 
@@ -72,8 +92,22 @@ async fn all_deltas_after(r: &Replicate, after: u64) -> Vec<u64> {
     let mut cursor = after;
     let mut seqs = Vec::new();
     loop {
-        let page = r.stream(C, StreamRequest { limit: 1000, ..StreamRequest::after(cursor) }).await.unwrap();
-        seqs.extend(page.changes.iter().filter(|c| c.operation != OperationType::Snapshot).map(|c| c.seq));
+        let page = r
+            .stream(
+                C,
+                StreamRequest {
+                    limit: 1000,
+                    ..StreamRequest::after(cursor)
+                },
+            )
+            .await
+            .unwrap();
+        seqs.extend(
+            page.changes
+                .iter()
+                .filter(|c| c.operation != OperationType::Snapshot)
+                .map(|c| c.seq),
+        );
         cursor = page.cursor;
         if !page.has_more {
             return seqs;
@@ -85,29 +119,55 @@ async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000_000);
     let mut r = open(dir.path(), &clock).await;
-    let mut peers: Vec<Peer> = (0..PEERS).map(|p| Peer::new(&format!("peer-{p}"), 1 + 100 * p as u64)).collect();
-    let mut model = Model { log: Vec::new(), reference: HashMap::new(), acks: HashMap::new() };
+    let mut peers: Vec<Peer> = (0..PEERS)
+        .map(|p| Peer::new(&format!("peer-{p}"), 1 + 100 * p as u64))
+        .collect();
+    let mut model = Model {
+        log: Vec::new(),
+        reference: HashMap::new(),
+        acks: HashMap::new(),
+    };
 
     for op in ops {
         match op {
-            Op::Edit { peer, doc, text, delete } => {
+            Op::Edit {
+                peer,
+                doc,
+                text,
+                delete,
+            } => {
                 let name = doc_name(doc);
                 let replica = peers[peer].replica(&name);
-                let update = if delete { replica.delete_front(1) } else { replica.append(&text) };
+                let update = if delete {
+                    replica.delete_front(1)
+                } else {
+                    replica.append(&text)
+                };
                 let seq = r.update(C, write(&name, update.clone())).await.unwrap().seq;
                 assert_eq!(seq, model.log.len() as u64 + 1, "seqs are 1, 2, 3, …");
-                model.reference.entry(name.clone()).or_insert_with(|| Replica::new(900_003)).apply(&update);
+                model
+                    .reference
+                    .entry(name.clone())
+                    .or_insert_with(|| Replica::new(900_003))
+                    .apply(&update);
                 model.log.push((seq, name, update));
             }
             Op::Sync { peer, limit } => {
                 let seen = peers[peer].sync(&r, C, limit).await;
-                assert!(seen.windows(2).all(|w| w[0] < w[1]), "deltas out of order: {seen:?}");
+                assert!(
+                    seen.windows(2).all(|w| w[0] < w[1]),
+                    "deltas out of order: {seen:?}"
+                );
                 let p = &mut peers[peer];
                 for d in 0..DOCS {
                     let name = doc_name(d);
                     let expected = model.expected(&name, p.cursor);
                     let cursor = p.cursor;
-                    assert!(p.replica(&name).contains(&expected), "{} at cursor {cursor} misses updates of {name}", p.id);
+                    assert!(
+                        p.replica(&name).contains(&expected),
+                        "{} at cursor {cursor} misses updates of {name}",
+                        p.id
+                    );
                 }
             }
             Op::Ack { peer } => {
@@ -119,20 +179,37 @@ async fn run(ops: Vec<Op>) {
                 assert_eq!(acked, entry.0);
             }
             Op::Advance { millis } => clock.advance(millis),
-            Op::Compact { doc, snapshot_from, short_timeout } => {
+            Op::Compact {
+                doc,
+                snapshot_from,
+                short_timeout,
+            } => {
                 let name = doc_name(doc);
-                let timeout = if short_timeout { Duration::from_millis(500) } else { PEER_TIMEOUT };
+                let timeout = if short_timeout {
+                    Duration::from_millis(500)
+                } else {
+                    PEER_TIMEOUT
+                };
                 let snapshot = snapshot_from.map(|p| peers[p].replica(&name).full_state());
                 let state_vector = snapshot_from.map(|p| peers[p].replica(&name).state_vector());
-                let req = CompactRequest { document_id: name.clone(), snapshot, state_vector, peer_timeout: Some(timeout) };
-                let min_active = model.min_active(clock.now_millis_for_test(), timeout.as_millis() as u64);
+                let req = CompactRequest {
+                    document_id: name.clone(),
+                    snapshot,
+                    state_vector,
+                    peer_timeout: Some(timeout),
+                };
+                let min_active =
+                    model.min_active(clock.now_millis_for_test(), timeout.as_millis() as u64);
                 let before = all_deltas_after(&r, 0).await;
                 r.compact(C, req).await.unwrap();
                 let after = all_deltas_after(&r, 0).await;
                 for seq in before {
                     let (_, d, _) = &model.log[seq as usize - 1];
                     let may_go = *d == name && min_active.is_none_or(|min| seq < min);
-                    assert!(may_go || after.contains(&seq), "delta {seq} of {d} was deleted (min active ack {min_active:?})");
+                    assert!(
+                        may_go || after.contains(&seq),
+                        "delta {seq} of {d} was deleted (min active ack {min_active:?})"
+                    );
                 }
             }
             Op::Restart => {
@@ -147,19 +224,30 @@ async fn run(ops: Vec<Op>) {
         p.sync(&r, C, 4).await;
         assert_eq!(p.cursor, model.log.len() as u64);
         for (name, reference) in &model.reference {
-            assert_eq!(p.replica(name).text(), reference.text(), "{} diverged on {name}", p.id);
+            assert_eq!(
+                p.replica(name).text(),
+                reference.text(),
+                "{} diverged on {name}",
+                p.id
+            );
             assert!(p.replica(name).contains(reference));
         }
     }
     for (name, reference) in &model.reference {
         let fresh = Replica::new(900_002);
-        let rec = r.recovery(C, &fresh.state_vector(), Some(name)).await.unwrap();
+        let rec = r
+            .recovery(C, &fresh.state_vector(), Some(name))
+            .await
+            .unwrap();
         fresh.apply(&rec.update);
         assert_eq!(fresh.text(), reference.text(), "recovery of {name}");
         assert_eq!(rec.cursor, model.log.len() as u64);
         // A peer that is behind recovers just the difference.
         let behind = model.expected(name, model.log.len() as u64 / 2);
-        let rec = r.recovery(C, &behind.state_vector(), Some(name)).await.unwrap();
+        let rec = r
+            .recovery(C, &behind.state_vector(), Some(name))
+            .await
+            .unwrap();
         behind.apply(&rec.update);
         assert_eq!(behind.text(), reference.text(), "diff recovery of {name}");
     }

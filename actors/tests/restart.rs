@@ -18,7 +18,9 @@ async fn seq_continues_after_restart_even_when_newest_deltas_were_compacted() {
     {
         let r = open(dir.path(), &clock).await;
         for i in 0..10 {
-            r.update("c", write("d", author.append(&format!("{i} ")))).await.unwrap();
+            r.update("c", write("d", author.append(&format!("{i} "))))
+                .await
+                .unwrap();
         }
         r.ack("c", "p", 4).await.unwrap();
         clock.advance(PEER_TIMEOUT.as_millis() as u64 + 1);
@@ -32,13 +34,20 @@ async fn seq_continues_after_restart_even_when_newest_deltas_were_compacted() {
     assert_eq!(stats.durable_seq, 10);
     assert_eq!(stats.peers, 1);
     assert_eq!(stats.retained_bytes, 0);
-    let next = r.update("c", write("d", author.append("after"))).await.unwrap();
+    let next = r
+        .update("c", write("d", author.append("after")))
+        .await
+        .unwrap();
     assert_eq!(next.seq, 11, "never 1, never a reused seq");
     // The old ack survived: an ack below it keeps the maximum.
     assert_eq!(r.ack("c", "p", 2).await.unwrap(), 4);
     let mut fresh = Peer::new("fresh", 50);
     fresh.sync(&r, "c", 100).await;
-    assert_eq!(fresh.replica("d").text(), author.text(), "the snapshot survived the restart");
+    assert_eq!(
+        fresh.replica("d").text(),
+        author.text(),
+        "the snapshot survived the restart"
+    );
     r.close(GRACE).await.unwrap();
 }
 
@@ -51,14 +60,26 @@ async fn answered_writes_survive_repeated_restarts() {
     for life in 0..3 {
         let r = open(dir.path(), &clock).await;
         for i in 0..20 {
-            let w = r.update("c", write("d", author.append(&format!("{life}.{i} ")))).await.unwrap();
+            let w = r
+                .update("c", write("d", author.append(&format!("{life}.{i} "))))
+                .await
+                .unwrap();
             answered.push(w.seq);
         }
         r.close(GRACE).await.unwrap();
     }
     assert_eq!(answered, (1..=60).collect::<Vec<_>>());
     let r = open(dir.path(), &clock).await;
-    let page = r.stream("c", StreamRequest { limit: 1000, ..StreamRequest::after(0) }).await.unwrap();
+    let page = r
+        .stream(
+            "c",
+            StreamRequest {
+                limit: 1000,
+                ..StreamRequest::after(0)
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(page.changes.len(), 60);
     let check = Replica::new(2);
     for ch in &page.changes {

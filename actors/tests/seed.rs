@@ -17,9 +17,19 @@ async fn compaction_preserves_state_and_shrinks_deleted_content() {
     let r = open(dir.path(), &clock).await;
     let author = Replica::new(1);
     for i in 0..200 {
-        r.update(C, write("d", author.append(&format!("line {i} with some padding text\n")))).await.unwrap();
+        r.update(
+            C,
+            write(
+                "d",
+                author.append(&format!("line {i} with some padding text\n")),
+            ),
+        )
+        .await
+        .unwrap();
     }
-    r.update(C, write("d", author.delete_front(4000))).await.unwrap();
+    r.update(C, write("d", author.delete_front(4000)))
+        .await
+        .unwrap();
     let before = author.text();
     let bytes_before = r.collection_stats(C).await.unwrap().retained_bytes;
 
@@ -32,8 +42,16 @@ async fn compaction_preserves_state_and_shrinks_deleted_content() {
     fresh.sync(&r, C, 100).await;
     assert_eq!(fresh.replica("d").text(), before);
     let page = r.stream(C, StreamRequest::after(0)).await.unwrap();
-    let snapshot_len: usize = page.changes.iter().filter(|c| c.operation == OperationType::Snapshot).map(|c| c.bytes.len()).sum();
-    assert!(snapshot_len < bytes_before as usize / 2, "snapshot {snapshot_len} B vs {bytes_before} B of deltas");
+    let snapshot_len: usize = page
+        .changes
+        .iter()
+        .filter(|c| c.operation == OperationType::Snapshot)
+        .map(|c| c.bytes.len())
+        .sum();
+    assert!(
+        snapshot_len < bytes_before as usize / 2,
+        "snapshot {snapshot_len} B vs {bytes_before} B of deltas"
+    );
     assert_eq!(r.collection_stats(C).await.unwrap().retained_bytes, 0);
 }
 
@@ -46,12 +64,23 @@ async fn slow_active_peer_holds_back_compaction() {
     let r = open(dir.path(), &clock).await;
     let author = Replica::new(1);
     for i in 0..1_000 {
-        r.update(C, write("d", author.append(&format!("{i},")))).await.unwrap();
+        r.update(C, write("d", author.append(&format!("{i},"))))
+            .await
+            .unwrap();
     }
     let mut p = Peer::new("P", 100);
     p.cursor = 0;
     // P has synced through 10.
-    let page = r.stream(C, StreamRequest { limit: 10, ..StreamRequest::after(0) }).await.unwrap();
+    let page = r
+        .stream(
+            C,
+            StreamRequest {
+                limit: 10,
+                ..StreamRequest::after(0)
+            },
+        )
+        .await
+        .unwrap();
     for ch in &page.changes {
         p.replica("d").apply(&ch.bytes);
     }
@@ -64,12 +93,29 @@ async fn slow_active_peer_holds_back_compaction() {
     let out = r.compact(C, CompactRequest::document("d")).await.unwrap();
     assert_eq!(out.removed, 9, "only seqs 1..=9 are below P's ack of 10");
     assert_eq!(out.retained, 991);
-    let left = r.stream(C, StreamRequest { limit: 1000, ..StreamRequest::after(9) }).await.unwrap();
-    let first = left.changes.iter().find(|c| c.operation != OperationType::Snapshot).unwrap();
+    let left = r
+        .stream(
+            C,
+            StreamRequest {
+                limit: 1000,
+                ..StreamRequest::after(9)
+            },
+        )
+        .await
+        .unwrap();
+    let first = left
+        .changes
+        .iter()
+        .find(|c| c.operation != OperationType::Snapshot)
+        .unwrap();
     assert_eq!(first.seq, 10, "no delta at or above P's ack was deleted");
 
     let seen = p.sync(&r, C, 100).await;
-    assert_eq!(seen, (11..=1_000).collect::<Vec<_>>(), "P gets every later delta, in order");
+    assert_eq!(
+        seen,
+        (11..=1_000).collect::<Vec<_>>(),
+        "P gets every later delta, in order"
+    );
     assert_eq!(p.replica("d").text(), author.text());
 }
 
@@ -84,12 +130,25 @@ async fn idle_peer_converges_through_the_snapshot_per_document() {
     let other = Replica::new(2);
     let author = Replica::new(1);
     // seq 1: an old delta of another document that is never compacted.
-    r.insert(C, write("other", other.append("keep me"))).await.unwrap();
+    r.insert(C, write("other", other.append("keep me")))
+        .await
+        .unwrap();
     for i in 0..20 {
-        r.update(C, write("d", author.append(&format!("{i};")))).await.unwrap();
+        r.update(C, write("d", author.append(&format!("{i};"))))
+            .await
+            .unwrap();
     }
     let mut idle = Peer::new("idle", 100);
-    let page = r.stream(C, StreamRequest { limit: 5, ..StreamRequest::after(0) }).await.unwrap();
+    let page = r
+        .stream(
+            C,
+            StreamRequest {
+                limit: 5,
+                ..StreamRequest::after(0)
+            },
+        )
+        .await
+        .unwrap();
     for ch in &page.changes {
         idle.replica(&ch.document_id).apply(&ch.bytes);
     }
@@ -106,12 +165,29 @@ async fn idle_peer_converges_through_the_snapshot_per_document() {
 
     let out = r.compact(C, CompactRequest::document("d")).await.unwrap();
     // Seqs 2..=20 go; 21 stays because the active peer acked exactly 21 (only seq < ack goes).
-    assert_eq!((out.removed, out.retained), (19, 1), "the idle peer no longer holds anything back");
+    assert_eq!(
+        (out.removed, out.retained),
+        (19, 1),
+        "the idle peer no longer holds anything back"
+    );
     let oldest = r.stream(C, StreamRequest::after(0)).await.unwrap();
-    assert!(oldest.changes.iter().any(|c| c.seq == 1 && c.operation == OperationType::Insert), "the other document's delta stays");
+    assert!(
+        oldest
+            .changes
+            .iter()
+            .any(|c| c.seq == 1 && c.operation == OperationType::Insert),
+        "the other document's delta stays"
+    );
 
-    let page = r.stream(C, StreamRequest::after(idle.cursor)).await.unwrap();
-    assert_eq!(page.changes[0].operation, OperationType::Snapshot, "the gap is filled by the snapshot");
+    let page = r
+        .stream(C, StreamRequest::after(idle.cursor))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.changes[0].operation,
+        OperationType::Snapshot,
+        "the gap is filled by the snapshot"
+    );
     assert_eq!(page.changes[0].document_id, "d");
     idle.sync(&r, C, 100).await;
     assert_eq!(idle.cursor, 21);
@@ -126,11 +202,17 @@ async fn stale_client_snapshot_cannot_remove_content() {
     let clock = ManualClock::new(1_000);
     let r = open(dir.path(), &clock).await;
     let author = Replica::new(1);
-    r.insert(C, write("d", author.append("old "))).await.unwrap();
+    r.insert(C, write("d", author.append("old ")))
+        .await
+        .unwrap();
     let stale = author.full_state();
     let stale_sv = author.state_vector();
     r.update(C, write("d", author.append("new"))).await.unwrap();
-    let req = CompactRequest { snapshot: Some(stale), state_vector: Some(stale_sv), ..CompactRequest::document("d") };
+    let req = CompactRequest {
+        snapshot: Some(stale),
+        state_vector: Some(stale_sv),
+        ..CompactRequest::document("d")
+    };
     r.compact(C, req).await.unwrap();
     let mut fresh = Peer::new("fresh", 100);
     fresh.sync(&r, C, 100).await;
@@ -147,7 +229,9 @@ async fn repeated_compaction_accumulates() {
     let mut last = 0;
     for round in 0..5 {
         for i in 0..10 {
-            r.update(C, write("d", author.append(&format!("{round}.{i} ")))).await.unwrap();
+            r.update(C, write("d", author.append(&format!("{round}.{i} "))))
+                .await
+                .unwrap();
         }
         let out = r.compact(C, CompactRequest::document("d")).await.unwrap();
         assert!(out.snapshot_seq > last);
@@ -158,7 +242,10 @@ async fn repeated_compaction_accumulates() {
     assert_eq!(fresh.replica("d").text(), author.text());
     assert_eq!(fresh.cursor, 50);
     // Recovery from an empty state vector gives the same document.
-    let rec = r.recovery(C, &Replica::new(9).state_vector(), Some("d")).await.unwrap();
+    let rec = r
+        .recovery(C, &Replica::new(9).state_vector(), Some("d"))
+        .await
+        .unwrap();
     let check = Replica::new(9);
     check.apply(&rec.update);
     assert_eq!(check.text(), author.text());

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use actix_web::web::Bytes;
 use anyhow::{anyhow, bail, Context as _, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -86,9 +85,21 @@ impl Http {
     /// A client for `base` (e.g. `http://127.0.0.1:8080`), with no connection limit: a scenario
     /// holds one connection per long-polling subscriber.
     pub fn new(base: &str) -> Http {
-        let connector = awc::Connector::new().limit(0).timeout(Duration::from_secs(10));
-        let client = awc::Client::builder().connector(connector).timeout(Duration::from_secs(60)).finish();
-        Http { client, base: base.trim_end_matches('/').into(), wire: WireCounters::default() }
+        // Pooled connections idle for 2 s are dropped: the server closes idle keep-alive
+        // connections after 5 s, and reusing one it has just closed fails the request.
+        let connector = awc::Connector::new()
+            .limit(0)
+            .timeout(Duration::from_secs(10))
+            .conn_keep_alive(Duration::from_secs(2));
+        let client = awc::Client::builder()
+            .connector(connector)
+            .timeout(Duration::from_secs(60))
+            .finish();
+        Http {
+            client,
+            base: base.trim_end_matches('/').into(),
+            wire: WireCounters::default(),
+        }
     }
 
     fn url(&self, c: &str, route: &str) -> String {
@@ -105,14 +116,28 @@ impl Http {
             .send_body(body)
             .await
             .map_err(|e| anyhow!("POST {url}: {e}"))?;
-        let bytes = res.body().limit(MAX_BODY).await.map_err(|e| anyhow!("POST {url}: body: {e}"))?;
+        let bytes = res
+            .body()
+            .limit(MAX_BODY)
+            .await
+            .map_err(|e| anyhow!("POST {url}: body: {e}"))?;
         self.wire.add_received(bytes.len());
         decode_answer(res.status(), &bytes, url)
     }
 
     async fn get(&self, url: &str, timeout: Duration) -> Result<Value> {
-        let mut res = self.client.get(url).timeout(timeout).send().await.map_err(|e| anyhow!("GET {url}: {e}"))?;
-        let bytes = res.body().limit(MAX_BODY).await.map_err(|e| anyhow!("GET {url}: body: {e}"))?;
+        let mut res = self
+            .client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {e}"))?;
+        let bytes = res
+            .body()
+            .limit(MAX_BODY)
+            .await
+            .map_err(|e| anyhow!("GET {url}: body: {e}"))?;
         self.wire.add_received(bytes.len());
         decode_answer(res.status(), &bytes, url)
     }
@@ -125,11 +150,21 @@ impl Http {
 }
 
 fn decode_answer(status: awc::http::StatusCode, bytes: &[u8], url: &str) -> Result<Value> {
-    let value: Value = serde_json::from_slice(bytes)
-        .with_context(|| format!("{url}: {status}: answer is not JSON: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)])))?;
+    let value: Value = serde_json::from_slice(bytes).with_context(|| {
+        format!(
+            "{url}: {status}: answer is not JSON: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        )
+    })?;
     if !status.is_success() {
-        let code = value.pointer("/error/code").and_then(Value::as_str).unwrap_or("?");
-        let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or("?");
+        let code = value
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let message = value
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
         bail!("{url}: {status} {code}: {message}");
     }
     Ok(value)
@@ -140,12 +175,18 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn unb64(v: &Value, field: &str) -> Result<Vec<u8>> {
-    let s = v.get(field).and_then(Value::as_str).ok_or_else(|| anyhow!("answer lacks string field {field}"))?;
-    B64.decode(s).with_context(|| format!("field {field} is not base64"))
+    let s = v
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("answer lacks string field {field}"))?;
+    B64.decode(s)
+        .with_context(|| format!("field {field} is not base64"))
 }
 
 fn num(v: &Value, field: &str) -> Result<u64> {
-    v.get(field).and_then(Value::as_u64).ok_or_else(|| anyhow!("answer lacks number field {field}: {v}"))
+    v.get(field)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("answer lacks number field {field}: {v}"))
 }
 
 #[derive(Deserialize)]
@@ -160,7 +201,9 @@ struct WireChange {
 impl WireChange {
     fn into_change(self) -> Result<Change> {
         Ok(Change {
-            bytes: B64.decode(&self.crdt_bytes).context("change crdtBytes is not base64")?,
+            bytes: B64
+                .decode(&self.crdt_bytes)
+                .context("change crdtBytes is not base64")?,
             document_id: self.document_id,
             seq: self.seq,
             operation: self.operation_type,
@@ -181,6 +224,8 @@ struct WirePage {
 pub enum Backend {
     Http(Http),
     Actor(Replicate),
+    /// No service: a peer that only edits (the floors' update generator). Every call fails.
+    Offline,
 }
 
 impl Backend {
@@ -188,6 +233,7 @@ impl Backend {
         match self {
             Backend::Http(_) => "http",
             Backend::Actor(_) => "actor",
+            Backend::Offline => "offline",
         }
     }
 
@@ -195,12 +241,19 @@ impl Backend {
     pub fn wire_bytes(&self) -> u64 {
         match self {
             Backend::Http(h) => h.wire.total(),
-            Backend::Actor(_) => 0,
+            Backend::Actor(_) | Backend::Offline => 0,
         }
     }
 
     /// Stores one write; answers its seq.
-    pub async fn write(&self, c: &str, op: OperationType, doc: &str, bytes: &[u8], op_id: Option<&str>) -> Result<u64> {
+    pub async fn write(
+        &self,
+        c: &str,
+        op: OperationType,
+        doc: &str,
+        bytes: &[u8],
+        op_id: Option<&str>,
+    ) -> Result<u64> {
         match self {
             Backend::Http(h) => {
                 let mut body = json!({ "documentId": doc, "crdtBytes": b64(bytes) });
@@ -210,8 +263,13 @@ impl Backend {
                 let answer = h.post(&h.url(c, op.as_str()), &body).await?;
                 num(&answer, "seq")
             }
+            Backend::Offline => bail!("offline"),
             Backend::Actor(r) => {
-                let write = Write { document_id: doc.to_string(), bytes: bytes.to_vec(), op_id: op_id.map(str::to_string) };
+                let write = Write {
+                    document_id: doc.to_string(),
+                    bytes: bytes.to_vec(),
+                    op_id: op_id.map(str::to_string),
+                };
                 Ok(r.write(c, op, write).await?.seq)
             }
         }
@@ -221,23 +279,42 @@ impl Backend {
     pub async fn stream(&self, c: &str, cursor: u64, limit: usize, wait: Duration) -> Result<Page> {
         match self {
             Backend::Http(h) => {
-                let url = format!("{}?cursor={cursor}&limit={limit}&waitMs={}", h.url(c, "stream"), wait.as_millis());
+                let url = format!(
+                    "{}?cursor={cursor}&limit={limit}&waitMs={}",
+                    h.url(c, "stream"),
+                    wait.as_millis()
+                );
                 let answer = h.get(&url, wait + Duration::from_secs(30)).await?;
                 let page: WirePage = serde_json::from_value(answer).context("stream answer")?;
                 Ok(Page {
-                    changes: page.changes.into_iter().map(WireChange::into_change).collect::<Result<_>>()?,
+                    changes: page
+                        .changes
+                        .into_iter()
+                        .map(WireChange::into_change)
+                        .collect::<Result<_>>()?,
                     cursor: page.cursor,
                     has_more: page.has_more,
                 })
             }
+            Backend::Offline => bail!("offline"),
             Backend::Actor(r) => {
-                let req = StreamRequest { cursor, limit, size_threshold: None, wait };
+                let req = StreamRequest {
+                    cursor,
+                    limit,
+                    size_threshold: None,
+                    wait,
+                };
                 let page = r.stream(c, req).await?;
                 Ok(Page {
                     changes: page
                         .changes
                         .into_iter()
-                        .map(|ch| Change { document_id: ch.document_id, seq: ch.seq, bytes: ch.bytes, operation: ch.operation })
+                        .map(|ch| Change {
+                            document_id: ch.document_id,
+                            seq: ch.seq,
+                            bytes: ch.bytes,
+                            operation: ch.operation,
+                        })
                         .collect(),
                     cursor: page.cursor,
                     has_more: page.has_more,
@@ -250,15 +327,26 @@ impl Backend {
     pub async fn ack(&self, c: &str, peer: &str, synced: u64) -> Result<u64> {
         match self {
             Backend::Http(h) => {
-                let answer = h.post(&h.url(c, "ack"), &json!({ "peerId": peer, "syncedSeq": synced })).await?;
+                let answer = h
+                    .post(
+                        &h.url(c, "ack"),
+                        &json!({ "peerId": peer, "syncedSeq": synced }),
+                    )
+                    .await?;
                 num(&answer, "lastSyncedSeq")
             }
+            Backend::Offline => bail!("offline"),
             Backend::Actor(r) => Ok(r.ack(c, peer, synced).await?),
         }
     }
 
     /// Compacts one document; peers not seen within `peer_timeout` do not hold it back.
-    pub async fn compact(&self, c: &str, doc: &str, peer_timeout: Option<Duration>) -> Result<Compacted> {
+    pub async fn compact(
+        &self,
+        c: &str,
+        doc: &str,
+        peer_timeout: Option<Duration>,
+    ) -> Result<Compacted> {
         match self {
             Backend::Http(h) => {
                 let mut body = json!({ "documentId": doc });
@@ -266,18 +354,35 @@ impl Backend {
                     body["peerTimeout"] = json!(t.as_millis() as u64);
                 }
                 let a = h.post(&h.url(c, "compact"), &body).await?;
-                Ok(Compacted { removed: num(&a, "removed")?, retained: num(&a, "retained")?, snapshot_seq: num(&a, "snapshotSeq")? })
+                Ok(Compacted {
+                    removed: num(&a, "removed")?,
+                    retained: num(&a, "retained")?,
+                    snapshot_seq: num(&a, "snapshotSeq")?,
+                })
             }
+            Backend::Offline => bail!("offline"),
             Backend::Actor(r) => {
-                let req = CompactRequest { peer_timeout, ..CompactRequest::document(doc) };
+                let req = CompactRequest {
+                    peer_timeout,
+                    ..CompactRequest::document(doc)
+                };
                 let done = r.compact(c, req).await?;
-                Ok(Compacted { removed: done.removed, retained: done.retained, snapshot_seq: done.snapshot_seq })
+                Ok(Compacted {
+                    removed: done.removed,
+                    retained: done.retained,
+                    snapshot_seq: done.snapshot_seq,
+                })
             }
         }
     }
 
     /// What a peer holding `state_vector` lacks of `doc` (or of the whole collection).
-    pub async fn recovery(&self, c: &str, state_vector: &[u8], doc: Option<&str>) -> Result<StateAt> {
+    pub async fn recovery(
+        &self,
+        c: &str,
+        state_vector: &[u8],
+        doc: Option<&str>,
+    ) -> Result<StateAt> {
         match self {
             Backend::Http(h) => {
                 let mut body = json!({ "stateVector": b64(state_vector) });
@@ -285,11 +390,18 @@ impl Backend {
                     body["documentId"] = json!(doc);
                 }
                 let a = h.post(&h.url(c, "recovery"), &body).await?;
-                Ok(StateAt { update: unb64(&a, "diff")?, cursor: num(&a, "cursor")? })
+                Ok(StateAt {
+                    update: unb64(&a, "diff")?,
+                    cursor: num(&a, "cursor")?,
+                })
             }
+            Backend::Offline => bail!("offline"),
             Backend::Actor(r) => {
                 let s = r.recovery(c, state_vector, doc).await?;
-                Ok(StateAt { update: s.update, cursor: s.cursor })
+                Ok(StateAt {
+                    update: s.update,
+                    cursor: s.cursor,
+                })
             }
         }
     }
@@ -310,21 +422,32 @@ impl Backend {
                 if !res.status().is_success() {
                     bail!("GET {url}: {}", res.status());
                 }
-                let body: Pin<Box<dyn Stream<Item = std::result::Result<Bytes, awc::error::PayloadError>>>> = Box::pin(res);
-                Ok(Events::Sse { body, buf: Vec::new(), wire: h.wire.clone() })
+                let body: SseBody = Box::pin(res.map(|chunk| chunk.map(|b| b.to_vec())));
+                Ok(Events::Sse {
+                    body,
+                    buf: Vec::new(),
+                    wire: h.wire.clone(),
+                })
             }
-            Backend::Actor(_) => {
-                Ok(Events::Poll { backend: self.clone(), collection: c.to_string(), cursor, ready: VecDeque::new() })
-            }
+            Backend::Offline => bail!("offline"),
+            Backend::Actor(_) => Ok(Events::Poll {
+                backend: self.clone(),
+                collection: c.to_string(),
+                cursor,
+                ready: VecDeque::new(),
+            }),
         }
     }
 }
+
+/// An SSE response body, chunk by chunk.
+type SseBody = Pin<Box<dyn Stream<Item = std::result::Result<Vec<u8>, awc::error::PayloadError>>>>;
 
 /// A change feed: one change at a time, in seq order (snapshots first where the service sends
 /// them).
 pub enum Events {
     Sse {
-        body: Pin<Box<dyn Stream<Item = std::result::Result<Bytes, awc::error::PayloadError>>>>,
+        body: SseBody,
         buf: Vec<u8>,
         wire: WireCounters,
     },
@@ -343,7 +466,8 @@ impl Events {
             Events::Sse { body, buf, wire } => loop {
                 if let Some(event) = take_event(buf) {
                     if let Some(data) = event {
-                        let change: WireChange = serde_json::from_str(&data).context("SSE data is not a change")?;
+                        let change: WireChange =
+                            serde_json::from_str(&data).context("SSE data is not a change")?;
                         return change.into_change().map(Some);
                     }
                     continue;
@@ -358,7 +482,12 @@ impl Events {
                     }
                 }
             },
-            Events::Poll { backend, collection, cursor, ready } => {
+            Events::Poll {
+                backend,
+                collection,
+                cursor,
+                ready,
+            } => {
                 if ready.is_empty() {
                     let page = backend.stream(collection, *cursor, 1000, wait).await?;
                     *cursor = page.cursor;

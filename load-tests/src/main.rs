@@ -1,1 +1,157 @@
-fn main() {}
+//! `replicate-load`: runs the bundled load scenarios against an in-process server (default) or
+//! `--target URL`, prints a table per scenario and a correctness verdict, and exits non-zero if
+//! any verdict is wrong (never because of speed).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use replicate_actors::Config;
+use replicate_load::backend::{Backend, Http};
+use replicate_load::report::Report;
+use replicate_load::scenarios::{self, Ctx, Options, ALL};
+use replicate_load::server::Server;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "replicate-load",
+    about = "Load scenarios for replicate: throughput, latency, correctness"
+)]
+struct Args {
+    /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, or all
+    /// (the default).
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Base URL of a running server (e.g. http://127.0.0.1:8080); default: start one in-process
+    /// on a temporary directory and port 0.
+    #[arg(long)]
+    target: Option<String>,
+    /// A few seconds per scenario with small sizes; fails only on a wrong verdict.
+    #[arg(long)]
+    quick: bool,
+    /// Seed for every random choice (documents, edits, cursors), for repeatable runs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds of load per scenario (default 20, or 3 with --quick).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Concurrent writers in `append`.
+    #[arg(long, default_value_t = 64)]
+    writers: usize,
+    /// Subscribers in `fanout`, peers in `reconnect-storm` (default 200, or 50 with --quick).
+    #[arg(long)]
+    subscribers: Option<usize>,
+    /// Writes per second of the `fanout` writer.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// How far behind the `catchup` peer is (default 1,000,000, or 20,000 with --quick).
+    #[arg(long)]
+    deltas: Option<u64>,
+    /// Write the reports as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the floor measurements.
+    #[arg(long)]
+    no_floors: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match actix_rt::System::new().block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("replicate-load: at least one verdict is WRONG");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("replicate-load: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool> {
+    let names: Vec<&str> = if args.scenario == "all" {
+        ALL.to_vec()
+    } else if let Some(n) = ALL.iter().find(|n| **n == args.scenario) {
+        vec![*n]
+    } else {
+        bail!(
+            "unknown scenario {:?}; one of {} or all",
+            args.scenario,
+            ALL.join(", ")
+        );
+    };
+    let opts = Options {
+        quick: args.quick,
+        seed: args.seed,
+        duration: Duration::from_secs_f64(
+            args.duration
+                .unwrap_or(if args.quick { 3.0 } else { 20.0 })
+                .clamp(0.5, 3600.0),
+        ),
+        writers: args.writers.clamp(1, 4096),
+        subscribers: args
+            .subscribers
+            .unwrap_or(if args.quick { 50 } else { 200 })
+            .clamp(1, 10_000),
+        rate: args.rate.clamp(0.1, 100_000.0),
+        deltas: args
+            .deltas
+            .unwrap_or(if args.quick { 20_000 } else { 1_000_000 })
+            .clamp(10, 100_000_000),
+        no_floors: args.no_floors,
+    };
+    let config = Config::new("unused");
+    let server = match &args.target {
+        Some(url) => Server::target(url),
+        None => Server::in_process(config.clone())?,
+    };
+    let http = Http::new(&server.base_url);
+    server.wait_healthy(&http, Duration::from_secs(10)).await?;
+    eprintln!(
+        "replicate-load: {} against {} (seed {})",
+        names.join(", "),
+        server.base_url,
+        opts.seed
+    );
+    let ctx = Ctx::new(opts, Backend::Http(http), config);
+
+    let mut reports: Vec<Report> = Vec::new();
+    let mut all_ok = true;
+    for name in names {
+        let result = match name {
+            "append" => scenarios::append::run(&ctx).await,
+            "fanout" => scenarios::fanout::run(&ctx).await,
+            "catchup" => scenarios::catchup::run(&ctx).await,
+            "slow-peer" => scenarios::slow_peer::run(&ctx).await,
+            "offline-peer" => scenarios::offline_peer::run(&ctx).await,
+            "reconnect-storm" => scenarios::reconnect_storm::run(&ctx).await,
+            "mixed" => scenarios::mixed::run(&ctx).await,
+            _ => unreachable!("names come from ALL"),
+        };
+        match result {
+            Ok(report) => {
+                report.print();
+                all_ok &= report.ok;
+                reports.push(report);
+            }
+            Err(e) => {
+                println!("\n== {name}: did not run to the end: {e:#}\nverdict: WRONG");
+                all_ok = false;
+            }
+        }
+    }
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_vec_pretty(&reports)?)?;
+        eprintln!("replicate-load: wrote {}", path.display());
+    }
+    println!(
+        "\nreplicate-load: {} scenario(s), overall verdict {}",
+        reports.len(),
+        if all_ok { "CORRECT" } else { "WRONG" }
+    );
+    Ok(all_ok)
+}

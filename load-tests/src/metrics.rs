@@ -23,7 +23,12 @@ pub struct Samples {
 
 impl Default for Samples {
     fn default() -> Self {
-        Samples { values: Vec::new(), seen: 0, max: 0, rng: 0x9E37_79B9_7F4A_7C15 }
+        Samples {
+            values: Vec::new(),
+            seen: 0,
+            max: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
     }
 }
 
@@ -80,6 +85,21 @@ pub struct OpStats {
     pub raw_bytes: u64,
     /// Items the operation moved (changes in a page, deltas merged), when it is not one.
     pub items: u64,
+    /// Latency samples that are not operations (push→delivery): no rate.
+    pub samples_only: bool,
+    /// When the first recorded operation started and the last one ended: rates are over this.
+    pub first_start: Option<Instant>,
+    pub last_end: Option<Instant>,
+}
+
+impl OpStats {
+    /// Seconds between the first start and the last end (at least 1 ms).
+    pub fn active_secs(&self) -> f64 {
+        match (self.first_start, self.last_end) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64().max(0.001),
+            _ => 0.001,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,7 +120,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics(Rc::new(RefCell::new(Recorder { ops: BTreeMap::new(), started: Instant::now() })))
+        Metrics(Rc::new(RefCell::new(Recorder {
+            ops: BTreeMap::new(),
+            started: Instant::now(),
+        })))
     }
 
     /// Restarts the clock the rates are computed over.
@@ -122,17 +145,25 @@ impl Metrics {
 
     /// One completed operation that took `took`.
     pub fn record(&self, op: &str, took: Duration) {
+        let now = Instant::now();
         self.with(op, |s| {
             s.count += 1;
             s.latency.push(took.as_micros() as u64);
+            let start = now.checked_sub(took).unwrap_or(now);
+            s.first_start = Some(s.first_start.map_or(start, |f| f.min(start)));
+            s.last_end = Some(now);
         });
     }
 
     /// A latency sample that is not itself an operation (e.g. push→delivery).
     pub fn sample(&self, op: &str, micros: u64) {
+        let now = Instant::now();
         self.with(op, |s| {
             s.count += 1;
+            s.samples_only = true;
             s.latency.push(micros);
+            s.first_start = Some(s.first_start.unwrap_or(now));
+            s.last_end = Some(now);
         });
     }
 
@@ -151,7 +182,12 @@ impl Metrics {
     }
 
     pub fn items(&self, op: &str, n: u64) {
-        self.with(op, |s| s.items += n);
+        let now = Instant::now();
+        self.with(op, |s| {
+            s.items += n;
+            s.first_start = Some(s.first_start.unwrap_or(now));
+            s.last_end = Some(now);
+        });
     }
 
     pub fn count(&self, op: &str) -> u64 {
@@ -173,7 +209,11 @@ impl Metrics {
 }
 
 /// Times `fut`, recording it under `op` (or its error).
-pub async fn timed<T>(metrics: &Metrics, op: &str, fut: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub async fn timed<T>(
+    metrics: &Metrics,
+    op: &str,
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     let start = Instant::now();
     let out = fut.await;
     match &out {

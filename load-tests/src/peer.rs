@@ -24,6 +24,15 @@ use crate::backend::{Backend, Change, Events};
 use crate::metrics::{timed, Metrics};
 use crate::verify::Ledger;
 
+/// Numbers every peer made in this process, so edit keys (and opIds) never repeat even when
+/// two scenarios reuse a peer index.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// yrs client ids reserved per peer: one per document it edits. Client ids are unique per
+/// peer instance (two peers sharing one would have their edits taken for each other's and
+/// dropped), and stay below 2^32 as JavaScript Yjs expects.
+const DOCS_PER_PEER: u64 = 256;
+
 /// How many times a push is retried (with the same opId) before it counts as failed.
 const PUSH_ATTEMPTS: u32 = 8;
 
@@ -51,7 +60,10 @@ impl Replica {
 
     pub fn apply(&self, update: &[u8]) -> Result<()> {
         let update = Update::decode_v1(update).context("update does not decode")?;
-        self.doc.transact_mut().apply_update(update).context("update does not apply")?;
+        self.doc
+            .transact_mut()
+            .apply_update(update)
+            .context("update does not apply")?;
         Ok(())
     }
 
@@ -63,13 +75,23 @@ impl Replica {
     pub fn digest(&self) -> String {
         let txn = self.doc.transact();
         let mut out = self.text.get_string(&txn);
-        let mut entries: Vec<(String, String)> =
-            self.map.iter(&txn).map(|(k, v)| (k.to_string(), v.to_string(&txn))).collect();
+        let mut entries: Vec<(String, String)> = self
+            .map
+            .iter(&txn)
+            .map(|(k, v)| (k.to_string(), v.to_string(&txn)))
+            .collect();
         entries.sort();
         for (k, v) in entries {
             out.push_str(&format!("|{k}={v}"));
         }
         out
+    }
+
+    /// The whole document as one v1 update.
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
     }
 
     pub fn has_key(&self, key: &str) -> bool {
@@ -107,6 +129,8 @@ pub struct Seen {
 /// A client of one collection.
 pub struct Peer {
     pub name: String,
+    /// Process-wide instance number (part of every edit key and opId).
+    instance: u64,
     pub collection: String,
     backend: Backend,
     metrics: Metrics,
@@ -119,24 +143,41 @@ pub struct Peer {
     pub seen: Seen,
     /// Record receipt times of deltas (fan-out latency).
     pub track_receipts: bool,
+    /// Keep the bytes of every change received for this document (input for the yrs floors).
+    pub capture: Option<(String, Vec<Vec<u8>>)>,
 }
 
 impl Peer {
-    /// A peer numbered `index` (distinct per scenario: it makes the yrs client ids unique).
-    pub fn new(index: u64, collection: &str, backend: Backend, metrics: Metrics, seed: u64) -> Peer {
+    /// A peer named after `index` (its peerId); yrs client ids come from its process-wide
+    /// instance number.
+    pub fn new(
+        index: u64,
+        collection: &str,
+        backend: Backend,
+        metrics: Metrics,
+        seed: u64,
+    ) -> Peer {
+        let instance = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Peer {
             name: format!("peer-{index}"),
+            instance,
             collection: collection.to_string(),
             backend,
             metrics,
             docs: BTreeMap::new(),
-            client_base: 1 + index * 4096,
+            client_base: 1 + instance * DOCS_PER_PEER,
             cursor: 0,
             rng: StdRng::seed_from_u64(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             edits: 0,
             seen: Seen::default(),
             track_receipts: false,
+            capture: None,
         }
+    }
+
+    /// The peer's seeded random source (scenarios draw their choices from it).
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
     }
 
     pub fn backend(&self) -> &Backend {
@@ -146,7 +187,9 @@ impl Peer {
     /// Starts tracking a document (a client knows the documents it has locally).
     pub fn know(&mut self, doc: &str) -> &Replica {
         let next = self.client_base + self.docs.len() as u64;
-        self.docs.entry(doc.to_string()).or_insert_with(|| Replica::new(next))
+        self.docs
+            .entry(doc.to_string())
+            .or_insert_with(|| Replica::new(next))
     }
 
     pub fn replica(&self, doc: &str) -> Option<&Replica> {
@@ -159,7 +202,7 @@ impl Peer {
 
     /// Makes one random edit to `doc` and returns its update and its unique key.
     pub fn edit(&mut self, doc: &str) -> (Vec<u8>, String) {
-        let key = format!("{}:{}", self.name, self.edits);
+        let key = format!("{}.{}:{}", self.name, self.instance, self.edits);
         self.edits += 1;
         let choice = self.rng.gen_range(0..10u32);
         let token_len = self.rng.gen_range(4..24usize);
@@ -187,14 +230,24 @@ impl Peer {
     ///
     /// # Errors
     /// The last error, after [`PUSH_ATTEMPTS`] attempts.
-    pub async fn push(&mut self, doc: &str, op: OperationType, op_name: &str, ledger: &Ledger) -> Result<u64> {
+    pub async fn push(
+        &mut self,
+        doc: &str,
+        op: OperationType,
+        op_name: &str,
+        ledger: &Ledger,
+    ) -> Result<u64> {
         let (update, key) = self.edit(doc);
         let started = Instant::now();
         let mut backoff = Duration::from_millis(10);
         let mut last = None;
         for _ in 0..PUSH_ATTEMPTS {
             let attempt = Instant::now();
-            match self.backend.write(&self.collection, op, doc, &update, Some(&key)).await {
+            match self
+                .backend
+                .write(&self.collection, op, doc, &update, Some(&key))
+                .await
+            {
                 Ok(seq) => {
                     self.metrics.record(op_name, attempt.elapsed());
                     self.metrics.raw(op_name, update.len());
@@ -216,19 +269,67 @@ impl Peer {
     /// idempotent); deltas must come in increasing seq order.
     pub fn apply(&mut self, change: &Change, op_name: &str) -> Result<()> {
         let next = self.client_base + self.docs.len() as u64;
-        let replica = self.docs.entry(change.document_id.clone()).or_insert_with(|| Replica::new(next));
-        replica.apply(&change.bytes).with_context(|| format!("seq {} of {}", change.seq, change.document_id))?;
+        let replica = self
+            .docs
+            .entry(change.document_id.clone())
+            .or_insert_with(|| Replica::new(next));
+        replica
+            .apply(&change.bytes)
+            .with_context(|| format!("seq {} of {}", change.seq, change.document_id))?;
         self.metrics.raw(op_name, change.bytes.len());
+        if let Some((doc, kept)) = &mut self.capture {
+            if *doc == change.document_id {
+                kept.push(change.bytes.clone());
+            }
+        }
         if change.operation == OperationType::Snapshot {
-            self.seen.snapshots.push((change.document_id.clone(), change.seq));
+            self.seen
+                .snapshots
+                .push((change.document_id.clone(), change.seq));
         } else {
-            if self.seen.deltas.last().is_some_and(|last| *last >= change.seq) || change.seq <= self.seen.start_cursor {
+            if self
+                .seen
+                .deltas
+                .last()
+                .is_some_and(|last| *last >= change.seq)
+                || change.seq <= self.seen.start_cursor
+            {
                 self.seen.order_violations += 1;
             }
             self.seen.deltas.push(change.seq);
             if self.track_receipts {
                 self.seen.receipts.push((change.seq, Instant::now()));
             }
+        }
+        Ok(())
+    }
+
+    /// Takes over `other`'s documents and cursor, as if this peer had synced to the same point
+    /// (cheap: one update per document).
+    ///
+    /// # Errors
+    /// If a document's state does not apply.
+    pub fn copy_state_from(&mut self, other: &Peer) -> Result<()> {
+        for (doc, replica) in &other.docs {
+            let state = replica.encode_state();
+            self.know(doc).apply(&state)?;
+        }
+        self.start_at(other.cursor);
+        Ok(())
+    }
+
+    /// Pulls pages until the cursor is exactly `at` (no compaction running: pages end on
+    /// deltas).
+    ///
+    /// # Errors
+    /// As [`Peer::pull`].
+    pub async fn sync_to(&mut self, at: u64, op_name: &str) -> Result<()> {
+        for _ in 0..at {
+            if self.cursor >= at {
+                break;
+            }
+            let limit = (at - self.cursor).min(1000) as usize;
+            self.pull(limit, Duration::ZERO, op_name).await?;
         }
         Ok(())
     }
@@ -243,8 +344,19 @@ impl Peer {
     ///
     /// # Errors
     /// A failed request or a change that does not apply.
-    pub async fn pull(&mut self, limit: usize, wait: Duration, op_name: &str) -> Result<(usize, bool)> {
-        let page = timed(&self.metrics, op_name, self.backend.stream(&self.collection, self.cursor, limit, wait)).await?;
+    pub async fn pull(
+        &mut self,
+        limit: usize,
+        wait: Duration,
+        op_name: &str,
+    ) -> Result<(usize, bool)> {
+        let page = timed(
+            &self.metrics,
+            op_name,
+            self.backend
+                .stream(&self.collection, self.cursor, limit, wait),
+        )
+        .await?;
         for change in &page.changes {
             self.apply(change, op_name)?;
             if change.operation != OperationType::Snapshot && change.seq > page.cursor {
@@ -266,7 +378,11 @@ impl Peer {
     pub async fn catch_up(&mut self, head: u64, deadline: Instant, op_name: &str) -> Result<()> {
         while self.cursor < head {
             if Instant::now() >= deadline {
-                anyhow::bail!("{}: catch-up stopped at {} of {head} when its time ran out", self.name, self.cursor);
+                anyhow::bail!(
+                    "{}: catch-up stopped at {} of {head} when its time ran out",
+                    self.name,
+                    self.cursor
+                );
             }
             self.pull(1000, Duration::ZERO, op_name).await?;
         }
@@ -278,7 +394,13 @@ impl Peer {
     ///
     /// # Errors
     /// A failed feed or a change that does not apply.
-    pub async fn follow(&mut self, events: &mut Events, head: Option<u64>, deadline: Instant, op_name: &str) -> Result<()> {
+    pub async fn follow(
+        &mut self,
+        events: &mut Events,
+        head: Option<u64>,
+        deadline: Instant,
+        op_name: &str,
+    ) -> Result<()> {
         while head.is_none_or(|h| self.cursor < h) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -301,7 +423,12 @@ impl Peer {
     /// Acknowledges the cursor.
     pub async fn ack(&mut self) -> Result<u64> {
         let cursor = self.cursor;
-        timed(&self.metrics, "ack", self.backend.ack(&self.collection, &self.name, cursor)).await
+        timed(
+            &self.metrics,
+            "ack",
+            self.backend.ack(&self.collection, &self.name, cursor),
+        )
+        .await
     }
 
     /// Recovers every known document with its state vector and moves the cursor to the lowest
@@ -314,7 +441,12 @@ impl Peer {
         let mut through = u64::MAX;
         for doc in docs {
             let sv = self.docs[&doc].state_vector();
-            let state = timed(&self.metrics, op_name, self.backend.recovery(&self.collection, &sv, Some(&doc))).await?;
+            let state = timed(
+                &self.metrics,
+                op_name,
+                self.backend.recovery(&self.collection, &sv, Some(&doc)),
+            )
+            .await?;
             self.docs[&doc].apply(&state.update)?;
             self.metrics.raw(op_name, state.update.len());
             through = through.min(state.cursor);

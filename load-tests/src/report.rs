@@ -15,6 +15,7 @@ use crate::verify::Verdict;
 pub struct OpRow {
     pub op: String,
     pub count: u64,
+    /// Over the operation's active time (first start to last end), not the whole scenario.
     pub per_sec: f64,
     /// Items moved per second (changes streamed, deltas merged) where an op moves many.
     pub items_per_sec: Option<f64>,
@@ -44,12 +45,26 @@ pub struct Floor {
 impl Floor {
     /// A rate (higher is better): ratio = measured / floor.
     pub fn rate(name: &str, measured: f64, floor: f64, unit: &str, note: &str) -> Floor {
-        Floor { name: name.into(), measured, floor, unit: unit.into(), ratio: ratio(measured, floor), note: note.into() }
+        Floor {
+            name: name.into(),
+            measured,
+            floor,
+            unit: unit.into(),
+            ratio: ratio(measured, floor),
+            note: note.into(),
+        }
     }
 
     /// A cost (lower is better): ratio = floor / measured.
     pub fn cost(name: &str, measured: f64, floor: f64, unit: &str, note: &str) -> Floor {
-        Floor { name: name.into(), measured, floor, unit: unit.into(), ratio: ratio(floor, measured), note: note.into() }
+        Floor {
+            name: name.into(),
+            measured,
+            floor,
+            unit: unit.into(),
+            ratio: ratio(floor, measured),
+            note: note.into(),
+        }
     }
 }
 
@@ -84,7 +99,14 @@ fn ms(micros: u64) -> f64 {
 
 impl Report {
     /// Builds the report from the metrics (rates over `seconds`).
-    pub fn new(scenario: &str, backend: &str, params: Value, metrics: &Metrics, seconds: f64, wire_bytes: u64) -> Report {
+    pub fn new(
+        scenario: &str,
+        backend: &str,
+        params: Value,
+        metrics: &Metrics,
+        seconds: f64,
+        wire_bytes: u64,
+    ) -> Report {
         let ops = metrics
             .snapshot()
             .into_iter()
@@ -93,8 +115,12 @@ impl Report {
                 OpRow {
                     op,
                     count: s.count,
-                    per_sec: s.count as f64 / seconds.max(1e-9),
-                    items_per_sec: (s.items > 0).then(|| s.items as f64 / seconds.max(1e-9)),
+                    per_sec: if s.samples_only {
+                        0.0
+                    } else {
+                        s.count as f64 / s.active_secs()
+                    },
+                    items_per_sec: (s.items > 0).then(|| s.items as f64 / s.active_secs()),
                     p50_ms: ms(p[0]),
                     p95_ms: ms(p[1]),
                     p99_ms: ms(p[2]),
@@ -121,18 +147,34 @@ impl Report {
     /// Prints the table, the floors and the verdict.
     pub fn print(&self) {
         let mut out = String::new();
-        out.push_str(&format!("\n== {} ({}, {:.1} s) {}\n", self.scenario, self.backend, self.seconds, self.params));
         out.push_str(&format!(
-            "{:<28} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>6}\n",
-            "operation", "count", "ops/s", "items/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"
+            "\n== {} ({}, {:.1} s) {}\n",
+            self.scenario, self.backend, self.seconds, self.params
+        ));
+        out.push_str(&format!(
+            "{:<30} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>6}\n",
+            "operation",
+            "count",
+            "ops/s",
+            "items/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "errors"
         ));
         for r in &self.ops {
             out.push_str(&format!(
-                "{:<28} {:>9} {:>10.1} {:>11} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6}\n",
+                "{:<30} {:>9} {:>10} {:>11} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6}\n",
                 r.op,
                 r.count,
-                r.per_sec,
-                r.items_per_sec.map_or("-".to_string(), |v| format!("{v:.0}")),
+                if r.per_sec > 0.0 {
+                    format!("{:.1}", r.per_sec)
+                } else {
+                    "-".into()
+                },
+                r.items_per_sec
+                    .map_or("-".to_string(), |v| format!("{v:.0}")),
                 r.p50_ms,
                 r.p95_ms,
                 r.p99_ms,
@@ -143,7 +185,11 @@ impl Report {
                 out.push_str(&format!("    error: {m}\n"));
             }
         }
-        let wire_ratio = if self.raw_update_bytes > 0 { self.wire_bytes as f64 / self.raw_update_bytes as f64 } else { 0.0 };
+        let wire_ratio = if self.raw_update_bytes > 0 {
+            self.wire_bytes as f64 / self.raw_update_bytes as f64
+        } else {
+            0.0
+        };
         out.push_str(&format!(
             "bytes: {} on the wire (HTTP bodies) vs {} raw Yjs update bytes = {:.2}x\n",
             self.wire_bytes, self.raw_update_bytes, wire_ratio
@@ -155,9 +201,17 @@ impl Report {
             ));
         }
         for c in &self.verdict.checks {
-            out.push_str(&format!("check  [{}] {}: {}\n", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail));
+            out.push_str(&format!(
+                "check  [{}] {}: {}\n",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            ));
         }
-        out.push_str(&format!("verdict: {}\n", if self.ok { "CORRECT" } else { "WRONG" }));
+        out.push_str(&format!(
+            "verdict: {}\n",
+            if self.ok { "CORRECT" } else { "WRONG" }
+        ));
         print!("{out}");
         let _ = std::io::stdout().flush();
     }
@@ -172,7 +226,11 @@ pub struct Progress {
 impl Progress {
     pub fn start(label: String, metrics: Metrics, ops: &'static [&'static str]) -> Progress {
         let tty = std::io::stderr().is_terminal();
-        let every = if tty { Duration::from_millis(500) } else { Duration::from_secs(3) };
+        let every = if tty {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(3)
+        };
         let started = Instant::now();
         let handle = actix_rt::spawn(async move {
             loop {
@@ -191,7 +249,9 @@ impl Progress {
                 }
             }
         });
-        Progress { handle: Some(handle) }
+        Progress {
+            handle: Some(handle),
+        }
     }
 }
 

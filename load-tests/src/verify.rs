@@ -26,7 +26,12 @@ pub struct Ledger(Rc<RefCell<Vec<Written>>>);
 
 impl Ledger {
     pub fn record(&self, seq: u64, doc: &str, key: &str, started: Instant) {
-        self.0.borrow_mut().push(Written { seq, doc: doc.to_string(), key: key.to_string(), started });
+        self.0.borrow_mut().push(Written {
+            seq,
+            doc: doc.to_string(),
+            key: key.to_string(),
+            started,
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -68,7 +73,11 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
-        self.checks.push(Check { name: name.to_string(), ok, detail: detail.into() });
+        self.checks.push(Check {
+            name: name.to_string(),
+            ok,
+            detail: detail.into(),
+        });
     }
 
     pub fn ok(&self) -> bool {
@@ -86,11 +95,17 @@ pub fn seqs_contiguous(ledger: &Ledger, base: u64, label: &str) -> Check {
     seqs.sort_unstable();
     let n = seqs.len() as u64;
     let dupes = seqs.windows(2).filter(|w| w[0] == w[1]).count();
-    let ok = dupes == 0 && seqs.first().is_none_or(|f| *f == base + 1) && seqs.last().is_none_or(|l| *l == base + n);
+    let ok = dupes == 0
+        && seqs.first().is_none_or(|f| *f == base + 1)
+        && seqs.last().is_none_or(|l| *l == base + n);
     Check {
         name: format!("seqs contiguous ({label})"),
         ok: ok && n > 0,
-        detail: format!("{n} writes answered seqs {}..={}, {dupes} duplicates", seqs.first().unwrap_or(&0), seqs.last().unwrap_or(&0)),
+        detail: format!(
+            "{n} writes answered seqs {}..={}, {dupes} duplicates",
+            seqs.first().unwrap_or(&0),
+            seqs.last().unwrap_or(&0)
+        ),
     }
 }
 
@@ -98,9 +113,16 @@ pub fn seqs_contiguous(ledger: &Ledger, base: u64, label: &str) -> Check {
 /// snapshot of that seq's document, or inside a recovery diff — and deltas in increasing order.
 pub fn reader_covered(peer: &Peer, ledger: &Ledger) -> Result<(), String> {
     if peer.seen.order_violations > 0 {
-        return Err(format!("{}: {} deltas out of order", peer.name, peer.seen.order_violations));
+        return Err(format!(
+            "{}: {} deltas out of order",
+            peer.name, peer.seen.order_violations
+        ));
     }
-    let docs: HashMap<u64, String> = ledger.writes().into_iter().map(|w| (w.seq, w.doc)).collect();
+    let docs: HashMap<u64, String> = ledger
+        .writes()
+        .into_iter()
+        .map(|w| (w.seq, w.doc))
+        .collect();
     let deltas: HashSet<u64> = peer.seen.deltas.iter().copied().collect();
     let mut snapshot_through: HashMap<&str, u64> = HashMap::new();
     for (doc, seq) in &peer.seen.snapshots {
@@ -112,9 +134,14 @@ pub fn reader_covered(peer: &Peer, ledger: &Ledger) -> Result<(), String> {
         if deltas.contains(&seq) {
             continue;
         }
-        let covered = docs.get(&seq).is_some_and(|d| snapshot_through.get(d.as_str()).is_some_and(|s| *s >= seq));
+        let covered = docs
+            .get(&seq)
+            .is_some_and(|d| snapshot_through.get(d.as_str()).is_some_and(|s| *s >= seq));
         if !covered {
-            return Err(format!("{}: seq {seq} neither delivered nor inside a snapshot (cursor {})", peer.name, peer.cursor));
+            return Err(format!(
+                "{}: seq {seq} neither delivered nor inside a snapshot (cursor {})",
+                peer.name, peer.cursor
+            ));
         }
     }
     Ok(())
@@ -122,23 +149,55 @@ pub fn reader_covered(peer: &Peer, ledger: &Ledger) -> Result<(), String> {
 
 /// Every reader is covered (see [`reader_covered`]).
 pub fn readers_covered(peers: &[&Peer], ledger: &Ledger) -> Check {
-    let failures: Vec<String> = peers.iter().filter_map(|p| reader_covered(p, ledger).err()).collect();
+    let failures: Vec<String> = peers
+        .iter()
+        .filter_map(|p| reader_covered(p, ledger).err())
+        .collect();
     let deltas: usize = peers.iter().map(|p| p.seen.deltas.len()).sum();
     let snapshots: usize = peers.iter().map(|p| p.seen.snapshots.len()).sum();
     Check {
         name: "nothing skipped (per reader, per seq)".into(),
         ok: failures.is_empty(),
         detail: if failures.is_empty() {
-            format!("{} readers: {deltas} deltas, {snapshots} snapshots, in order", peers.len())
+            format!(
+                "{} readers: {deltas} deltas, {snapshots} snapshots, in order",
+                peers.len()
+            )
         } else {
             format!("{} readers failed; first: {}", failures.len(), failures[0])
         },
     }
 }
 
+/// The server's whole state of `doc`, retrying transient client errors (a verdict must not
+/// fail because a connection did).
+async fn server_state(
+    backend: &Backend,
+    collection: &str,
+    doc: &str,
+) -> anyhow::Result<crate::backend::StateAt> {
+    let mut last = None;
+    for attempt in 0..5u32 {
+        match backend
+            .recovery(collection, &empty_state_vector(), Some(doc))
+            .await
+        {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+    }
+    Err(last.expect("five attempts"))
+}
+
 /// Every peer holds the same content as the server for every document written, and every
 /// answered write's edit is in it.
-pub async fn converged(backend: &Backend, collection: &str, peers: &[&Peer], ledger: &Ledger) -> Vec<Check> {
+pub async fn converged(
+    backend: &Backend,
+    collection: &str,
+    peers: &[&Peer],
+    ledger: &Ledger,
+) -> Vec<Check> {
     let mut by_doc: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for w in ledger.writes() {
         by_doc.entry(w.doc).or_default().push(w.key);
@@ -148,7 +207,7 @@ pub async fn converged(backend: &Backend, collection: &str, peers: &[&Peer], led
     let mut server_errors = Vec::new();
     let mut pending = 0;
     for (doc, keys) in &by_doc {
-        let server = match backend.recovery(collection, &empty_state_vector(), Some(doc)).await {
+        let server = match server_state(backend, collection, doc).await {
             Ok(s) => s,
             Err(e) => {
                 server_errors.push(format!("{doc}: {e:#}"));
@@ -167,7 +226,10 @@ pub async fn converged(backend: &Backend, collection: &str, peers: &[&Peer], led
         }
         let missing = keys.iter().filter(|k| !reference.has_key(k)).count();
         if missing > 0 {
-            lost.push(format!("{doc}: {missing} of {} edits missing on the server", keys.len()));
+            lost.push(format!(
+                "{doc}: {missing} of {} edits missing on the server",
+                keys.len()
+            ));
         }
         let want = reference.digest();
         for p in peers {
@@ -189,7 +251,11 @@ pub async fn converged(backend: &Backend, collection: &str, peers: &[&Peer], led
             name: "converged (every peer = server, per document)".into(),
             ok: diverged.is_empty() && server_errors.is_empty() && pending == 0,
             detail: if diverged.is_empty() && server_errors.is_empty() && pending == 0 {
-                format!("{} peers × {} documents identical", peers.len(), by_doc.len())
+                format!(
+                    "{} peers × {} documents identical",
+                    peers.len(),
+                    by_doc.len()
+                )
             } else {
                 format!(
                     "{} divergences, {} server errors, {pending} documents with pending structs; first: {}",
@@ -202,7 +268,34 @@ pub async fn converged(backend: &Backend, collection: &str, peers: &[&Peer], led
         Check {
             name: "nothing lost (every answered edit present)".into(),
             ok: lost.is_empty() && writes > 0,
-            detail: if lost.is_empty() { format!("{writes} edits present") } else { lost.join("; ") },
+            detail: if lost.is_empty() {
+                format!("{writes} edits present")
+            } else {
+                lost.join("; ")
+            },
         },
     ]
+}
+
+/// Folds several checks of the same kind (e.g. one per collection) into one.
+pub fn combine(name: &str, checks: Vec<Check>) -> Check {
+    let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
+    Check {
+        name: name.to_string(),
+        ok: !checks.is_empty() && failed.is_empty(),
+        detail: match failed.first() {
+            Some(f) => format!(
+                "{} of {} failed; first: {}",
+                failed.len(),
+                checks.len(),
+                f.detail
+            ),
+            None => format!(
+                "{} of {} ok; e.g. {}",
+                checks.len(),
+                checks.len(),
+                checks.first().map_or("", |c| c.detail.as_str())
+            ),
+        },
+    }
 }

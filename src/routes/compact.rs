@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use actix_web::web::{Data, Json, Path};
+use actix_web::web::{Data, Json};
 use replicate_actors::CompactRequest;
 
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::AppState;
+use crate::routes::{AppState, Collection};
 use crate::wire::{decode, json_u64, CompactAnswer, CompactBody};
 
 /// # Errors
@@ -16,17 +16,38 @@ use crate::wire::{decode, json_u64, CompactAnswer, CompactBody};
 /// `peerTimeout` (milliseconds) that is negative, fractional or too large.
 pub fn parse(body: CompactBody) -> Result<CompactRequest, ApiError> {
     Ok(CompactRequest {
-        snapshot: body.snapshot_bytes.as_deref().map(|s| decode("snapshotBytes", s)).transpose()?,
-        state_vector: body.state_vector.as_deref().map(|s| decode("stateVector", s)).transpose()?,
-        peer_timeout: body.peer_timeout.as_ref().map(|n| json_u64("peerTimeout", n).map(Duration::from_millis)).transpose()?,
+        snapshot: body
+            .snapshot_bytes
+            .as_deref()
+            .map(|s| decode("snapshotBytes", s))
+            .transpose()?,
+        state_vector: body
+            .state_vector
+            .as_deref()
+            .map(|s| decode("stateVector", s))
+            .transpose()?,
+        peer_timeout: body
+            .peer_timeout
+            .as_ref()
+            .map(|n| json_u64("peerTimeout", n).map(Duration::from_millis))
+            .transpose()?,
         document_id: body.document_id,
     })
 }
 
-pub async fn compact(state: Data<AppState>, c: Path<String>, body: Json<CompactBody>) -> Result<Json<CompactAnswer>, ApiError> {
+pub async fn compact(
+    state: Data<AppState>,
+    c: Collection,
+    body: Json<CompactBody>,
+) -> Result<Json<CompactAnswer>, ApiError> {
     let req = parse(body.into_inner())?;
     let done = state.replicate.compact(&c, req).await?;
-    metrics::counter!(metrics::COMPACTIONS).increment(1);
-    metrics::counter!(metrics::DELTAS_REMOVED).increment(done.removed);
-    Ok(Json(CompactAnswer { success: true, removed: done.removed, retained: done.retained, snapshot_seq: done.snapshot_seq }))
+    ::metrics::counter!(metrics::COMPACTIONS).increment(1);
+    ::metrics::counter!(metrics::DELTAS_REMOVED).increment(done.removed);
+    Ok(Json(CompactAnswer {
+        success: true,
+        removed: done.removed,
+        retained: done.retained,
+        snapshot_seq: done.snapshot_seq,
+    }))
 }

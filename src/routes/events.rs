@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::web::{Data, Path, Query};
+use actix_web::web::{Data, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use replicate_actors::{StreamRequest, MAX_STREAM_LIMIT};
 
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::routes::{AppState, Collection};
 use crate::sse;
 use crate::wire::{query_param, query_u64};
 
@@ -19,7 +19,9 @@ use crate::wire::{query_param, query_u64};
 /// 400 `invalid_argument` for a value that is not a non-negative integer.
 pub fn parse(req: &HttpRequest, pairs: &[(String, String)]) -> Result<u64, ApiError> {
     if let Some(value) = req.headers().get("last-event-id") {
-        let text = value.to_str().map_err(|_| ApiError::invalid_argument("Last-Event-ID", "must be ASCII digits"))?;
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::invalid_argument("Last-Event-ID", "must be ASCII digits"))?;
         return query_u64("Last-Event-ID", text.trim());
     }
     match query_param(pairs, "cursor")? {
@@ -30,14 +32,19 @@ pub fn parse(req: &HttpRequest, pairs: &[(String, String)]) -> Result<u64, ApiEr
 
 pub async fn events(
     state: Data<AppState>,
-    c: Path<String>,
+    c: Collection,
     req: HttpRequest,
     query: Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
     let cursor = parse(&req, &query)?;
-    let c = c.into_inner();
+    let Collection(c) = c;
     // The first page is read before answering, so a bad name or cursor gets its 4xx.
-    let first_req = StreamRequest { cursor, limit: MAX_STREAM_LIMIT, size_threshold: None, wait: Duration::ZERO };
+    let first_req = StreamRequest {
+        cursor,
+        limit: MAX_STREAM_LIMIT,
+        size_threshold: None,
+        wait: Duration::ZERO,
+    };
     let first = state.replicate.stream(&c, first_req).await?;
     let body = sse::events(
         state.replicate.clone(),

@@ -2,19 +2,23 @@
 //! collection actor's counters) and `GET /v1/{c}/stats` (one collection's).
 
 use actix_web::http::StatusCode;
-use actix_web::web::{Data, Json, Path};
+use actix_web::web::{Data, Json};
 use actix_web::HttpResponse;
 use replicate_actors::{CollectionStats, ServiceStats};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::routes::{AppState, Collection};
 
 /// 200 while serving (the store is open: the actors exist only once it opened); 503 once
 /// shutdown started, so a load balancer stops sending traffic.
 pub async fn healthz(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.shutting_down() {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "replicate is shutting down"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "replicate is shutting down",
+        ));
     }
     Ok(HttpResponse::Ok().json(json!({ "status": "ok" })))
 }
@@ -24,13 +28,18 @@ pub async fn metrics(state: Data<AppState>) -> HttpResponse {
         Some(handle) => crate::metrics::render(handle, &state.replicate.stats().await),
         None => "# another metrics recorder was installed in this process; replicate's metrics go there\n".to_string(),
     };
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text)
 }
 
 pub async fn stats(state: Data<AppState>) -> Json<ServiceStats> {
     Json(state.replicate.stats().await)
 }
 
-pub async fn collection_stats(state: Data<AppState>, c: Path<String>) -> Result<Json<CollectionStats>, ApiError> {
+pub async fn collection_stats(
+    state: Data<AppState>,
+    c: Collection,
+) -> Result<Json<CollectionStats>, ApiError> {
     Ok(Json(state.replicate.collection_stats(&c).await?))
 }

@@ -1,10 +1,10 @@
 //! `POST /v1/{c}/recovery`: the diff a peer with a given state vector needs (for one document,
 //! or the whole collection), and the cursor it corresponds to.
 
-use actix_web::web::{Data, Json, Path};
+use actix_web::web::{Data, Json};
 
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::routes::{AppState, Collection};
 use crate::wire::{decode, encode, RecoveryAnswer, RecoveryBody};
 
 /// The decoded state vector and the optional document.
@@ -12,11 +12,24 @@ use crate::wire::{decode, encode, RecoveryAnswer, RecoveryBody};
 /// # Errors
 /// 400 `invalid_base64` for a `stateVector` that is not standard padded base64.
 pub fn parse(body: &RecoveryBody) -> Result<(Vec<u8>, Option<&str>), ApiError> {
-    Ok((decode("stateVector", &body.state_vector)?, body.document_id.as_deref()))
+    Ok((
+        decode("stateVector", &body.state_vector)?,
+        body.document_id.as_deref(),
+    ))
 }
 
-pub async fn recovery(state: Data<AppState>, c: Path<String>, body: Json<RecoveryBody>) -> Result<Json<RecoveryAnswer>, ApiError> {
+pub async fn recovery(
+    state: Data<AppState>,
+    c: Collection,
+    body: Json<RecoveryBody>,
+) -> Result<Json<RecoveryAnswer>, ApiError> {
     let (state_vector, document_id) = parse(&body)?;
-    let at = state.replicate.recovery(&c, &state_vector, document_id).await?;
-    Ok(Json(RecoveryAnswer { diff: encode(&at.update), cursor: at.cursor }))
+    let at = state
+        .replicate
+        .recovery(&c, &state_vector, document_id)
+        .await?;
+    Ok(Json(RecoveryAnswer {
+        diff: encode(&at.update),
+        cursor: at.cursor,
+    }))
 }

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use actix_web::web::{Data, Json, Path, Query};
+use actix_web::web::{Data, Json, Query};
 use replicate_actors::{StreamRequest, DEFAULT_STREAM_LIMIT, MAX_STREAM_LIMIT};
 
 use crate::error::ApiError;
 use crate::metrics::{self, GaugeGuard};
-use crate::routes::AppState;
+use crate::routes::{AppState, Collection};
 use crate::wire::{query_param, query_u64, StreamAnswer};
 
 /// A query number, or `None` when absent or empty (`?cursor=` means the default).
@@ -29,22 +29,50 @@ pub fn parse(pairs: &[(String, String)]) -> Result<StreamRequest, ApiError> {
     let limit = match number(pairs, "limit")? {
         None => DEFAULT_STREAM_LIMIT,
         Some(n) if (1..=MAX_STREAM_LIMIT as u64).contains(&n) => n as usize,
-        Some(n) => return Err(ApiError::invalid_argument("limit", format!("must be between 1 and {MAX_STREAM_LIMIT}, got {n}"))),
+        Some(n) => {
+            return Err(ApiError::invalid_argument(
+                "limit",
+                format!("must be between 1 and {MAX_STREAM_LIMIT}, got {n}"),
+            ))
+        }
     };
     let size_threshold = number(pairs, "sizeThreshold")?;
     let wait = Duration::from_millis(number(pairs, "waitMs")?.unwrap_or(0));
-    Ok(StreamRequest { cursor, limit, size_threshold, wait })
+    Ok(StreamRequest {
+        cursor,
+        limit,
+        size_threshold,
+        wait,
+    })
 }
 
-pub async fn stream(state: Data<AppState>, c: Path<String>, query: Query<Vec<(String, String)>>) -> Result<Json<StreamAnswer>, ApiError> {
+pub async fn stream(
+    state: Data<AppState>,
+    c: Collection,
+    query: Query<Vec<(String, String)>>,
+) -> Result<Json<StreamAnswer>, ApiError> {
     let req = parse(&query)?;
     let _waiting = (!req.wait.is_zero()).then(|| GaugeGuard::new(metrics::WAITERS));
-    let page = match state.until_shutdown(state.replicate.stream(&c, req.clone())).await {
+    let page = match state
+        .until_shutdown(state.replicate.stream(&c, req.clone()))
+        .await
+    {
         Some(page) => page?,
         // Shutting down: answer what is there now rather than hold the connection open.
-        None => state.replicate.stream(&c, StreamRequest { wait: Duration::ZERO, ..req }).await?,
+        None => {
+            state
+                .replicate
+                .stream(
+                    &c,
+                    StreamRequest {
+                        wait: Duration::ZERO,
+                        ..req
+                    },
+                )
+                .await?
+        }
     };
-    metrics::counter!(metrics::STREAM_REQUESTS).increment(1);
-    metrics::counter!(metrics::STREAM_CHANGES).increment(page.changes.len() as u64);
+    ::metrics::counter!(metrics::STREAM_REQUESTS).increment(1);
+    ::metrics::counter!(metrics::STREAM_CHANGES).increment(page.changes.len() as u64);
     Ok(Json(StreamAnswer::from(&page)))
 }

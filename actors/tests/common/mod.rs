@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use replicate_actors::{Config, ManualClock, OperationType, Replicate, Store, StreamRequest, Write};
+use replicate_actors::{
+    Config, ManualClock, OperationType, Replicate, Store, StreamRequest, Write,
+};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
@@ -27,7 +29,10 @@ pub async fn open_with(config: Config, clock: &ManualClock) -> Replicate {
     let mut last = None;
     for _ in 0..200 {
         match Store::open(&config.data_dir, config.cache_bytes) {
-            Ok(store) => return Replicate::start(config, store, Arc::new(clock.clone())).expect("actors start"),
+            Ok(store) => {
+                return Replicate::start(config, store, Arc::new(clock.clone()))
+                    .expect("actors start")
+            }
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -40,7 +45,11 @@ pub async fn open(dir: &Path, clock: &ManualClock) -> Replicate {
 }
 
 pub fn write(doc: &str, bytes: Vec<u8>) -> Write {
-    Write { document_id: doc.to_string(), bytes, op_id: None }
+    Write {
+        document_id: doc.to_string(),
+        bytes,
+        op_id: None,
+    }
 }
 
 /// A document replica with its own client id; edits append text.
@@ -50,7 +59,9 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(client_id: u64) -> Self {
-        Replica { doc: Doc::with_client_id(client_id) }
+        Replica {
+            doc: Doc::with_client_id(client_id),
+        }
     }
 
     /// Appends `s` to the text and answers the update.
@@ -73,7 +84,10 @@ impl Replica {
 
     pub fn apply(&self, update: &[u8]) {
         let update = Update::decode_v1(update).expect("server sent a valid update");
-        self.doc.transact_mut().apply_update(update).expect("update applies");
+        self.doc
+            .transact_mut()
+            .apply_update(update)
+            .expect("update applies");
     }
 
     pub fn text(&self) -> String {
@@ -91,14 +105,18 @@ impl Replica {
     }
 
     pub fn full_state(&self) -> Vec<u8> {
-        self.doc.transact().encode_state_as_update_v1(&StateVector::default())
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
     }
 
     /// Whether every update `other` holds is also held here.
     pub fn contains(&self, other: &Replica) -> bool {
         let mine = self.sv();
         let theirs = other.sv();
-        theirs.iter().all(|(client, clock)| mine.get(client) >= *clock)
+        theirs
+            .iter()
+            .all(|(client, clock)| mine.get(client) >= *clock)
     }
 }
 
@@ -112,12 +130,19 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(id: &str, client_base: u64) -> Self {
-        Peer { id: id.to_string(), client_base, cursor: 0, docs: HashMap::new() }
+        Peer {
+            id: id.to_string(),
+            client_base,
+            cursor: 0,
+            docs: HashMap::new(),
+        }
     }
 
     pub fn replica(&mut self, doc: &str) -> &Replica {
         let next = self.client_base + self.docs.len() as u64;
-        self.docs.entry(doc.to_string()).or_insert_with(|| Replica::new(next))
+        self.docs
+            .entry(doc.to_string())
+            .or_insert_with(|| Replica::new(next))
     }
 
     /// Streams pages of `limit` until caught up; answers the seqs of the deltas received.
@@ -125,13 +150,30 @@ impl Peer {
         let mut seen = Vec::new();
         loop {
             let page = r
-                .stream(c, StreamRequest { limit, ..StreamRequest::after(self.cursor) })
+                .stream(
+                    c,
+                    StreamRequest {
+                        limit,
+                        ..StreamRequest::after(self.cursor)
+                    },
+                )
                 .await
                 .expect("stream answers");
-            assert!(page.cursor >= self.cursor, "cursor went back: {} -> {}", self.cursor, page.cursor);
+            assert!(
+                page.cursor >= self.cursor,
+                "cursor went back: {} -> {}",
+                self.cursor,
+                page.cursor
+            );
             for change in &page.changes {
                 if change.operation != OperationType::Snapshot {
-                    assert!(change.seq > self.cursor && change.seq <= page.cursor, "delta {} outside ({}, {}]", change.seq, self.cursor, page.cursor);
+                    assert!(
+                        change.seq > self.cursor && change.seq <= page.cursor,
+                        "delta {} outside ({}, {}]",
+                        change.seq,
+                        self.cursor,
+                        page.cursor
+                    );
                     seen.push(change.seq);
                 }
                 self.replica(&change.document_id).apply(&change.bytes);

@@ -1,0 +1,22 @@
+//! replicate-load: bundled load scenarios for replicate, measuring throughput, latency and
+//! correctness against floors measured in the same run.
+//!
+//! # Layout
+//! - [`backend`]: how a peer reaches the service — the HTTP wire contract (awc) or the actors
+//!   in-process — behind one vocabulary, with wire-byte counters.
+//! - [`peer`]: the reusable client: yrs documents, edits, pushes with opIds, streaming
+//!   (long-poll and SSE), snapshots, acks, recovery.
+//! - [`scenarios`]: one file per scenario plus the shared writer/reader loops.
+//! - [`floors`]: raw sled and raw yrs baselines.
+//! - [`verify`]: the correctness verdict (contiguous seqs, coverage, convergence, nothing lost).
+//! - [`metrics`], [`report`]: latency samples and counters; the table, JSON and progress line.
+//! - [`server`]: the in-process server (the real service on a temp dir, port 0) or `--target`.
+
+pub mod backend;
+pub mod floors;
+pub mod metrics;
+pub mod peer;
+pub mod report;
+pub mod scenarios;
+pub mod server;
+pub mod verify;

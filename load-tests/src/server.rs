@@ -1,0 +1,65 @@
+//! The service under test: started in-process (the real HTTP front on a temporary sled
+//! directory, port 0, in its own thread) or reached at `--target URL`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use replicate_actors::Config;
+
+use crate::backend::Http;
+
+/// The server a run talks to; stops the in-process one when dropped.
+pub struct Server {
+    pub base_url: String,
+    running: Option<replicate::RunningServer>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts the service in-process with `config` (its data dir is replaced by a temporary one).
+    ///
+    /// # Errors
+    /// If the directory or the server cannot be set up.
+    pub fn in_process(mut config: Config) -> Result<Server> {
+        let dir = tempfile::tempdir()?;
+        config.data_dir = dir.path().join("data");
+        let running = replicate::spawn_in_thread(config, replicate::ServerSettings::default())?;
+        Ok(Server {
+            base_url: running.base_url(),
+            running: Some(running),
+            _dir: Some(dir),
+        })
+    }
+
+    /// A server someone else runs.
+    pub fn target(url: &str) -> Server {
+        Server {
+            base_url: url.trim_end_matches('/').to_string(),
+            running: None,
+            _dir: None,
+        }
+    }
+
+    /// Waits until `GET /healthz` answers 200.
+    ///
+    /// # Errors
+    /// If it does not within `within`.
+    pub async fn wait_healthy(&self, http: &Http, within: Duration) -> Result<()> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if http.healthy().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("{} did not become healthy within {within:?}", self.base_url)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop();
+        }
+    }
+}

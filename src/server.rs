@@ -1,0 +1,225 @@
+//! Starting and stopping the server: [`run`] (listener and shutdown future passed in, as the
+//! binary and tests use it) and [`spawn_in_thread`] (a whole server on its own thread, for
+//! tests and the load-test tool).
+//!
+//! # Shutdown
+//! When the shutdown future resolves: long polls answer at once and SSE streams end; the
+//! listener stops accepting; in-flight requests get up to `shutdown_grace` to finish; then
+//! [`Replicate::close`] refuses new work, waits for admitted requests, flushes the store and
+//! stops the collection actors, so the data directory is released (the sled lock goes with the
+//! store's last background thread, a moment later).
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix_cors::Cors;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer};
+use replicate_actors::{Clock, Config, Replicate, Store};
+use tokio::sync::{oneshot, watch};
+
+use crate::routes::{configure, AppState};
+use crate::settings::ServerSettings;
+
+/// How often histogram buffers are folded in between scrapes.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+fn cors(settings: &ServerSettings) -> Cors {
+    let cors = Cors::default()
+        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allow_any_header()
+        .expose_any_header()
+        .max_age(3600);
+    if settings.cors_any_origin() {
+        cors.allow_any_origin()
+    } else {
+        settings
+            .cors_origins
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin.trim()))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then shuts down gracefully (see the
+/// module docs). Call it inside an actix `System`, where `replicate` was started.
+///
+/// # Errors
+/// `InvalidInput` for settings that fail [`ServerSettings::validate`]; any I/O error of the
+/// listener; a final store flush that failed.
+pub async fn run(
+    listener: TcpListener,
+    replicate: Replicate,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    settings
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grace = settings.shutdown_grace;
+    let state = AppState::new(replicate.clone(), settings.clone(), stop_rx);
+    let cors_settings = Arc::new(settings.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(cors(&cors_settings))
+            .wrap(from_fn(crate::metrics::observe))
+            .configure(|cfg| configure(cfg, &state))
+    })
+    .workers(settings.workers)
+    .disable_signals()
+    .shutdown_timeout(grace.as_secs().max(1))
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let metrics = crate::metrics::install();
+    let upkeep = actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
+        loop {
+            every.tick().await;
+            if let Some(m) = &metrics {
+                m.run_upkeep();
+            }
+        }
+    });
+    actix_web::rt::spawn(async move {
+        shutdown.await;
+        tracing::info!(
+            "shutting down: ending long polls and event streams, finishing in-flight requests"
+        );
+        let _ = stop_tx.send(true);
+        handle.stop(true).await;
+    });
+    let served = server.await;
+    upkeep.abort();
+    // Every other handle (the workers' app state, SSE streams) is gone with the server, so
+    // closing this last one releases the store.
+    let flushed = replicate.close(grace).await.map_err(io::Error::other);
+    tracing::info!("stopped");
+    served.and(flushed)
+}
+
+/// A server started by [`spawn_in_thread`]. Dropping it stops it too.
+pub struct RunningServer {
+    /// The bound address (with the real port when bound to port 0).
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// `http://ADDR`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops gracefully (see [`run`]) and waits for the server thread; errors are logged.
+    pub fn stop(self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(error = %e, "server stopped with an error");
+        }
+    }
+
+    /// Like [`Self::stop`], answering the server's result.
+    ///
+    /// # Errors
+    /// What [`run`] answered, or an error if the server thread panicked.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| io::Error::other("server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+/// Opens the store at `config.data_dir`, starts the actors and serves on `settings.bind`, all
+/// in a new actix `System` on its own thread. Answers once the listener is bound.
+///
+/// # Errors
+/// Bad settings, a bind failure, or a store that does not open.
+pub fn spawn_in_thread(config: Config, settings: ServerSettings) -> io::Result<RunningServer> {
+    spawn_with(move || Replicate::open(config), settings)
+}
+
+/// [`spawn_in_thread`] with an injected clock (tests pass a [`replicate_actors::ManualClock`]
+/// to move peers past their timeout without sleeping).
+///
+/// # Errors
+/// As [`spawn_in_thread`].
+pub fn spawn_in_thread_with_clock(
+    config: Config,
+    settings: ServerSettings,
+    clock: Arc<dyn Clock>,
+) -> io::Result<RunningServer> {
+    spawn_with(
+        move || {
+            let store = Store::open(&config.data_dir, config.cache_bytes)?;
+            Replicate::start(config, store, clock)
+        },
+        settings,
+    )
+}
+
+fn spawn_with<F>(open: F, settings: ServerSettings) -> io::Result<RunningServer>
+where
+    F: FnOnce() -> replicate_actors::Result<Replicate> + Send + 'static,
+{
+    settings
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("replicate-server".into())
+        .spawn(move || {
+            actix::System::new().block_on(async move {
+                let opened = TcpListener::bind(settings.bind)
+                    .and_then(|l| Ok((l.local_addr()?, l)))
+                    .and_then(|(addr, l)| Ok((addr, l, open().map_err(io::Error::other)?)));
+                let (addr, listener, replicate) = match opened {
+                    Ok(opened) => opened,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok(addr));
+                let result = run(listener, replicate, settings, async move {
+                    let _ = stop_rx.await;
+                })
+                .await;
+                actix::System::current().stop();
+                result
+            })
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(addr)) => Ok(RunningServer {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(io::Error::other("server thread ended before it was ready")),
+    }
+}

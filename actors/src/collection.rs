@@ -132,31 +132,31 @@ impl CollectionActor {
         }
     }
 
+    /// One stream page: snapshots of documents compacted past `cursor`, then deltas in seq
+    /// order, each part bounded by `limit` entries and together by about `Config::max_page_bytes`
+    /// (at least one delta is always included when one exists, so every page makes progress).
     fn read_page(&mut self, cursor: u64, limit: usize, threshold: u64) -> Result<StreamPage> {
         let head = self.durable;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
         let store = &self.shared.store;
+        let mut budget = self.shared.config.max_page_bytes;
+        let mut changes = Vec::new();
         // Documents whose deleted deltas reach past the cursor: their snapshot replaces them.
-        let mut compacted = store.compacted_after(&self.name, cursor, limit + 1)?;
-        let snapshots_cut_at = (compacted.len() > limit).then(|| compacted[limit].0);
-        compacted.truncate(limit);
-        let mut deltas = store.deltas_after(&self.name, cursor, head, limit + 1)?;
-        let more_deltas = deltas.len() > limit;
-        deltas.truncate(limit);
-        let mut new_cursor = if more_deltas {
-            deltas.last().map(|(s, _)| *s).unwrap_or(cursor)
-        } else {
-            head
-        };
-        if let Some(next_watermark) = snapshots_cut_at {
-            // The next unsent snapshot covers a delta at `next_watermark`: stop just below it.
-            new_cursor = new_cursor.min(next_watermark - 1);
-        }
-        let mut changes = Vec::with_capacity(compacted.len() + deltas.len());
-        for (_, doc) in compacted {
+        // If not all fit, the first one left out bounds the cursor below.
+        let mut snapshots_cut_at = None;
+        for (i, (watermark, doc)) in store
+            .compacted_after(&self.name, cursor, limit + 1)?
+            .into_iter()
+            .enumerate()
+        {
+            if i == limit || (budget == 0 && !changes.is_empty()) {
+                snapshots_cut_at = Some(watermark);
+                break;
+            }
             if let Some(s) = store.snapshot(&self.name, &doc)? {
+                budget = budget.saturating_sub(s.bytes.len());
                 changes.push(Change {
                     document_id: doc,
                     seq: s.snapshot_seq,
@@ -164,6 +164,17 @@ impl CollectionActor {
                     operation: OperationType::Snapshot,
                 });
             }
+        }
+        let (deltas, more_deltas) = store.deltas_after(&self.name, cursor, head, limit, budget)?;
+        let mut new_cursor = if more_deltas {
+            deltas.last().map(|(s, _)| *s).unwrap_or(cursor)
+        } else {
+            head
+        };
+        if let Some(next_watermark) = snapshots_cut_at {
+            // The next unsent snapshot covers a delta at `next_watermark`: stop just below it.
+            // Watermarks are distinct seqs above `cursor`, so this is still ≥ `cursor`.
+            new_cursor = new_cursor.min(next_watermark - 1);
         }
         changes.extend(
             deltas

@@ -36,6 +36,9 @@ pub struct Config {
     pub max_wait: Duration,
     /// sled page cache size in bytes (default 256 MiB).
     pub cache_bytes: u64,
+    /// Soft cap on the update bytes of one stream page (default 16 MiB): a page stops adding
+    /// snapshots or deltas past it, but always carries at least one delta when there is one.
+    pub max_page_bytes: usize,
 }
 
 impl Config {
@@ -53,6 +56,7 @@ impl Config {
             collection_arbiters: 1,
             max_wait: Duration::from_secs(60),
             cache_bytes: 256 * 1024 * 1024,
+            max_page_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -243,25 +243,36 @@ impl Store {
             .and_then(|v| keys::read_u64(&v, 0)))
     }
 
-    /// Up to `limit` deltas with `after < seq <= upto`, in seq order.
+    /// Deltas with `after < seq <= upto` in seq order: at most `limit`, and no more once their
+    /// bytes would pass `max_bytes` (but always the first one). Also answers whether more
+    /// deltas were left out.
     pub fn deltas_after(
         &self,
         c: &str,
         after: u64,
         upto: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, DeltaRecord)>> {
-        if after >= upto {
-            return Ok(Vec::new());
-        }
-        let range = keys::delta(c, after + 1)..=keys::delta(c, upto);
+        max_bytes: usize,
+    ) -> Result<(Vec<(u64, DeltaRecord)>, bool)> {
         let mut out = Vec::new();
-        for entry in self.db.range(range).take(limit) {
+        if after >= upto {
+            return Ok((out, false));
+        }
+        let mut bytes = 0usize;
+        for entry in self
+            .db
+            .range(keys::delta(c, after + 1)..=keys::delta(c, upto))
+        {
             let (k, v) = entry?;
+            if out.len() == limit || (!out.is_empty() && bytes.saturating_add(v.len()) > max_bytes)
+            {
+                return Ok((out, true));
+            }
+            bytes = bytes.saturating_add(v.len());
             let seq = keys::trailing_seq(&k).ok_or_else(|| corrupt("delta key"))?;
             out.push((seq, decode(&v)?));
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     /// Seqs of one document's retained deltas with seq ≤ `upto`, in order.
@@ -293,7 +304,7 @@ impl Store {
 
     /// Every retained delta of the collection with seq ≤ `upto`, in seq order.
     pub fn all_deltas(&self, c: &str, upto: u64) -> Result<Vec<(u64, DeltaRecord)>> {
-        self.deltas_after(c, 0, upto, usize::MAX)
+        Ok(self.deltas_after(c, 0, upto, usize::MAX, usize::MAX)?.0)
     }
 
     pub fn snapshot(&self, c: &str, doc: &str) -> Result<Option<SnapshotRecord>> {
@@ -404,14 +415,24 @@ mod tests {
                 )
                 .unwrap();
         }
-        let page = store.deltas_after("c", 1, 4, 10).unwrap();
+        let (page, more) = store.deltas_after("c", 1, 4, 10, usize::MAX).unwrap();
         assert_eq!(
             page.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             vec![2, 3, 4]
         );
+        assert!(!more);
+        let (page, more) = store.deltas_after("c", 0, 5, 2, usize::MAX).unwrap();
+        assert_eq!((page.len(), more), (2, true));
+        // A byte budget smaller than one delta still yields that one delta.
+        let (page, more) = store.deltas_after("c", 0, 5, 10, 1).unwrap();
+        assert_eq!((page.len(), more), (1, true));
         assert_eq!(store.doc_delta_seqs("c", "odd", 10).unwrap(), vec![1, 3, 5]);
         assert_eq!(store.load_collection("c").unwrap().high_water, 5);
-        assert!(store.deltas_after("other", 0, 10, 10).unwrap().is_empty());
+        assert!(store
+            .deltas_after("other", 0, 10, 10, usize::MAX)
+            .unwrap()
+            .0
+            .is_empty());
     }
 
     #[test]
@@ -463,6 +484,10 @@ mod tests {
         );
         // High water survives deleting the newest delta.
         assert_eq!(store.load_collection("c").unwrap().high_water, 3);
-        assert!(store.deltas_after("c", 0, 10, 10).unwrap().is_empty());
+        assert!(store
+            .deltas_after("c", 0, 10, 10, usize::MAX)
+            .unwrap()
+            .0
+            .is_empty());
     }
 }

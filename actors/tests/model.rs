@@ -115,10 +115,13 @@ async fn all_deltas_after(r: &Replicate, after: u64) -> Vec<u64> {
     }
 }
 
-async fn run(ops: Vec<Op>) {
+async fn run(ops: Vec<Op>, max_page_bytes: usize) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000_000);
-    let mut r = open(dir.path(), &clock).await;
+    let mut config = config(dir.path());
+    // Tiny byte budgets cut pages between snapshots and force the cursor below the next one.
+    config.max_page_bytes = max_page_bytes;
+    let mut r = open_with(config.clone(), &clock).await;
     let mut peers: Vec<Peer> = (0..PEERS)
         .map(|p| Peer::new(&format!("peer-{p}"), 1 + 100 * p as u64))
         .collect();
@@ -214,7 +217,7 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Restart => {
                 r.close(Duration::from_secs(5)).await.unwrap();
-                r = open(dir.path(), &clock).await;
+                r = open_with(config.clone(), &clock).await;
             }
         }
     }
@@ -271,7 +274,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn peers_converge_and_nothing_is_lost(ops in proptest::collection::vec(op(), 1..60)) {
-        actix::System::new().block_on(run(ops));
+    fn peers_converge_and_nothing_is_lost(
+        ops in proptest::collection::vec(op(), 1..60),
+        max_page_bytes in prop_oneof![Just(1usize), Just(64), Just(16 << 20)],
+    ) {
+        actix::System::new().block_on(run(ops, max_page_bytes));
     }
 }

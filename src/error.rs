@@ -107,7 +107,6 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::InvalidYjs { .. } | Error::AckAhead { .. } | Error::CursorAhead { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        Error::CompactionRaced => StatusCode::CONFLICT,
         Error::Overloaded { .. } | Error::ShuttingDown | Error::Relocated => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -259,7 +258,6 @@ mod tests {
             ),
             (Error::Storage("disk".into()), 500),
             (Error::Internal("bug".into()), 500),
-            (Error::CompactionRaced, 409),
         ];
         for (e, status) in cases {
             let api = ApiError::from(e.clone());

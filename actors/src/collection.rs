@@ -6,21 +6,24 @@
 //! crash and issued again. Stream pages, acks and compaction applies also run here, so each
 //! sees a consistent view of the collection.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::compaction;
+use crate::compactor::Merge;
 use crate::crdt::Merged;
 use crate::error::{Error, Result};
 use crate::peers::PeerTable;
 use crate::runtime::Shared;
 use crate::store::{CompactionWrite, DeltaRecord, DocStats, PreparedWrite, SnapshotRecord, Store};
-use crate::types::{Change, CollectionStats, Compacted, OperationType, StreamPage, Write, Written};
+use crate::types::{
+    Change, CollectionStats, CompactRequest, Compacted, OperationType, StreamPage, Write, Written,
+};
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -41,8 +44,10 @@ pub struct CollectionActor {
     peers: PeerTable,
     /// Op ids of writes queued for commit but not yet on disk (the store cannot answer for them).
     pending_ops: HashMap<String, u64>,
-    /// Documents with a compaction queued for commit; a new plan for them waits for it.
-    pending_compactions: HashSet<String>,
+    /// Per document, the compactions waiting behind the running one (whose entry is present
+    /// while it runs). Compactions of one document run one after another, each reading what
+    /// the previous one committed, so none can lose another's snapshot.
+    compactions: HashMap<String, VecDeque<QueuedCompaction>>,
     stats: CollectionStats,
     last_activity: u64,
     stopped: bool,
@@ -83,7 +88,7 @@ impl CollectionActor {
             by_size,
             peers: PeerTable::from_records(loaded.peers),
             pending_ops: HashMap::new(),
-            pending_compactions: HashSet::new(),
+            compactions: HashMap::new(),
             last_activity: now,
             stopped: false,
             shared,
@@ -133,31 +138,41 @@ impl CollectionActor {
     }
 
     /// One stream page: snapshots of documents compacted past `cursor`, then deltas in seq
-    /// order, each part bounded by `limit` entries and together by about `Config::max_page_bytes`
-    /// (at least one delta is always included when one exists, so every page makes progress).
+    /// order, each part bounded by `limit` entries and together by about
+    /// `Config::max_page_bytes` (at least one delta and one snapshot are always included when
+    /// they exist, so every page makes progress).
+    ///
+    /// # Invariants
+    /// Deltas are read *before* the compaction watermarks and snapshots. Compactions commit on
+    /// the committer thread, concurrently with this read, each as one atomic batch that deletes
+    /// deltas and writes the snapshot holding them. Reading deltas first, a delta missing from
+    /// the first read was deleted by a batch the second read sees, so its snapshot is in the
+    /// page. (The other order can pair an old snapshot with deltas deleted in between.)
     fn read_page(&mut self, cursor: u64, limit: usize, threshold: u64) -> Result<StreamPage> {
         let head = self.durable;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
         let store = &self.shared.store;
-        let mut budget = self.shared.config.max_page_bytes;
-        let mut changes = Vec::new();
+        let budget = self.shared.config.max_page_bytes;
+        let (deltas, more_deltas) = store.deltas_after(&self.name, cursor, head, limit, budget)?;
+        let mut left = budget.saturating_sub(deltas.iter().map(|(_, d)| d.bytes.len()).sum());
         // Documents whose deleted deltas reach past the cursor: their snapshot replaces them.
         // If not all fit, the first one left out bounds the cursor below.
+        let mut snapshots = Vec::new();
         let mut snapshots_cut_at = None;
         for (i, (watermark, doc)) in store
             .compacted_after(&self.name, cursor, limit + 1)?
             .into_iter()
             .enumerate()
         {
-            if i == limit || (budget == 0 && !changes.is_empty()) {
+            if i == limit || (left == 0 && !snapshots.is_empty()) {
                 snapshots_cut_at = Some(watermark);
                 break;
             }
             if let Some(s) = store.snapshot(&self.name, &doc)? {
-                budget = budget.saturating_sub(s.bytes.len());
-                changes.push(Change {
+                left = left.saturating_sub(s.bytes.len());
+                snapshots.push(Change {
                     document_id: doc,
                     seq: s.snapshot_seq,
                     bytes: s.bytes,
@@ -165,7 +180,6 @@ impl CollectionActor {
                 });
             }
         }
-        let (deltas, more_deltas) = store.deltas_after(&self.name, cursor, head, limit, budget)?;
         let mut new_cursor = if more_deltas {
             deltas.last().map(|(s, _)| *s).unwrap_or(cursor)
         } else {
@@ -176,6 +190,7 @@ impl CollectionActor {
             // Watermarks are distinct seqs above `cursor`, so this is still ≥ `cursor`.
             new_cursor = new_cursor.min(next_watermark - 1);
         }
+        let mut changes = snapshots;
         changes.extend(
             deltas
                 .into_iter()
@@ -196,30 +211,20 @@ impl CollectionActor {
         })
     }
 
+    /// Queues a compaction of `doc` once it passes the size threshold (if enabled and none is
+    /// queued or running for it already).
     fn auto_compact(&mut self, doc: &str, ctx: &mut Context<Self>) {
         let over = self
             .docs
             .get(doc)
             .is_some_and(|s| s.retained_bytes > self.shared.config.size_threshold);
-        if !self.shared.config.auto_compact
-            || !over
-            || !self.shared.auto_compacting(&self.name, doc, true)
-        {
+        if !self.shared.config.auto_compact || !over || self.compactions.contains_key(doc) {
             return;
         }
-        let addr = ctx.address();
-        let shared = self.shared.clone();
-        let (name, doc) = (self.name.clone(), doc.to_string());
-        let in_flight = self.in_flight.clone();
-        in_flight.fetch_add(1, Ordering::SeqCst);
-        actix::spawn(async move {
-            let req = crate::types::CompactRequest::document(doc.clone());
-            if let Err(e) = crate::runtime::compact_document(&addr, &shared, req).await {
-                tracing::warn!(collection = %name, document = %doc, error = %e, "automatic compaction failed");
-            }
-            shared.auto_compacting(&name, &doc, false);
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-        });
+        let (tx, _) = oneshot::channel();
+        let req = CompactRequest::document(doc);
+        let timeout = self.shared.config.peer_timeout.as_millis() as u64;
+        self.enqueue_compaction(req, timeout, tx, ctx);
     }
 
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
@@ -227,6 +232,7 @@ impl CollectionActor {
         let idle_for = now.saturating_sub(self.last_activity);
         let quiet = self.in_flight.load(Ordering::SeqCst) == 0
             && self.assigned == self.durable
+            && self.compactions.is_empty()
             && self.durable_tx.receiver_count() == 0;
         if quiet
             && idle_for >= self.shared.config.idle_timeout.as_millis() as u64
@@ -425,82 +431,133 @@ impl Handler<GetState> for CollectionActor {
     }
 }
 
-/// What a compaction merges: the stored snapshot and the retained deltas (≤ durable).
-pub struct CompactionInput {
-    pub generation: u64,
-    pub snapshot: Option<Vec<u8>>,
-    pub deltas: Vec<(u64, Vec<u8>)>,
-}
-
-/// Read what a compaction of `document_id` must merge.
-#[derive(Message)]
-#[rtype(result = "Result<CompactionInput>")]
-pub struct PlanCompaction {
-    pub document_id: String,
-}
-
-impl Handler<PlanCompaction> for CollectionActor {
-    type Result = ResponseActFuture<Self, Result<CompactionInput>>;
-
-    /// If a compaction of the document is still being committed, waits for it first, so the
-    /// store shows its outcome.
-    fn handle(&mut self, msg: PlanCompaction, _: &mut Self::Context) -> Self::Result {
-        let wait = self
-            .pending_compactions
-            .contains(&msg.document_id)
-            .then(|| self.shared.commit.durable());
-        Box::pin(
-            async move {
-                match wait {
-                    Some(round) => round.await,
-                    None => Ok(()),
-                }
-            }
-            .into_actor(self)
-            .map(move |res, act, _| {
-                res?;
-                act.read_compaction_input(&msg.document_id)
-            }),
-        )
-    }
-}
-
-/// Write a merged snapshot and delete what may go.
+/// Compact one document (the handle validated the request).
 #[derive(Message)]
 #[rtype(result = "Result<Compacted>")]
-pub struct ApplyCompaction {
-    pub document_id: String,
-    /// The document's compaction generation when its input was read.
-    pub generation: u64,
-    pub merged: Merged,
-    /// (seq, byte length) of the deltas merged into `merged`, ascending.
-    pub merged_deltas: Vec<(u64, u64)>,
+pub struct Compact {
+    pub request: CompactRequest,
     pub peer_timeout_ms: u64,
 }
 
-impl Handler<ApplyCompaction> for CollectionActor {
-    type Result = ResponseActFuture<Self, Result<Compacted>>;
+/// A compaction request waiting for its document's turn.
+pub struct QueuedCompaction {
+    request: CompactRequest,
+    peer_timeout_ms: u64,
+    answer: oneshot::Sender<Result<Compacted>>,
+}
 
-    fn handle(&mut self, msg: ApplyCompaction, _: &mut Self::Context) -> Self::Result {
-        let doc = msg.document_id.clone();
-        let (compacted, round) = match self.apply_compaction(msg) {
-            Ok((compacted, prepared)) => (compacted, self.shared.commit.submit(prepared)),
-            Err(e) => return Box::pin(fut::ready(Err(e))),
-        };
-        self.pending_compactions.insert(doc.clone());
-        Box::pin(round.into_actor(self).map(move |res, act, _| {
-            act.pending_compactions.remove(&doc);
-            res.map(|()| compacted)
-        }))
+impl Handler<Compact> for CollectionActor {
+    type Result = ResponseFuture<Result<Compacted>>;
+
+    fn handle(&mut self, msg: Compact, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.touch() {
+            return Box::pin(async move { Err(e) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue_compaction(msg.request, msg.peer_timeout_ms, tx, ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::Internal("compaction was dropped".into())))
+        })
     }
 }
 
 impl CollectionActor {
-    /// Reads deltas first, the snapshot second: a compaction committing in between deletes
-    /// deltas and writes the snapshot holding them in one atomic batch, so the second read
-    /// sees what the first missed. Only durable deltas are merged.
+    fn enqueue_compaction(
+        &mut self,
+        request: CompactRequest,
+        peer_timeout_ms: u64,
+        answer: oneshot::Sender<Result<Compacted>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let doc = request.document_id.clone();
+        let queued = QueuedCompaction {
+            request,
+            peer_timeout_ms,
+            answer,
+        };
+        match self.compactions.get_mut(&doc) {
+            Some(waiting) => waiting.push_back(queued),
+            None => {
+                self.compactions.insert(doc, VecDeque::new());
+                self.run_compaction(queued, ctx);
+            }
+        }
+    }
+
+    /// Starts the next queued compaction of `doc`, or marks the document idle.
+    fn next_compaction(&mut self, doc: &str, ctx: &mut Context<Self>) {
+        match self.compactions.get_mut(doc).and_then(VecDeque::pop_front) {
+            Some(next) => self.run_compaction(next, ctx),
+            None => {
+                self.compactions.remove(doc);
+            }
+        }
+    }
+
+    /// One compaction: read the input here, merge on the compactor's threads, then plan and
+    /// queue the write here against the acks of that moment, and answer once committed. The
+    /// future runs in this actor's context, so it finishes (and the next one starts) even if
+    /// the caller stops waiting.
+    fn run_compaction(&mut self, job: QueuedCompaction, ctx: &mut Context<Self>) {
+        let doc = job.request.document_id.clone();
+        let input = match self.read_compaction_input(&doc) {
+            Ok(input) => input,
+            Err(e) => {
+                let _ = job.answer.send(Err(e));
+                return self.next_compaction(&doc, ctx);
+            }
+        };
+        if input.snapshot.is_none() && input.deltas.is_empty() && job.request.snapshot.is_none() {
+            let _ = job.answer.send(Ok(Compacted {
+                removed: 0,
+                retained: 0,
+                snapshot_seq: 0,
+            }));
+            return self.next_compaction(&doc, ctx);
+        }
+        let merged_deltas: Vec<(u64, u64)> = input
+            .deltas
+            .iter()
+            .map(|(s, b)| (*s, b.len() as u64))
+            .collect();
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(input.deltas.len() + 2);
+        parts.extend(input.snapshot);
+        parts.extend(job.request.snapshot);
+        parts.extend(input.deltas.into_iter().map(|(_, b)| b));
+        let merge = self.shared.compactor.send(Merge { parts });
+        let QueuedCompaction {
+            peer_timeout_ms,
+            answer,
+            ..
+        } = job;
+        let work = async move {
+            merge
+                .await
+                .map_err(|e| Error::Internal(format!("compactor unavailable: {e}")))?
+        }
+        .into_actor(self)
+        .then(move |merged, act, _| {
+            let planned = merged.and_then(|merged| {
+                act.plan_compaction(&doc, merged, &merged_deltas, peer_timeout_ms)
+            });
+            let commit = planned
+                .map(|(compacted, prepared)| (compacted, act.shared.commit.submit(prepared)));
+            async move {
+                let (compacted, round) = commit?;
+                round.await.map(|()| compacted)
+            }
+            .into_actor(act)
+            .map(move |result, act, ctx| {
+                let _ = answer.send(result);
+                act.next_compaction(&doc, ctx);
+            })
+        });
+        ctx.spawn(work);
+    }
+
+    /// Reads the document's durable deltas, then its snapshot: what a compaction merges.
     fn read_compaction_input(&mut self, doc: &str) -> Result<CompactionInput> {
-        self.touch()?;
         let store = &self.shared.store;
         let stats = self.docs.get(doc).copied().unwrap_or_default();
         let deltas = store.doc_deltas(&self.name, doc, self.durable)?;
@@ -509,28 +566,25 @@ impl CollectionActor {
         } else {
             None
         };
-        Ok(CompactionInput {
-            generation: stats.generation,
-            snapshot,
-            deltas,
-        })
+        Ok(CompactionInput { snapshot, deltas })
     }
 
-    /// Plans the compaction against the current acks and updates the in-memory counters;
+    /// Plans the deletions against the current acks, updates the in-memory counters and
     /// answers the outcome and the write to commit.
-    fn apply_compaction(&mut self, msg: ApplyCompaction) -> Result<(Compacted, PreparedWrite)> {
-        self.touch()?;
-        let doc = msg.document_id.as_str();
+    fn plan_compaction(
+        &mut self,
+        doc: &str,
+        merged: Merged,
+        merged_deltas: &[(u64, u64)],
+        peer_timeout_ms: u64,
+    ) -> Result<(Compacted, PreparedWrite)> {
         let previous = self.docs.get(doc).copied().unwrap_or_default();
-        if previous.generation != msg.generation {
-            return Err(Error::CompactionRaced);
-        }
         let now = self.shared.clock.now_millis();
-        let min_active = self.peers.min_active_synced(now, msg.peer_timeout_ms);
-        let plan = compaction::plan(&msg.merged_deltas, previous, min_active);
+        let min_active = self.peers.min_active_synced(now, peer_timeout_ms);
+        let plan = compaction::plan(merged_deltas, previous, min_active);
         let snapshot = SnapshotRecord {
-            bytes: msg.merged.update,
-            state_vector: msg.merged.state_vector,
+            bytes: merged.update,
+            state_vector: merged.state_vector,
             snapshot_seq: plan.snapshot_seq,
             created_at: now,
         };
@@ -554,4 +608,10 @@ impl CollectionActor {
         };
         Ok((compacted, prepared))
     }
+}
+
+/// What a compaction merges: the stored snapshot and the retained durable deltas.
+struct CompactionInput {
+    snapshot: Option<Vec<u8>>,
+    deltas: Vec<(u64, Vec<u8>)>,
 }

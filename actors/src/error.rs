@@ -49,9 +49,6 @@ pub enum Error {
     /// on a fresh actor, so callers only see this if that keeps happening.
     #[error("collection actor is restarting; retry")]
     Relocated,
-    /// Another compaction of the same document finished first; the handle re-plans.
-    #[error("document was compacted concurrently; retry")]
-    CompactionRaced,
     /// A bug or an unexpected state; the request changed nothing it reports.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,7 +69,6 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::Storage(_) => "storage",
             Error::Relocated => "unavailable",
-            Error::CompactionRaced => "conflict",
             Error::Internal(_) => "internal",
         }
     }

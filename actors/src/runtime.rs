@@ -6,7 +6,7 @@
 //! [`Error::Overloaded`], i.e. 503) and each ask waits at most `Config::ask_timeout`
 //! ([`Error::Timeout`], 504). Long-poll waits hold no admission slot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,10 +15,8 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
 use crate::clock::{Clock, SystemClock};
-use crate::collection::{
-    Ack, Append, ApplyCompaction, CollectionActor, GetState, Head, PlanCompaction, ReadPage,
-};
-use crate::compactor::{Compactor, Merge, Recover};
+use crate::collection::{Ack, Append, CollectionActor, Compact, GetState, Head, ReadPage};
+use crate::compactor::{Compactor, Recover};
 use crate::config::Config;
 use crate::crdt;
 use crate::durability::GroupCommit;
@@ -29,8 +27,6 @@ use crate::types::*;
 
 /// How many times a request is retried on a fresh actor after the old one stopped.
 const RELOCATE_RETRIES: usize = 3;
-/// How many times a compaction re-plans after losing a race with another compaction.
-const COMPACTION_RETRIES: usize = 8;
 
 struct Entry {
     id: u64,
@@ -46,7 +42,6 @@ pub(crate) struct Shared {
     pub config: Config,
     pub compactor: Addr<Compactor>,
     registry: Mutex<HashMap<String, Entry>>,
-    auto_compacting: Mutex<HashSet<(String, String)>>,
 }
 
 impl Shared {
@@ -62,20 +57,6 @@ impl Shared {
                 true
             }
             _ => false,
-        }
-    }
-
-    /// Marks (or clears) an automatic compaction of (collection, document); returns false if
-    /// marking and one is already running.
-    pub fn auto_compacting(&self, c: &str, doc: &str, start: bool) -> bool {
-        let Ok(mut set) = self.auto_compacting.lock() else {
-            return false;
-        };
-        let key = (c.to_string(), doc.to_string());
-        if start {
-            set.insert(key)
-        } else {
-            set.remove(&key)
         }
     }
 }
@@ -137,7 +118,6 @@ impl Replicate {
                 config,
                 compactor,
                 registry: Mutex::default(),
-                auto_compacting: Mutex::default(),
             }),
             arbiters: Arc::new(arbiters),
             threads: Arc::new(Mutex::new(threads)),
@@ -366,18 +346,15 @@ impl Replicate {
         if let Some(sv) = &req.state_vector {
             crdt::validate_state_vector("stateVector", sv)?;
         }
-        let (addr, in_flight) = self.actor(c)?;
-        in_flight.fetch_add(1, Ordering::SeqCst);
-        let _admitted = Admitted(in_flight);
-        let mut result = compact_document(&addr, &self.shared, req.clone()).await;
-        for _ in 0..RELOCATE_RETRIES {
-            if result != Err(Error::Relocated) {
-                break;
-            }
-            let (addr, _) = self.actor(c)?;
-            result = compact_document(&addr, &self.shared, req.clone()).await;
-        }
-        result
+        let peer_timeout_ms = req
+            .peer_timeout
+            .unwrap_or(self.shared.config.peer_timeout)
+            .as_millis() as u64;
+        self.call(c, || Compact {
+            request: req.clone(),
+            peer_timeout_ms,
+        })
+        .await
     }
 
     /// The diff a peer with `state_vector` needs to hold the collection (or one document of
@@ -511,69 +488,4 @@ where
         .send(msg)
         .await
         .map_err(|e| Error::Internal(format!("compactor unavailable: {e}")))
-}
-
-/// Runs one compaction: read the input in the collection actor, merge on the compactor's
-/// threads, apply in the collection actor. Re-plans if another compaction of the same document
-/// finished in between.
-pub(crate) async fn compact_document(
-    addr: &Addr<CollectionActor>,
-    shared: &Arc<Shared>,
-    req: CompactRequest,
-) -> Result<Compacted> {
-    let peer_timeout_ms = req
-        .peer_timeout
-        .unwrap_or(shared.config.peer_timeout)
-        .as_millis() as u64;
-    let ask_timeout = shared.config.ask_timeout;
-    let closed = |e: MailboxError| match e {
-        MailboxError::Closed => Error::Relocated,
-        MailboxError::Timeout => Error::Timeout {
-            what: "collection actor",
-            millis: ask_timeout.as_millis() as u64,
-        },
-    };
-    for _ in 0..COMPACTION_RETRIES {
-        let input = addr
-            .send(PlanCompaction {
-                document_id: req.document_id.clone(),
-            })
-            .timeout(ask_timeout)
-            .await
-            .map_err(closed)??;
-        if input.snapshot.is_none() && input.deltas.is_empty() && req.snapshot.is_none() {
-            return Ok(Compacted {
-                removed: 0,
-                retained: 0,
-                snapshot_seq: 0,
-            });
-        }
-        let merged_deltas: Vec<(u64, u64)> = input
-            .deltas
-            .iter()
-            .map(|(s, b)| (*s, b.len() as u64))
-            .collect();
-        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(input.deltas.len() + 2);
-        parts.extend(input.snapshot);
-        parts.extend(req.snapshot.clone());
-        parts.extend(input.deltas.into_iter().map(|(_, b)| b));
-        let merged = send_to_compactor(shared, Merge { parts }).await??;
-        let apply = ApplyCompaction {
-            document_id: req.document_id.clone(),
-            generation: input.generation,
-            merged,
-            merged_deltas,
-            peer_timeout_ms,
-        };
-        match addr
-            .send(apply)
-            .timeout(ask_timeout)
-            .await
-            .map_err(closed)?
-        {
-            Err(Error::CompactionRaced) => continue,
-            other => return other,
-        }
-    }
-    Err(Error::CompactionRaced)
 }

@@ -44,7 +44,7 @@ pub struct DocStats {
     pub retained_count: u64,
     /// Highest seq of this document that compaction deleted (0: none).
     pub watermark: u64,
-    /// Compactions applied; lets a compaction detect that another one finished first.
+    /// Compactions applied to this document.
     pub generation: u64,
     /// Whether a snapshot is stored.
     pub has_snapshot: bool,

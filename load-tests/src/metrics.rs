@@ -202,6 +202,15 @@ impl Metrics {
         self.0.borrow().ops.values().map(|s| s.raw_bytes).sum()
     }
 
+    /// The fastest completed `op`, in milliseconds (0 if none).
+    pub fn best_ms(&self, op: &str) -> f64 {
+        self.0
+            .borrow()
+            .ops
+            .get(op)
+            .map_or(0.0, |s| s.latency.percentiles(&[0.0]).0[0] as f64 / 1000.0)
+    }
+
     /// A copy of every operation's counters, by name.
     pub fn snapshot(&self) -> BTreeMap<String, OpStats> {
         self.0.borrow().ops.clone()

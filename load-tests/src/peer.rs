@@ -5,6 +5,13 @@
 //! error, as the contract allows), streams changes after its cursor (long-poll or the SSE feed),
 //! applies them — snapshots included — acks, and recovers with its state vectors.
 //!
+//! A document is a map of blocks (`"blocks"`: each a Y.Text, like the paragraphs of a block
+//! editor) and a map of edit keys (`"meta"`). A peer types into its own current block — text
+//! inserts and deletes at random positions — and starts a new block after [`BLOCK_EDITS`] edits.
+//! So the client's own cost per edit stays flat however long the document grows (yrs finds a
+//! text position by walking the items from the start of the text), and a long fill measures the
+//! service rather than the load generator.
+//!
 //! Every edit sets a map key unique to it (`"{peer}:{n}"`), so "nothing lost" is checkable: the
 //! key of every answered write must be in every converged replica. What the peer received is
 //! logged in [`Seen`] for the ordering and coverage checks in [`crate::verify`].
@@ -18,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use replicate_actors::OperationType;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, GetString, Map, MapRef, ReadTxn, StateVector, Text, TextRef, Transact, Update};
+use yrs::{Doc, Map, MapRef, ReadTxn, StateVector, Text, TextPrelim, TextRef, Transact, Update};
 
 use crate::backend::{Backend, Change, Events};
 use crate::metrics::{timed, Metrics};
@@ -33,22 +40,33 @@ static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 /// dropped), and stay below 2^32 as JavaScript Yjs expects.
 const DOCS_PER_PEER: u64 = 256;
 
+/// Edits a peer makes to one block of a document before it starts a new one (about a
+/// paragraph of text, ~100–300 yrs items).
+pub const BLOCK_EDITS: u32 = 64;
+
 /// How many times a push is retried (with the same opId) before it counts as failed.
 const PUSH_ATTEMPTS: u32 = 8;
 
 /// One document as a peer holds it.
 pub struct Replica {
     doc: Doc,
-    text: TextRef,
+    blocks: MapRef,
     map: MapRef,
+    /// The block this peer is typing into and how many edits it has had.
+    block: Option<(TextRef, u32)>,
 }
 
 impl Replica {
     fn new(client_id: u64) -> Replica {
         let doc = Doc::with_client_id(client_id);
-        let text = doc.get_or_insert_text("body");
+        let blocks = doc.get_or_insert_map("blocks");
         let map = doc.get_or_insert_map("meta");
-        Replica { doc, text, map }
+        Replica {
+            doc,
+            blocks,
+            map,
+            block: None,
+        }
     }
 
     /// A replica built from one update (e.g. the server's full state of a document).
@@ -71,18 +89,21 @@ impl Replica {
         self.doc.transact().state_vector().encode_v1()
     }
 
-    /// The document's content (text, then the map sorted by key): equal digests, equal docs.
+    /// The document's content (the blocks' texts, then the edit keys, each sorted by key):
+    /// equal digests, equal docs.
     pub fn digest(&self) -> String {
         let txn = self.doc.transact();
-        let mut out = self.text.get_string(&txn);
-        let mut entries: Vec<(String, String)> = self
-            .map
-            .iter(&txn)
-            .map(|(k, v)| (k.to_string(), v.to_string(&txn)))
-            .collect();
-        entries.sort();
-        for (k, v) in entries {
-            out.push_str(&format!("|{k}={v}"));
+        let mut out = String::new();
+        for map in [&self.blocks, &self.map] {
+            let mut entries: Vec<(String, String)> = map
+                .iter(&txn)
+                .map(|(k, v)| (k.to_string(), v.to_string(&txn)))
+                .collect();
+            entries.sort();
+            for (k, v) in entries {
+                out.push_str(&format!("|{k}={v}"));
+            }
+            out.push('#');
         }
         out
     }
@@ -184,12 +205,23 @@ impl Peer {
         &self.backend
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Starts tracking a document (a client knows the documents it has locally).
     pub fn know(&mut self, doc: &str) -> &Replica {
         let next = self.client_base + self.docs.len() as u64;
         self.docs
             .entry(doc.to_string())
             .or_insert_with(|| Replica::new(next))
+    }
+
+    /// Starts tracking every document of `docs`.
+    pub fn know_all(&mut self, docs: &[String]) {
+        for d in docs {
+            self.know(d);
+        }
     }
 
     pub fn replica(&self, doc: &str) -> Option<&Replica> {
@@ -200,26 +232,41 @@ impl Peer {
         self.docs.keys()
     }
 
-    /// Makes one random edit to `doc` and returns its update and its unique key.
+    /// Makes one random edit to `doc` — a text insert or delete at a random position of this
+    /// peer's current block, starting a new block every [`BLOCK_EDITS`] edits — and returns its
+    /// update and its unique key.
     pub fn edit(&mut self, doc: &str) -> (Vec<u8>, String) {
         let key = format!("{}.{}:{}", self.name, self.instance, self.edits);
         self.edits += 1;
         let choice = self.rng.gen_range(0..10u32);
         let token_len = self.rng.gen_range(4..24usize);
         let salt: u32 = self.rng.gen();
+        let mut token = format!("[{key}:{salt:08x}]");
+        token.truncate(token_len.max(key.len() + 2));
         self.know(doc);
-        let replica = &self.docs[doc];
+        let rng = &mut self.rng;
+        let replica = self.docs.get_mut(doc).expect("known above");
         let mut txn = replica.doc.transact_mut();
-        let len = replica.text.len(&txn);
-        if choice < 2 && len > 16 {
-            let n = self.rng.gen_range(1..=8);
-            let at = self.rng.gen_range(0..=len - n);
-            replica.text.remove_range(&mut txn, at, n);
-        } else {
-            let at = self.rng.gen_range(0..=len);
-            let mut token = format!("[{key}:{salt:08x}]");
-            token.truncate(token_len.max(key.len() + 2));
-            replica.text.insert(&mut txn, at, &token);
+        match &mut replica.block {
+            Some((text, edits)) if *edits < BLOCK_EDITS => {
+                *edits += 1;
+                let len = text.len(&txn);
+                if choice < 2 && len > 16 {
+                    let n = rng.gen_range(1..=8);
+                    let at = rng.gen_range(0..=len - n);
+                    text.remove_range(&mut txn, at, n);
+                } else {
+                    let at = rng.gen_range(0..=len);
+                    text.insert(&mut txn, at, &token);
+                }
+            }
+            block => {
+                // A new block, named by its first edit, starts with that edit's text.
+                let text = replica
+                    .blocks
+                    .insert(&mut txn, key.clone(), TextPrelim::new(token));
+                *block = Some((text, 1));
+            }
         }
         replica.map.insert(&mut txn, key.clone(), self.edits as i64);
         (txn.encode_update_v1(), key)
@@ -420,6 +467,22 @@ impl Peer {
         Ok(())
     }
 
+    /// Recovers every known document (see [`Peer::recover`], timed as `recover_op`), then
+    /// pulls the rest up to `head` (as `stream_op`): how a returning peer catches up.
+    ///
+    /// # Errors
+    /// As [`Peer::recover`] and [`Peer::catch_up`].
+    pub async fn recover_and_catch_up(
+        &mut self,
+        head: u64,
+        deadline: Instant,
+        recover_op: &str,
+        stream_op: &str,
+    ) -> Result<()> {
+        self.recover(recover_op).await?;
+        self.catch_up(head, deadline, stream_op).await
+    }
+
     /// Acknowledges the cursor.
     pub async fn ack(&mut self) -> Result<u64> {
         let cursor = self.cursor;
@@ -462,4 +525,44 @@ impl Peer {
 /// The empty state vector (a peer that has nothing), as v1 bytes.
 pub fn empty_state_vector() -> Vec<u8> {
     StateVector::default().encode_v1()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_stay_in_bounded_blocks_and_converge() {
+        let mut a = Peer::new(1, "c", Backend::Offline, Metrics::new(), 7);
+        let mut b = Peer::new(2, "c", Backend::Offline, Metrics::new(), 7);
+        let reader = Replica::new(0x7fff_fff1);
+        let mut keys = Vec::new();
+        for i in 0..(3 * BLOCK_EDITS + 5) {
+            let p = if i % 3 == 0 { &mut b } else { &mut a };
+            let (update, key) = p.edit("doc");
+            reader.apply(&update).unwrap();
+            keys.push(key);
+        }
+        // a made 2/3 of the edits: its current block holds at most BLOCK_EDITS of them.
+        let replica = a.replica("doc").unwrap();
+        let blocks = replica.blocks.len(&replica.doc.transact());
+        assert!(
+            blocks >= 2,
+            "a new block every {BLOCK_EDITS} edits, got {blocks}"
+        );
+        let (text, edits) = replica.block.as_ref().unwrap();
+        assert!(*edits <= BLOCK_EDITS);
+        assert!(text.len(&replica.doc.transact()) <= BLOCK_EDITS * 24);
+        // The reader holds every edit; the blocks merge into one document.
+        assert!(keys.iter().all(|k| reader.has_key(k)));
+        assert!(!reader.has_pending());
+        let merged = Replica::new(0x7fff_fff2);
+        for p in [&a, &b] {
+            merged
+                .apply(&p.replica("doc").unwrap().encode_state())
+                .unwrap();
+        }
+        assert_eq!(merged.digest(), reader.digest());
+        assert_eq!(reader.key_count() as usize, keys.len());
+    }
 }

@@ -80,6 +80,28 @@ impl Verdict {
         });
     }
 
+    /// A check that holds if `result` is `Ok` (detail `ok_detail`), or fails with its error.
+    pub fn result(&mut self, name: &str, result: &anyhow::Result<()>, ok_detail: String) {
+        let detail = match result {
+            Ok(()) => ok_detail,
+            Err(e) => format!("{e:#}"),
+        };
+        self.check(name, result.is_ok(), detail);
+    }
+
+    /// The checks every scenario ends with (see [`standard`]).
+    pub async fn standard(
+        &mut self,
+        backend: &Backend,
+        collection: &str,
+        peers: &[&Peer],
+        ledger: &Ledger,
+        label: &str,
+    ) {
+        self.checks
+            .extend(standard(backend, collection, peers, ledger, label).await);
+    }
+
     pub fn ok(&self) -> bool {
         !self.checks.is_empty() && self.checks.iter().all(|c| c.ok)
     }
@@ -277,6 +299,38 @@ pub async fn converged(
     ]
 }
 
+/// What every scenario checks at the end: the writers' seqs are contiguous from 1 (`label`
+/// names the writers), no reader skipped a seq, every reader holds what the server holds and
+/// every answered edit is there.
+pub async fn standard(
+    backend: &Backend,
+    collection: &str,
+    peers: &[&Peer],
+    ledger: &Ledger,
+    label: &str,
+) -> Vec<Check> {
+    let mut checks = vec![
+        seqs_contiguous(ledger, 0, label),
+        readers_covered(peers, ledger),
+    ];
+    checks.extend(converged(backend, collection, peers, ledger).await);
+    checks
+}
+
+/// Every one of `peers` reached `head` (`who`: "subscriber", "peer") and nothing in `errors`
+/// (catch-ups that failed) went wrong.
+pub fn reached_head(who: &str, peers: &[&Peer], head: u64, errors: &[String]) -> Check {
+    let behind = peers.iter().filter(|p| p.cursor < head).count();
+    Check {
+        name: format!("every {who} reached the head"),
+        ok: behind == 0 && errors.is_empty(),
+        detail: errors
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("{behind} of {} behind head {head}", peers.len())),
+    }
+}
+
 /// Folds several checks of the same kind (e.g. one per collection) into one.
 pub fn combine(name: &str, checks: Vec<Check>) -> Check {
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
@@ -297,5 +351,32 @@ pub fn combine(name: &str, checks: Vec<Check>) -> Check {
                 checks.first().map_or("", |c| c.detail.as_str())
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn checks_fail_when_they_should() {
+        let mut p = Peer::new(1, "c", Backend::Offline, Metrics::new(), 1);
+        p.start_at(5);
+        assert!(reached_head("peer", &[&p], 5, &[]).ok);
+        assert!(!reached_head("peer", &[&p], 6, &[]).ok);
+        assert!(!reached_head("peer", &[&p], 5, &["lost".into()]).ok);
+        let mut v = Verdict::default();
+        v.result("ok", &Ok(()), "fine".into());
+        assert!(v.ok());
+        v.result("err", &Err(anyhow::anyhow!("boom")), "fine".into());
+        assert!(!v.ok());
+        assert_eq!(v.checks[1].detail, "boom");
+        // A seq answered twice or skipped is not contiguous.
+        let ledger = Ledger::default();
+        for seq in [1, 2, 4] {
+            ledger.record(seq, "d", "k", Instant::now());
+        }
+        assert!(!seqs_contiguous(&ledger, 0, "w").ok);
     }
 }

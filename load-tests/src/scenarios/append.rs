@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 
-use super::{actor_floor, doc_names, join_peers, params, row, write_loop, writers, Ctx};
+use super::common::{
+    figure, join_peers, latencies_vs_actor, read_from_zero, spawn_writers, write_all, Latency, Run,
+    Writes,
+};
+use super::{actor_floor, doc_names, params, writers, Ctx};
 use crate::backend::Backend;
 use crate::floors;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::report::{Floor, Progress, Report};
+use crate::report::{Floor, Report};
 use crate::verify::{self, Ledger, Verdict};
 
 const DOCS: usize = 16;
@@ -25,10 +29,12 @@ const MANY: &str = "push (16 collections)";
 
 pub async fn run(ctx: &Ctx) -> Result<Report> {
     let mut report = workload(ctx, &ctx.backend, ctx.opts.duration, true, "").await?;
-    let one = row(&report, ONE).map_or(0.0, |r| r.per_sec);
+    let one = figure(&report, ONE, |r| r.per_sec);
     if !ctx.opts.no_floors {
-        let avg =
-            report.raw_update_bytes as f64 / row(&report, ONE).map_or(1, |r| r.count.max(1)) as f64;
+        // Every push of both phases is in the raw bytes.
+        let pushes =
+            figure(&report, ONE, |r| r.count as f64) + figure(&report, MANY, |r| r.count as f64);
+        let avg = report.raw_update_bytes as f64 / pushes.max(1.0);
         let updates = floors::sample_updates(2000, 8, ctx.opts.seed);
         let floor_time =
             (ctx.opts.duration / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
@@ -48,25 +54,20 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         })
         .await
         {
-            let actor = row(&floor, ONE).map_or(0.0, |r| r.per_sec);
             report.floors.push(Floor::rate(
                 "appends/s vs in-process actor call",
                 one,
-                actor,
+                figure(&floor, ONE, |r| r.per_sec),
                 "appends/s",
                 "same writers, no HTTP",
             ));
-            let (p50, a50) = (
-                row(&report, ONE).map_or(0.0, |r| r.p50_ms),
-                row(&floor, ONE).map_or(0.0, |r| r.p50_ms),
-            );
-            report.floors.push(Floor::cost(
-                "append p50 latency vs in-process actor call",
-                p50,
-                a50,
-                "ms",
+            latencies_vs_actor(
+                &mut report,
+                &floor,
+                &[ONE],
+                &[Latency::P50],
                 "same writers, no HTTP",
-            ));
+            );
         }
     }
     Ok(report)
@@ -81,111 +82,62 @@ async fn workload(
 ) -> Result<Report> {
     let n = ctx.opts.writers;
     let metrics = Metrics::new();
-    let wire_before = backend.wire_bytes();
     let docs = Rc::new(doc_names(DOCS));
-    let started = Instant::now();
-    let _progress = Progress::start(
-        format!("append{suffix} {}", backend.label()),
-        metrics.clone(),
-        &[ONE, MANY],
-    );
+    let mut run = Run::start(format!("append{suffix}"), backend, &metrics, &[ONE, MANY]);
 
     // Phase 1: every writer into one collection.
     let phase = if with_many { duration / 2 } else { duration };
     let one = ctx.collection(&format!("append-one{suffix}"));
     let ledger_one = Ledger::default();
-    let deadline = Instant::now() + phase;
-    let handles: Vec<_> = writers(ctx, backend, &one, 0, n, &metrics)
-        .into_iter()
-        .map(|p| {
-            actix_rt::spawn(write_loop(
-                p,
-                docs.clone(),
-                ledger_one.clone(),
-                deadline,
-                None,
-                false,
-                ONE,
-            ))
-        })
-        .collect();
-    join_peers(handles).await?;
+    let writes = Writes::new(&docs, &ledger_one, Instant::now() + phase, ONE);
+    write_all(writers(ctx, backend, &one, 0, n, &metrics), &writes).await?;
 
     // Phase 2: writer i into collection i % 16.
     let mut many = Vec::new();
     if with_many {
         let deadline = Instant::now() + phase;
-        let names: Vec<String> = (0..COLLECTIONS)
-            .map(|i| ctx.collection(&format!("append-many{i}{suffix}")))
-            .collect();
-        let ledgers: Vec<Ledger> = (0..COLLECTIONS).map(|_| Ledger::default()).collect();
         let mut handles = Vec::new();
-        for i in 0..n {
-            let k = i % COLLECTIONS;
-            let p = Peer::new(
-                1000 + i as u64,
-                &names[k],
-                backend.clone(),
-                metrics.clone(),
-                ctx.opts.seed,
-            );
-            handles.push(actix_rt::spawn(write_loop(
-                p,
-                docs.clone(),
-                ledgers[k].clone(),
-                deadline,
-                None,
-                false,
-                MANY,
-            )));
+        for k in 0..COLLECTIONS {
+            let c = ctx.collection(&format!("append-many{k}{suffix}"));
+            let ledger = Ledger::default();
+            let peers = (k..n)
+                .step_by(COLLECTIONS)
+                .map(|i| ctx.peer(1000 + i as u64, &c, backend, &metrics))
+                .collect();
+            handles.extend(spawn_writers(
+                peers,
+                &Writes::new(&docs, &ledger, deadline, MANY),
+            ));
+            many.push((c, ledger));
         }
         join_peers(handles).await?;
-        many = names.into_iter().zip(ledgers).collect();
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let wire = backend.wire_bytes() - wire_before;
-    drop(_progress);
+    run.stop();
 
     // Verdict: untimed. Fresh readers stream each collection from 0 and must match the server.
     let mut verdict = Verdict::default();
     let deadline = Instant::now() + ctx.drain();
     let mut readers = Vec::new();
     for i in 0..2 {
-        let mut r = Peer::new(
-            5000 + i,
-            &one,
-            backend.clone(),
-            Metrics::new(),
-            ctx.opts.seed,
-        );
-        if let Err(e) = r.catch_up(ledger_one.head(), deadline, "verify").await {
-            verdict.check("verifier caught up", false, format!("{e:#}"));
+        let (r, caught) =
+            read_from_zero(ctx, backend, &one, 5000 + i, ledger_one.head(), deadline).await;
+        if caught.is_err() {
+            verdict.result("verifier caught up", &caught, String::new());
         }
         readers.push(r);
     }
     let refs: Vec<&Peer> = readers.iter().collect();
     verdict
-        .checks
-        .push(verify::seqs_contiguous(&ledger_one, 0, "1 collection"));
-    verdict
-        .checks
-        .push(verify::readers_covered(&refs, &ledger_one));
-    verdict
-        .checks
-        .extend(verify::converged(backend, &one, &refs, &ledger_one).await);
+        .standard(backend, &one, &refs, &ledger_one, "1 collection")
+        .await;
     if !many.is_empty() {
         let (mut contiguous, mut converged, mut lost) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (c, ledger)) in many.iter().enumerate() {
             contiguous.push(verify::seqs_contiguous(ledger, 0, c));
-            let mut r = Peer::new(
-                6000 + i as u64,
-                c,
-                backend.clone(),
-                Metrics::new(),
-                ctx.opts.seed,
-            );
-            if let Err(e) = r.catch_up(ledger.head(), deadline, "verify").await {
-                verdict.check("verifier caught up", false, format!("{e:#}"));
+            let (r, caught) =
+                read_from_zero(ctx, backend, c, 6000 + i as u64, ledger.head(), deadline).await;
+            if caught.is_err() {
+                verdict.result("verifier caught up", &caught, String::new());
             }
             let mut checks = verify::converged(backend, c, &[&r], ledger)
                 .await
@@ -212,15 +164,5 @@ async fn workload(
             json!(if with_many { 1 + COLLECTIONS } else { 1 }),
         ),
     ]);
-    let mut report = Report::new(
-        &format!("append{suffix}"),
-        backend.label(),
-        p,
-        &metrics,
-        seconds,
-        wire,
-    );
-    report.ok = verdict.ok();
-    report.verdict = verdict;
-    Ok(report)
+    Ok(run.report(p, verdict))
 }

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 
-use super::{actor_floor, doc_names, fill, params, row, Ctx};
+use super::common::{figure, latencies_vs_actor, recovery_floor, time_recovery, Latency, Run};
+use super::{actor_floor, doc_names, fill, params, Ctx};
 use crate::backend::Backend;
-use crate::floors;
-use crate::metrics::{timed, Metrics};
+use crate::metrics::Metrics;
 use crate::peer::{empty_state_vector, Peer};
-use crate::report::{Floor, Progress, Report};
-use crate::verify::{self, Verdict};
+use crate::report::{Floor, Report};
+use crate::verify::Verdict;
 
 const DOCS: usize = 16;
 const PAGES: &str = "catch-up: stream page (1000)";
@@ -41,30 +41,35 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     })
     .await
     {
-        let m = row(&report, PAGES)
-            .and_then(|r| r.items_per_sec)
-            .unwrap_or(0.0);
-        let f = row(&floor, PAGES)
-            .and_then(|r| r.items_per_sec)
-            .unwrap_or(0.0);
+        let fill_rate = |r: &Report| {
+            let p = &r.params;
+            p["deltas"].as_f64().unwrap_or(0.0) / p["fillSeconds"].as_f64().unwrap_or(f64::MAX)
+        };
+        report.floors.push(Floor::rate(
+            "fill appends/s vs in-process actor",
+            fill_rate(&report),
+            fill_rate(&floor),
+            "appends/s",
+            &format!(
+                "{} writers as fast as answered; floor fills {floor_deltas} deltas, no HTTP",
+                ctx.opts.writers.min(64)
+            ),
+        ));
+        let deltas_per_sec = |r: &Report| figure(r, PAGES, |row| row.items_per_sec.unwrap_or(0.0));
         report.floors.push(Floor::rate(
             "catch-up deltas/s vs in-process actor",
-            m,
-            f,
+            deltas_per_sec(&report),
+            deltas_per_sec(&floor),
             "deltas/s",
             &format!("pages of 1000 incl. the client's yrs applies; floor fill {floor_deltas} deltas, no HTTP"),
         ));
-        let (m, f) = (
-            row(&report, PAGES).map_or(0.0, |r| r.p50_ms),
-            row(&floor, PAGES).map_or(0.0, |r| r.p50_ms),
-        );
-        report.floors.push(Floor::cost(
-            "stream page (1000) p50 vs in-process actor",
-            m,
-            f,
-            "ms",
+        latencies_vs_actor(
+            &mut report,
+            &floor,
+            &[PAGES],
+            &[Latency::P50],
             "the request alone: O(page), not O(collection)",
-        ));
+        );
     }
     Ok(report)
 }
@@ -79,57 +84,44 @@ async fn workload(
     let metrics = Metrics::new();
     let c = ctx.collection(&format!("catchup{suffix}"));
     let docs = Rc::new(doc_names(DOCS));
-    let fill_metrics = Metrics::new();
-    let fill_deadline = Instant::now() + Duration::from_secs(if ctx.opts.quick { 60 } else { 900 });
-    let fill_started = Instant::now();
-    let progress = Progress::start(
-        format!("catchup{suffix} fill {}", backend.label()),
-        fill_metrics.clone(),
-        &["fill"],
-    );
-    let ledger = fill(
+    let within = Duration::from_secs(if ctx.opts.quick { 60 } else { 900 });
+    let filled = fill(
         ctx,
         backend,
         &c,
-        docs.clone(),
+        &docs,
         n,
-        &fill_metrics,
-        fill_deadline,
+        within,
+        &format!("catchup{suffix}"),
     )
     .await?;
-    drop(progress);
+    let (ledger, fill_secs) = (filled.ledger, filled.seconds);
     let head = ledger.head();
-    eprintln!(
-        "[catchup{suffix}] filled {head} deltas in {:.1} s",
-        fill_started.elapsed().as_secs_f64()
-    );
 
-    let wire_before = backend.wire_bytes();
-    let started = Instant::now();
-    let deadline = started + ctx.drain() * 4;
-    let _progress = Progress::start(
-        format!("catchup{suffix} {}", backend.label()),
-        metrics.clone(),
+    let mut run = Run::start(
+        format!("catchup{suffix}"),
+        backend,
+        &metrics,
         &[PAGES, SSE, RECOVER],
     );
+    let deadline = run.started + ctx.drain() * 4;
     let mut verdict = Verdict::default();
     let mut peers = Vec::new();
 
-    let mut poller = Peer::new(1, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
+    let mut poller = ctx.peer(1, &c, backend, &metrics);
     poller.capture = Some(("doc-0".into(), Vec::new()));
     let t = Instant::now();
     let r = poller.catch_up(head, deadline, PAGES).await;
-    verdict.check(
+    verdict.result(
         "long-poll peer reached the head",
-        r.is_ok(),
-        r.err()
-            .map_or(format!("{head} deltas"), |e| format!("{e:#}")),
+        &r,
+        format!("{head} deltas"),
     );
     metrics.record(WHOLE_POLL, t.elapsed());
     peers.push(poller);
 
     if all_ways {
-        let mut sse = Peer::new(2, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
+        let mut sse = ctx.peer(2, &c, backend, &metrics);
         let t = Instant::now();
         let mut events = backend.events(&c, 0).await?;
         sse.follow(&mut events, Some(head), deadline, SSE).await?;
@@ -142,69 +134,50 @@ async fn workload(
         metrics.record(WHOLE_SSE, t.elapsed());
         peers.push(sse);
 
-        let mut recovering = Peer::new(3, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
-        for d in docs.iter() {
-            recovering.know(d);
-        }
+        let mut recovering = ctx.peer(3, &c, backend, &metrics);
+        recovering.know_all(&docs);
         let t = Instant::now();
-        recovering.recover(RECOVER).await?;
-        let r = recovering.catch_up(head, deadline, RECOVER_REST).await;
-        verdict.check(
+        let r = recovering
+            .recover_and_catch_up(head, deadline, RECOVER, RECOVER_REST)
+            .await;
+        verdict.result(
             "recovering peer reached the head",
-            r.is_ok(),
-            r.err()
-                .map_or(format!("{head} deltas"), |e| format!("{e:#}")),
+            &r,
+            format!("{head} deltas"),
         );
         metrics.record(WHOLE_RECOVERY, t.elapsed());
         peers.push(recovering);
 
-        for _ in 0..3 {
-            let _ = timed(
-                &metrics,
-                DOC0_RECOVERY,
-                backend.recovery(&c, &empty_state_vector(), Some("doc-0")),
-            )
-            .await;
-        }
+        time_recovery(
+            backend,
+            &c,
+            "doc-0",
+            &empty_state_vector(),
+            DOC0_RECOVERY,
+            &metrics,
+        )
+        .await;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let wire = backend.wire_bytes() - wire_before;
-    drop(_progress);
+    run.stop();
 
     let refs: Vec<&Peer> = peers.iter().collect();
-    verdict
-        .checks
-        .push(verify::seqs_contiguous(&ledger, 0, "fill"));
-    verdict.checks.push(verify::readers_covered(&refs, &ledger));
-    verdict
-        .checks
-        .extend(verify::converged(backend, &c, &refs, &ledger).await);
-    let p = params(&[("deltas", json!(head)), ("documents", json!(DOCS))]);
-    let mut report = Report::new(
-        &format!("catchup{suffix}"),
-        backend.label(),
-        p,
-        &metrics,
-        seconds,
-        wire,
-    );
+    verdict.standard(backend, &c, &refs, &ledger, "fill").await;
+    let p = params(&[
+        ("deltas", json!(head)),
+        ("documents", json!(DOCS)),
+        ("fillSeconds", json!(fill_secs)),
+    ]);
+    let mut report = run.report(p, verdict);
     if all_ways && !ctx.opts.no_floors {
         if let Some((_, updates)) = &peers[0].capture {
-            let raw = floors::yrs_diff(updates, &empty_state_vector(), 3)? * 1000.0;
-            let best = metrics
-                .snapshot()
-                .get(DOC0_RECOVERY)
-                .map_or(0.0, |s| s.latency.percentiles(&[0.0]).0[0] as f64 / 1000.0);
-            report.floors.push(Floor::cost(
-                "recovery of one document vs raw yrs build+diff",
-                best,
-                raw,
-                "ms",
-                &format!("doc-0: {} deltas; best of 3 each", updates.len()),
-            ));
+            report.floors.push(recovery_floor(
+                &metrics,
+                DOC0_RECOVERY,
+                updates,
+                &empty_state_vector(),
+                &format!("doc-0: {} deltas", updates.len()),
+            )?);
         }
     }
-    report.ok = verdict.ok();
-    report.verdict = verdict;
     Ok(report)
 }

@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 
-use super::{
-    actor_floor, doc_names, join_peers, params, read_loop, row, write_loop, Ctx, ReadStyle, Target,
-};
+use super::common::{join, join_peers, spawn_reader, with_latency_floors, Latency, Run, Writes};
+use super::{doc_names, params, write_loop, Ctx, ReadStyle, Target};
 use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::report::{Floor, Progress, Report};
+use crate::report::Report;
 use crate::verify::{self, Ledger, Verdict};
 
 const PUSH: &str = "push";
@@ -26,38 +25,14 @@ const DELIVERY_POLL: &str = "delivery: push→long-poll";
 const DELIVERY_SSE: &str = "delivery: push→SSE";
 
 pub async fn run(ctx: &Ctx) -> Result<Report> {
-    let mut report = workload(ctx, &ctx.backend, ctx.opts.duration, "").await?;
-    if let Some(floor) = actor_floor(ctx, |b| async move {
-        workload(ctx, &b, ctx.floor_duration(), "-floor").await
-    })
+    with_latency_floors(
+        ctx,
+        |b, d, s| async move { workload(ctx, &b, d, s).await },
+        &[DELIVERY_POLL, DELIVERY_SSE],
+        &[Latency::P50, Latency::P99],
+        "same rate and subscribers, no HTTP",
+    )
     .await
-    {
-        for op in [DELIVERY_POLL, DELIVERY_SSE] {
-            let (m, f) = (
-                row(&report, op).map_or(0.0, |r| r.p50_ms),
-                row(&floor, op).map_or(0.0, |r| r.p50_ms),
-            );
-            report.floors.push(Floor::cost(
-                &format!("{op} p50 vs in-process actor"),
-                m,
-                f,
-                "ms",
-                "same rate and subscribers, no HTTP",
-            ));
-            let (m, f) = (
-                row(&report, op).map_or(0.0, |r| r.p99_ms),
-                row(&floor, op).map_or(0.0, |r| r.p99_ms),
-            );
-            report.floors.push(Floor::cost(
-                &format!("{op} p99 vs in-process actor"),
-                m,
-                f,
-                "ms",
-                "same rate and subscribers, no HTTP",
-            ));
-        }
-    }
-    Ok(report)
 }
 
 async fn workload(
@@ -68,64 +43,38 @@ async fn workload(
 ) -> Result<Report> {
     let m = ctx.opts.subscribers;
     let metrics = Metrics::new();
-    let wire_before = backend.wire_bytes();
     let c = ctx.collection(&format!("fanout{suffix}"));
     let docs = Rc::new(doc_names(4));
     let ledger = Ledger::default();
     let target = Target::default();
-    let started = Instant::now();
-    let hard_deadline = started + duration + ctx.drain();
-    let _progress = Progress::start(
-        format!("fanout{suffix} {}", backend.label()),
-        metrics.clone(),
+    let mut run = Run::start(
+        format!("fanout{suffix}"),
+        backend,
+        &metrics,
         &[PUSH, POLL, SSE],
     );
+    let hard_deadline = run.started + duration + ctx.drain();
 
-    let mut subscribers = Vec::new();
-    for i in 0..m {
-        let mut p = Peer::new(
-            100 + i as u64,
-            &c,
-            backend.clone(),
-            metrics.clone(),
-            ctx.opts.seed,
-        );
-        p.track_receipts = true;
-        let (style, op) = if i % 2 == 0 {
-            (ReadStyle::long_poll(), POLL)
-        } else {
-            (ReadStyle::sse(), SSE)
-        };
-        subscribers.push(actix_rt::spawn(read_loop(
-            p,
-            style,
-            target.clone(),
-            hard_deadline,
-            op,
-            metrics.clone(),
-        )));
-    }
+    let subscribers: Vec<_> = (0..m)
+        .map(|i| {
+            let mut p = ctx.peer(100 + i as u64, &c, backend, &metrics);
+            p.track_receipts = true;
+            let (style, op) = if i % 2 == 0 {
+                (ReadStyle::long_poll(), POLL)
+            } else {
+                (ReadStyle::sse(), SSE)
+            };
+            spawn_reader(p, style, &target, hard_deadline, op)
+        })
+        .collect();
     // Let every subscriber connect before the first write.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let writer = Peer::new(0, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
-    let deadline = Instant::now() + duration;
-    let writer = actix_rt::spawn(write_loop(
-        writer,
-        docs,
-        ledger.clone(),
-        deadline,
-        Some(ctx.opts.rate),
-        false,
-        PUSH,
-    ));
-    let _writer = writer
-        .await
-        .map_err(|e| anyhow::anyhow!("writer task: {e}"))?;
+    let writes = Writes::new(&docs, &ledger, Instant::now() + duration, PUSH).rate(ctx.opts.rate);
+    let writer = ctx.peer(0, &c, backend, &metrics);
+    join(actix_rt::spawn(write_loop(writer, writes)), "writer").await?;
     target.set(ledger.head());
     let subscribers = join_peers(subscribers).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let wire = backend.wire_bytes() - wire_before;
-    drop(_progress);
+    run.stop();
 
     let started_at = ledger.started_by_seq();
     for (i, p) in subscribers.iter().enumerate() {
@@ -142,37 +91,20 @@ async fn workload(
     }
 
     let mut verdict = Verdict::default();
-    let behind = subscribers
-        .iter()
-        .filter(|p| p.cursor < ledger.head())
-        .count();
-    verdict.check(
-        "every subscriber reached the head",
-        behind == 0,
-        format!("{behind} of {m} behind head {}", ledger.head()),
-    );
     let refs: Vec<&Peer> = subscribers.iter().collect();
+    verdict.checks.push(verify::reached_head(
+        "subscriber",
+        &refs,
+        ledger.head(),
+        &[],
+    ));
     verdict
-        .checks
-        .push(verify::seqs_contiguous(&ledger, 0, "writer"));
-    verdict.checks.push(verify::readers_covered(&refs, &ledger));
-    verdict
-        .checks
-        .extend(verify::converged(backend, &c, &refs, &ledger).await);
+        .standard(backend, &c, &refs, &ledger, "writer")
+        .await;
     let p = params(&[
         ("subscribers", json!(m)),
         ("rate", json!(ctx.opts.rate)),
         ("sse", json!(m / 2)),
     ]);
-    let mut report = Report::new(
-        &format!("fanout{suffix}"),
-        backend.label(),
-        p,
-        &metrics,
-        seconds,
-        wire,
-    );
-    report.ok = verdict.ok();
-    report.verdict = verdict;
-    Ok(report)
+    Ok(run.report(p, verdict))
 }

@@ -5,18 +5,16 @@
 //! halfway through.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
 
-use super::{
-    compact_loop, doc_names, join_peers, params, read_loop, write_loop, writers, Ctx, ReadStyle,
-    Target,
-};
+use super::common::{join, join_peers, spawn_reader, write_all, Run, Writes};
+use super::{compact_loop, compaction_floor, doc_names, params, writers, Ctx, ReadStyle, Target};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::report::{Progress, Report};
+use crate::report::Report;
 use crate::verify::{self, Ledger, Verdict};
 
 const PUSH: &str = "push";
@@ -29,84 +27,44 @@ const LATE: &str = "stream (late joiner)";
 pub async fn run(ctx: &Ctx) -> Result<Report> {
     let backend = &ctx.backend;
     let metrics = Metrics::new();
-    let wire_before = backend.wire_bytes();
     let c = ctx.collection("mixed");
     let docs = Rc::new(doc_names(32));
     let ledger = Ledger::default();
     let target = Target::default();
     let subscribers = if ctx.opts.quick { 16 } else { 40 };
-    let started = Instant::now();
-    let deadline = started + ctx.opts.duration;
-    let hard_deadline = deadline + ctx.drain();
-    let _progress = Progress::start(
-        format!("mixed {}", backend.label()),
-        metrics.clone(),
+    let mut run = Run::start(
+        "mixed".into(),
+        backend,
+        &metrics,
         &[PUSH, POLL, SSE, "compact"],
     );
+    let deadline = run.started + ctx.opts.duration;
+    let hard_deadline = deadline + ctx.drain();
 
-    let mut readers = Vec::new();
-    for i in 0..subscribers {
-        let p = Peer::new(
-            100 + i as u64,
-            &c,
-            backend.clone(),
-            metrics.clone(),
-            ctx.opts.seed,
-        );
-        let (style, op) = if i % 2 == 0 {
-            (
-                ReadStyle {
-                    ack: true,
-                    ..ReadStyle::long_poll()
-                },
-                POLL,
-            )
-        } else {
-            (ReadStyle::sse(), SSE)
-        };
-        readers.push(actix_rt::spawn(read_loop(
-            p,
-            style,
-            target.clone(),
-            hard_deadline,
-            op,
-            metrics.clone(),
-        )));
-    }
-    let slow = Peer::new(99, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
-    let slow_style = ReadStyle {
-        ack: true,
-        limit: 50,
-        pause: Duration::from_millis(200),
-        sse: false,
-    };
-    let slow = actix_rt::spawn(read_loop(
-        slow,
-        slow_style,
-        Target::default(),
+    let readers: Vec<_> = (0..subscribers)
+        .map(|i| {
+            let p = ctx.peer(100 + i as u64, &c, backend, &metrics);
+            let (style, op) = if i % 2 == 0 {
+                (ReadStyle::acking(), POLL)
+            } else {
+                (ReadStyle::sse(), SSE)
+            };
+            spawn_reader(p, style, &target, hard_deadline, op)
+        })
+        .collect();
+    let slow = spawn_reader(
+        ctx.peer(99, &c, backend, &metrics),
+        ReadStyle::slow(50, Duration::from_millis(200)),
+        &Target::default(),
         deadline,
         SLOW,
-        metrics.clone(),
-    ));
-    let quiet_at = started + ctx.opts.duration / 3;
+    );
+    let quiet_at = run.started + ctx.opts.duration / 3;
     let dropping: Vec<_> = (0..4u64)
         .map(|i| {
-            let mut p = Peer::new(300 + i, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
-            for d in docs.iter() {
-                p.know(d);
-            }
-            let style = ReadStyle {
-                ack: true,
-                ..ReadStyle::long_poll()
-            };
-            actix_rt::spawn(read_loop(
-                p,
-                style,
-                Target::default(),
-                quiet_at,
-                POLL,
-                metrics.clone(),
-            ))
+            let mut p = ctx.peer(300 + i, &c, backend, &metrics);
+            p.know_all(&docs);
+            spawn_reader(p, ReadStyle::acking(), &Target::default(), quiet_at, POLL)
         })
         .collect();
     let compactor = actix_rt::spawn(compact_loop(
@@ -119,107 +77,63 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         metrics.clone(),
     ));
     let late = {
-        let (p, target, metrics) = (
-            Peer::new(400, &c, backend.clone(), metrics.clone(), ctx.opts.seed),
-            target.clone(),
-            metrics.clone(),
-        );
-        let join_at = started + ctx.opts.duration / 2;
+        let (p, target) = (ctx.peer(400, &c, backend, &metrics), target.clone());
+        let join_at = run.started + ctx.opts.duration / 2;
         actix_rt::spawn(async move {
             tokio::time::sleep_until(join_at.into()).await;
-            read_loop(
-                p,
-                ReadStyle::long_poll(),
-                target,
-                hard_deadline,
-                LATE,
-                metrics,
-            )
-            .await
+            super::read_loop(p, ReadStyle::long_poll(), target, hard_deadline, LATE).await
         })
     };
-    let handles: Vec<_> = writers(ctx, backend, &c, 0, 8, &metrics)
-        .into_iter()
-        .map(|p| {
-            actix_rt::spawn(write_loop(
-                p,
-                docs.clone(),
-                ledger.clone(),
-                deadline,
-                Some(20.0),
-                true,
-                PUSH,
-            ))
-        })
-        .collect();
-    join_peers(handles).await?;
-    let head = ledger.head();
+    let writes = Writes::new(&docs, &ledger, deadline, PUSH)
+        .rate(20.0)
+        .with_deletes();
+    let head = write_all(writers(ctx, backend, &c, 0, 8, &metrics), &writes).await?;
     target.set(head);
-    let runs = compactor
-        .await
-        .map_err(|e| anyhow::anyhow!("compactor task: {e}"))?;
-    let mut slow = slow.await.map_err(|e| anyhow::anyhow!("slow task: {e}"))?;
+    let runs = join(compactor, "compactor").await?;
+    let mut slow = join(slow, "slow reader").await?;
     let mut errors = Vec::new();
     if let Err(e) = slow.catch_up(head, hard_deadline, SLOW).await {
         errors.push(format!("{e:#}"));
     }
     let mut returning = join_peers(dropping).await?;
     for p in &mut returning {
-        let r = match p.recover(RETURN).await {
-            Ok(()) => p.catch_up(head, hard_deadline, POLL).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = r {
+        if let Err(e) = p
+            .recover_and_catch_up(head, hard_deadline, RETURN, POLL)
+            .await
+        {
             errors.push(format!("{e:#}"));
         }
     }
     let mut all = join_peers(readers).await?;
-    all.push(
-        late.await
-            .map_err(|e| anyhow::anyhow!("late joiner task: {e}"))?,
-    );
+    all.push(join(late, "late joiner").await?);
     all.push(slow);
     all.extend(returning);
-    let seconds = started.elapsed().as_secs_f64();
-    let wire = backend.wire_bytes() - wire_before;
-    drop(_progress);
+    run.stop();
 
     let mut verdict = Verdict::default();
-    let behind = all.iter().filter(|p| p.cursor < head).count();
-    verdict.check(
-        "every peer reached the head",
-        behind == 0 && errors.is_empty(),
-        errors
-            .first()
-            .cloned()
-            .unwrap_or_else(|| format!("{behind} of {} behind head {head}", all.len())),
-    );
+    let refs: Vec<&Peer> = all.iter().collect();
+    verdict
+        .checks
+        .push(verify::reached_head("peer", &refs, head, &errors));
     let removed: u64 = runs.iter().map(|r| r.removed).sum();
     verdict.check(
         "compaction ran",
         !runs.is_empty(),
         format!("{} compactions removed {removed} deltas", runs.len()),
     );
-    let refs: Vec<&Peer> = all.iter().collect();
     verdict
-        .checks
-        .push(verify::seqs_contiguous(&ledger, 0, "writers"));
-    verdict.checks.push(verify::readers_covered(&refs, &ledger));
-    verdict
-        .checks
-        .extend(verify::converged(backend, &c, &refs, &ledger).await);
+        .standard(backend, &c, &refs, &ledger, "writers")
+        .await;
     let p = params(&[
         ("writers", json!(8)),
         ("subscribers", json!(subscribers)),
         ("documents", json!(32)),
     ]);
-    let mut report = Report::new("mixed", backend.label(), p, &metrics, seconds, wire);
+    let mut report = run.report(p, verdict);
     if !ctx.opts.no_floors {
         report
             .floors
-            .extend(super::compaction_floor(&runs, 8, ctx.opts.seed));
+            .extend(compaction_floor(&runs, 8, ctx.opts.seed));
     }
-    report.ok = verdict.ok();
-    report.verdict = verdict;
     Ok(report)
 }

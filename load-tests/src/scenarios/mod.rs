@@ -1,11 +1,13 @@
-//! The scenarios, one file each, and what they share: the run context ([`Ctx`]) and the
-//! writer/reader loops built from [`crate::peer::Peer`].
+//! The scenarios, one file each, and what they share: the run context ([`Ctx`]), the
+//! writer/reader loops built from [`crate::peer::Peer`], and (in [`common`]) the timed run, the
+//! tasks and the floor comparisons.
 //!
 //! Every loop is bounded twice: by its deadline and by a count. Readers stop once they reach
 //! the writers' final head, or when their drain time runs out (which the verdict then reports).
 
 pub mod append;
 pub mod catchup;
+pub mod common;
 pub mod fanout;
 pub mod mixed;
 pub mod offline_peer;
@@ -27,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::report::Report;
 use crate::verify::Ledger;
+use common::{join_peers, spawn_writers, Writes};
 
 /// Every scenario's name, in the order `all` runs them.
 pub const ALL: &[&str] = &[
@@ -83,6 +86,11 @@ impl Ctx {
         }
     }
 
+    /// Peer `index` of collection `c` (its choices seeded from `--seed`).
+    pub fn peer(&self, index: u64, c: &str, backend: &Backend, metrics: &Metrics) -> Peer {
+        Peer::new(index, c, backend.clone(), metrics.clone(), self.opts.seed)
+    }
+
     /// A collection name unique to this run (so `--target` can point at a used server).
     pub fn collection(&self, name: &str) -> String {
         format!("load-{name}-{}", self.run_id)
@@ -129,25 +137,23 @@ pub fn doc_names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("doc-{i}")).collect()
 }
 
-/// A writer loop: pushes edits to random documents of `docs` until `deadline` (or `max`
-/// writes), at most `rate` per second if given. Inserts first, then updates, with an
-/// occasional delete when `deletes` is set. Answers the peer back.
-pub async fn write_loop(
-    mut peer: Peer,
-    docs: Rc<Vec<String>>,
-    ledger: Ledger,
-    deadline: Instant,
-    rate: Option<f64>,
-    deletes: bool,
-    op_name: &'static str,
-) -> Peer {
+/// A writer loop: pushes edits to random documents of `writes.docs` until its deadline (or its
+/// budget, or 100M writes), at most `writes.rate` per second if given. Inserts first, then
+/// updates, with an occasional delete when `writes.deletes` is set. Answers the peer back.
+pub async fn write_loop(mut peer: Peer, writes: Writes) -> Peer {
     let mut next_at = Instant::now();
     let mut written = std::collections::HashSet::new();
-    for _ in 0..10_000_000u64 {
-        if Instant::now() >= deadline {
+    for _ in 0..100_000_000u64 {
+        if Instant::now() >= writes.deadline {
             break;
         }
-        if let Some(rate) = rate {
+        if let Some(budget) = &writes.budget {
+            if budget.get() == 0 {
+                break;
+            }
+            budget.set(budget.get() - 1);
+        }
+        if let Some(rate) = writes.rate {
             next_at += Duration::from_secs_f64(1.0 / rate);
             let now = Instant::now();
             if next_at > now {
@@ -156,17 +162,18 @@ pub async fn write_loop(
                 next_at = now; // fell behind: do not burst to catch up
             }
         }
+        let docs = &writes.docs;
         let doc = &docs[peer.rng().gen_range(0..docs.len())];
         let op = if written.insert(doc.clone()) {
             OperationType::Insert
-        } else if deletes && peer.rng().gen_ratio(1, 50) {
+        } else if writes.deletes && peer.rng().gen_ratio(1, 50) {
             OperationType::Delete
         } else {
             OperationType::Update
         };
         // A push that fails all its retries is counted in the errors; the verdict then shows
         // whether anything was lost.
-        let _ = peer.push(doc, op, op_name, &ledger).await;
+        let _ = peer.push(doc, op, writes.op, &writes.ledger).await;
     }
     peer
 }
@@ -214,18 +221,34 @@ impl ReadStyle {
             ..Self::long_poll()
         }
     }
+    /// Long-poll, acking after every page.
+    pub fn acking() -> Self {
+        ReadStyle {
+            ack: true,
+            ..Self::long_poll()
+        }
+    }
+    /// Long-poll pages of `limit`, acked, with `pause` between them.
+    pub fn slow(limit: usize, pause: Duration) -> Self {
+        ReadStyle {
+            limit,
+            pause,
+            ..Self::acking()
+        }
+    }
 }
 
 /// A reader loop: follows the collection until `target` is reached or `hard_deadline`
-/// passes. Errors are recorded and retried after a pause (a reconnect, for SSE).
+/// passes. Errors are recorded (in the peer's metrics) and retried after a pause (a reconnect,
+/// for SSE).
 pub async fn read_loop(
     mut peer: Peer,
     style: ReadStyle,
     target: Target,
     hard_deadline: Instant,
     op_name: &'static str,
-    metrics: Metrics,
 ) -> Peer {
+    let metrics = peer.metrics().clone();
     let wait = Duration::from_millis(1000);
     let mut events = None;
     for _ in 0..10_000_000u64 {
@@ -278,15 +301,7 @@ pub fn writers(
     metrics: &Metrics,
 ) -> Vec<Peer> {
     (0..n as u64)
-        .map(|i| {
-            Peer::new(
-                first + i,
-                collection,
-                backend.clone(),
-                metrics.clone(),
-                ctx.opts.seed,
-            )
-        })
+        .map(|i| ctx.peer(first + i, collection, backend, metrics))
         .collect()
 }
 
@@ -315,11 +330,6 @@ where
     }
 }
 
-/// The row of `op` in a report.
-pub fn row<'a>(report: &'a Report, op: &str) -> Option<&'a crate::report::OpRow> {
-    report.ops.iter().find(|r| r.op == op)
-}
-
 /// Parameters as JSON for the report.
 pub fn params(pairs: &[(&str, Value)]) -> Value {
     Value::Object(
@@ -330,53 +340,48 @@ pub fn params(pairs: &[(&str, Value)]) -> Value {
     )
 }
 
-/// Joins local tasks that answer peers.
-pub async fn join_peers(handles: Vec<actix_rt::task::JoinHandle<Peer>>) -> Result<Vec<Peer>> {
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(
-            h.await
-                .map_err(|e| anyhow::anyhow!("peer task failed: {e}"))?,
-        );
-    }
-    Ok(out)
+/// A filled collection: every write answered, and how long the fill took.
+pub struct Filled {
+    pub ledger: Ledger,
+    pub seconds: f64,
 }
 
-/// Fills collection `c` with `n` writes by up to 64 concurrent peers
-/// over `docs`, as fast as they are answered (at most until `deadline`). Answers the ledger.
+/// Fills collection `c` with `n` writes by up to 64 concurrent peers over `docs`, as fast as
+/// they are answered (for at most `within`), with a progress line labelled `label`.
+///
+/// # Errors
+/// If a writer task failed.
 pub async fn fill(
     ctx: &Ctx,
     backend: &Backend,
     c: &str,
-    docs: Rc<Vec<String>>,
+    docs: &Rc<Vec<String>>,
     n: u64,
-    metrics: &Metrics,
-    deadline: Instant,
-) -> Result<Ledger> {
+    within: Duration,
+    label: &str,
+) -> Result<Filled> {
+    let metrics = Metrics::new();
+    let started = Instant::now();
+    let progress = crate::report::Progress::start(
+        format!("{label} fill {}", backend.label()),
+        metrics.clone(),
+        &["fill"],
+    );
     let ledger = Ledger::default();
-    let budget = Rc::new(Cell::new(n));
-    let handles: Vec<_> = writers(ctx, backend, c, 0, ctx.opts.writers.min(64), metrics)
-        .into_iter()
-        .map(|mut p| {
-            let (docs, ledger, budget) = (docs.clone(), ledger.clone(), budget.clone());
-            actix_rt::spawn(async move {
-                let mut written = std::collections::HashSet::new();
-                while budget.get() > 0 && Instant::now() < deadline {
-                    budget.set(budget.get() - 1);
-                    let doc = docs[p.rng().gen_range(0..docs.len())].clone();
-                    let op = if written.insert(doc.clone()) {
-                        OperationType::Insert
-                    } else {
-                        OperationType::Update
-                    };
-                    let _ = p.push(&doc, op, "fill", &ledger).await;
-                }
-                p
-            })
-        })
-        .collect();
-    join_peers(handles).await?;
-    Ok(ledger)
+    let writes = Writes::new(docs, &ledger, started + within, "fill").at_most(n);
+    join_peers(spawn_writers(
+        writers(ctx, backend, c, 0, ctx.opts.writers.min(64), &metrics),
+        &writes,
+    ))
+    .await?;
+    drop(progress);
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "[{label}] filled {} deltas in {seconds:.1} s ({:.0}/s)",
+        ledger.head(),
+        ledger.len() as f64 / seconds
+    );
+    Ok(Filled { ledger, seconds })
 }
 
 /// One compaction as measured: its latency and about how many deltas it merged.

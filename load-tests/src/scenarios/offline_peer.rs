@@ -8,20 +8,19 @@
 //! document's deltas for the same state vector.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
 
-use super::{
-    compact_loop, doc_names, join_peers, params, read_loop, write_loop, writers, Ctx, ReadStyle,
-    Target,
+use super::common::{
+    join, join_peers, recovery_floor, spawn_reader, time_recovery, write_all, Run, Writes,
 };
-use crate::floors;
-use crate::metrics::{timed, Metrics};
+use super::{compact_loop, compaction_floor, doc_names, params, writers, Ctx, ReadStyle, Target};
+use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::report::{Floor, Progress, Report};
-use crate::verify::{self, Ledger, Verdict};
+use crate::report::Report;
+use crate::verify::{Ledger, Verdict};
 
 const OFFLINE: usize = 8;
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -35,51 +34,30 @@ const DOC0: &str = "return: recovery of doc-0";
 pub async fn run(ctx: &Ctx) -> Result<Report> {
     let backend = &ctx.backend;
     let metrics = Metrics::new();
-    let wire_before = backend.wire_bytes();
     let c = ctx.collection("offline-peer");
     let docs = Rc::new(doc_names(8));
     let ledger = Ledger::default();
-    let started = Instant::now();
-    let deadline = started + ctx.opts.duration;
-    let hard_deadline = deadline + ctx.drain();
-    let _progress = Progress::start(
-        format!("offline-peer {}", backend.label()),
-        metrics.clone(),
+    let mut run = Run::start(
+        "offline-peer".into(),
+        backend,
+        &metrics,
         &[PUSH, ONLINE, "compact"],
     );
+    let deadline = run.started + ctx.opts.duration;
+    let hard_deadline = deadline + ctx.drain();
 
     // One peer stays online and acks, so compaction has an active reader to respect.
     let target = Target::default();
-    let mut online = Peer::new(100, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
+    let mut online = ctx.peer(100, &c, backend, &metrics);
     online.capture = Some(("doc-0".into(), Vec::new()));
-    let online_style = ReadStyle {
-        ack: true,
-        ..ReadStyle::long_poll()
-    };
-    let online = actix_rt::spawn(read_loop(
-        online,
-        online_style,
-        target.clone(),
-        hard_deadline,
-        ONLINE,
-        metrics.clone(),
-    ));
+    let online = spawn_reader(online, ReadStyle::acking(), &target, hard_deadline, ONLINE);
     // The offline peers sync (and ack) for the first third, then go quiet.
-    let quiet_at = started + ctx.opts.duration / 3;
+    let quiet_at = run.started + ctx.opts.duration / 3;
     let offline: Vec<_> = (0..OFFLINE as u64)
         .map(|i| {
-            let mut p = Peer::new(200 + i, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
-            for d in docs.iter() {
-                p.know(d);
-            }
-            actix_rt::spawn(read_loop(
-                p,
-                online_style,
-                Target::default(),
-                quiet_at,
-                ONLINE,
-                metrics.clone(),
-            ))
+            let mut p = ctx.peer(200 + i, &c, backend, &metrics);
+            p.know_all(&docs);
+            spawn_reader(p, ReadStyle::acking(), &Target::default(), quiet_at, ONLINE)
         })
         .collect();
     let compactor = actix_rt::spawn(compact_loop(
@@ -91,26 +69,12 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         deadline,
         metrics.clone(),
     ));
-    let handles: Vec<_> = writers(ctx, backend, &c, 0, 4, &metrics)
-        .into_iter()
-        .map(|p| {
-            actix_rt::spawn(write_loop(
-                p,
-                docs.clone(),
-                ledger.clone(),
-                deadline,
-                Some(50.0),
-                true,
-                PUSH,
-            ))
-        })
-        .collect();
-    join_peers(handles).await?;
-    let head = ledger.head();
+    let writes = Writes::new(&docs, &ledger, deadline, PUSH)
+        .rate(50.0)
+        .with_deletes();
+    let head = write_all(writers(ctx, backend, &c, 0, 4, &metrics), &writes).await?;
     target.set(head);
-    let runs = compactor
-        .await
-        .map_err(|e| anyhow::anyhow!("compactor task: {e}"))?;
+    let runs = join(compactor, "compactor").await?;
     let mut offline = join_peers(offline).await?;
     let old_cursors: Vec<u64> = offline.iter().map(|p| p.cursor).collect();
 
@@ -119,45 +83,33 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         .replica("doc-0")
         .map(|r| r.state_vector())
         .unwrap_or_default();
-    let mut returning = Vec::new();
-    for (i, mut p) in offline.drain(..).enumerate() {
-        returning.push(actix_rt::spawn(async move {
-            let r = if i % 2 == 0 {
-                p.catch_up(head, hard_deadline, RETURN_STREAM).await
-            } else {
-                match p.recover(RETURN_RECOVER).await {
-                    Ok(()) => p.catch_up(head, hard_deadline, RETURN_REST).await,
-                    Err(e) => Err(e),
-                }
-            };
-            (p, r)
-        }));
-    }
+    let returning: Vec<_> = offline
+        .drain(..)
+        .enumerate()
+        .map(|(i, mut p)| {
+            actix_rt::spawn(async move {
+                let r = if i % 2 == 0 {
+                    p.catch_up(head, hard_deadline, RETURN_STREAM).await
+                } else {
+                    p.recover_and_catch_up(head, hard_deadline, RETURN_RECOVER, RETURN_REST)
+                        .await
+                };
+                (p, r)
+            })
+        })
+        .collect();
     let mut back = Vec::new();
     let mut failures = Vec::new();
     for h in returning {
-        let (p, r) = h
-            .await
-            .map_err(|e| anyhow::anyhow!("returning peer task: {e}"))?;
+        let (p, r) = join(h, "returning peer").await?;
         if let Err(e) = r {
             failures.push(format!("{e:#}"));
         }
         back.push(p);
     }
-    for _ in 0..3 {
-        let _ = timed(
-            &metrics,
-            DOC0,
-            backend.recovery(&c, &sv_doc0, Some("doc-0")),
-        )
-        .await;
-    }
-    let online = online
-        .await
-        .map_err(|e| anyhow::anyhow!("online peer task: {e}"))?;
-    let seconds = started.elapsed().as_secs_f64();
-    let wire = backend.wire_bytes() - wire_before;
-    drop(_progress);
+    time_recovery(backend, &c, "doc-0", &sv_doc0, DOC0, &metrics).await;
+    let online = join(online, "online peer").await?;
+    run.stop();
 
     let mut verdict = Verdict::default();
     let removed: u64 = runs.iter().map(|r| r.removed).sum();
@@ -190,43 +142,32 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     let mut all: Vec<&Peer> = back.iter().collect();
     all.push(&online);
     verdict
-        .checks
-        .push(verify::seqs_contiguous(&ledger, 0, "writers"));
-    verdict.checks.push(verify::readers_covered(&all, &ledger));
-    verdict
-        .checks
-        .extend(verify::converged(backend, &c, &all, &ledger).await);
+        .standard(backend, &c, &all, &ledger, "writers")
+        .await;
     let p = params(&[
         ("offlinePeers", json!(OFFLINE)),
         ("peerTimeoutMs", json!(PEER_TIMEOUT.as_millis() as u64)),
         ("documents", json!(8)),
     ]);
-    let mut report = Report::new("offline-peer", backend.label(), p, &metrics, seconds, wire);
+    let mut report = run.report(p, verdict);
     if !ctx.opts.no_floors {
         if let Some((_, updates)) = &online.capture {
             if !sv_doc0.is_empty() {
-                let raw = floors::yrs_diff(updates, &sv_doc0, 3)? * 1000.0;
-                let best = metrics
-                    .snapshot()
-                    .get(DOC0)
-                    .map_or(0.0, |s| s.latency.percentiles(&[0.0]).0[0] as f64 / 1000.0);
-                report.floors.push(Floor::cost(
-                    "recovery of one document vs raw yrs build+diff",
-                    best,
-                    raw,
-                    "ms",
+                report.floors.push(recovery_floor(
+                    &metrics,
+                    DOC0,
+                    updates,
+                    &sv_doc0,
                     &format!(
-                        "doc-0, {} deltas, a returning peer's state vector; best of 3",
+                        "doc-0, {} deltas, a returning peer's state vector",
                         updates.len()
                     ),
-                ));
+                )?);
             }
         }
         report
             .floors
-            .extend(super::compaction_floor(&runs, 4, ctx.opts.seed));
+            .extend(compaction_floor(&runs, 4, ctx.opts.seed));
     }
-    report.ok = verdict.ok();
-    report.verdict = verdict;
     Ok(report)
 }

@@ -15,14 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 
-use super::{
-    actor_floor, doc_names, fill, join_peers, params, read_loop, row, write_loop, writers, Ctx,
-    ReadStyle, Target,
-};
+use super::common::{join_peers, spawn_writers, with_latency_floors, Latency, Run, Writes};
+use super::{doc_names, fill, params, read_loop, writers, Ctx, ReadStyle, Target};
 use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::report::{Floor, Progress, Report};
+use crate::report::Report;
 use crate::verify::{self, Ledger, Verdict};
 
 const DOCS: usize = 16;
@@ -33,34 +31,14 @@ const SSE: &str = "events (storm, SSE)";
 const CAUGHT_UP: &str = "reconnect→caught up";
 
 pub async fn run(ctx: &Ctx) -> Result<Report> {
-    let mut report = workload(ctx, &ctx.backend, ctx.opts.duration, "").await?;
-    if let Some(floor) = actor_floor(ctx, |b| async move {
-        workload(ctx, &b, ctx.floor_duration(), "-floor").await
-    })
+    with_latency_floors(
+        ctx,
+        |b, d, s| async move { workload(ctx, &b, d, s).await },
+        &[CAUGHT_UP],
+        &[Latency::P50, Latency::Max],
+        "same storm, no HTTP",
+    )
     .await
-    {
-        for (what, m, f) in [
-            (
-                "p50",
-                row(&report, CAUGHT_UP).map_or(0.0, |r| r.p50_ms),
-                row(&floor, CAUGHT_UP).map_or(0.0, |r| r.p50_ms),
-            ),
-            (
-                "max",
-                row(&report, CAUGHT_UP).map_or(0.0, |r| r.max_ms),
-                row(&floor, CAUGHT_UP).map_or(0.0, |r| r.max_ms),
-            ),
-        ] {
-            report.floors.push(Floor::cost(
-                &format!("reconnect→caught up {what} vs in-process actor"),
-                m,
-                f,
-                "ms",
-                "same storm, no HTTP",
-            ));
-        }
-    }
-    Ok(report)
 }
 
 async fn workload(
@@ -74,68 +52,35 @@ async fn workload(
     let c = ctx.collection(&format!("reconnect-storm{suffix}"));
     let docs = Rc::new(doc_names(DOCS));
     let n = if ctx.opts.quick { 4_000 } else { 20_000 };
-    let fill_metrics = Metrics::new();
-    let ledger = fill(
-        ctx,
-        backend,
-        &c,
-        docs.clone(),
-        n,
-        &fill_metrics,
-        Instant::now() + Duration::from_secs(300),
-    )
-    .await?;
+    let label = format!("reconnect-storm{suffix}");
+    let ledger = fill(ctx, backend, &c, &docs, n, Duration::from_secs(300), &label)
+        .await?
+        .ledger;
     let filled = ledger.head();
 
     // Old state: one template per cohort, copied to the cohort's peers.
     let mut templates = Vec::new();
     for k in 0..COHORTS {
-        let mut t = Peer::new(90 + k, &c, backend.clone(), Metrics::new(), ctx.opts.seed);
-        for d in docs.iter() {
-            t.know(d);
-        }
+        let mut t = ctx.peer(90 + k, &c, backend, &Metrics::new());
+        t.know_all(&docs);
         t.sync_to(filled * (COHORTS + k) / (2 * COHORTS), "template")
             .await?;
         templates.push(t);
     }
     let mut peers = Vec::new();
     for i in 0..m {
-        let mut p = Peer::new(
-            1000 + i as u64,
-            &c,
-            backend.clone(),
-            metrics.clone(),
-            ctx.opts.seed,
-        );
+        let mut p = ctx.peer(1000 + i as u64, &c, backend, &metrics);
         p.copy_state_from(&templates[i % COHORTS as usize])?;
         peers.push(p);
     }
 
-    let wire_before = backend.wire_bytes();
-    let started = Instant::now();
-    let deadline = started + duration;
+    let mut run = Run::start(label, backend, &metrics, &[CAUGHT_UP, POLL, SSE, PUSH]);
+    let deadline = run.started + duration;
     let hard_deadline = deadline + ctx.drain();
-    let _progress = Progress::start(
-        format!("reconnect-storm{suffix} {}", backend.label()),
-        metrics.clone(),
-        &[CAUGHT_UP, POLL, SSE, PUSH],
-    );
     let live = Ledger::default();
     let target = Target::default();
-    let writer_handles: Vec<_> = writers(ctx, backend, &c, 10, 2, &metrics)
-        .into_iter()
-        .map(|p| {
-            actix_rt::spawn(write_loop(
-                p,
-                docs.clone(),
-                live.clone(),
-                deadline,
-                Some(20.0),
-                false,
-                PUSH,
-            ))
-        })
-        .collect();
+    let writes = Writes::new(&docs, &live, deadline, PUSH).rate(20.0);
+    let writer_handles = spawn_writers(writers(ctx, backend, &c, 10, 2, &metrics), &writes);
     // The storm: every peer at once.
     let storm: Vec<_> = peers
         .into_iter()
@@ -160,20 +105,12 @@ async fn workload(
                     Ok(()) => metrics.record(CAUGHT_UP, t.elapsed()),
                     Err(e) => metrics.error(CAUGHT_UP, &e),
                 }
-                let style = if sse {
-                    ReadStyle::sse()
+                let (style, op) = if sse {
+                    (ReadStyle::sse(), SSE)
                 } else {
-                    ReadStyle::long_poll()
+                    (ReadStyle::long_poll(), POLL)
                 };
-                read_loop(
-                    p,
-                    style,
-                    target,
-                    hard_deadline,
-                    if sse { SSE } else { POLL },
-                    metrics,
-                )
-                .await
+                read_loop(p, style, target, hard_deadline, op).await
             })
         })
         .collect();
@@ -181,44 +118,25 @@ async fn workload(
     let head = live.head().max(filled);
     target.set(head);
     let peers = join_peers(storm).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let wire = backend.wire_bytes() - wire_before;
-    drop(_progress);
+    run.stop();
 
     // The ledger of everything: the fill and the live writes.
     for w in live.writes() {
         ledger.record(w.seq, &w.doc, &w.key, w.started);
     }
     let mut verdict = Verdict::default();
-    let behind = peers.iter().filter(|p| p.cursor < head).count();
-    verdict.check(
-        "every peer reached the head",
-        behind == 0,
-        format!("{behind} of {m} behind head {head}"),
-    );
     let refs: Vec<&Peer> = peers.iter().collect();
     verdict
         .checks
-        .push(verify::seqs_contiguous(&ledger, 0, "fill + live writers"));
-    verdict.checks.push(verify::readers_covered(&refs, &ledger));
+        .push(verify::reached_head("peer", &refs, head, &[]));
     verdict
-        .checks
-        .extend(verify::converged(backend, &c, &refs, &ledger).await);
+        .standard(backend, &c, &refs, &ledger, "fill + live writers")
+        .await;
     let p = params(&[
         ("peers", json!(m)),
         ("filled", json!(filled)),
         ("sse", json!(m / 4)),
         ("liveWriters", json!(2)),
     ]);
-    let mut report = Report::new(
-        &format!("reconnect-storm{suffix}"),
-        backend.label(),
-        p,
-        &metrics,
-        seconds,
-        wire,
-    );
-    report.ok = verdict.ok();
-    report.verdict = verdict;
-    Ok(report)
+    Ok(run.report(p, verdict))
 }

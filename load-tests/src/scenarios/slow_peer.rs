@@ -13,14 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 
-use super::{
-    compact_loop, compaction_floor, doc_names, join_peers, params, read_loop, write_loop, writers,
-    Ctx, ReadStyle, Target,
-};
+use super::common::{join, join_peers, read_from_zero, spawn_reader, write_all, Run, Writes};
+use super::{compact_loop, compaction_floor, doc_names, params, writers, Ctx, ReadStyle, Target};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::report::{Progress, Report};
-use crate::verify::{self, Ledger, Verdict};
+use crate::report::Report;
+use crate::verify::{Ledger, Verdict};
 
 const WRITERS: usize = 8;
 const PUSH: &str = "push";
@@ -30,53 +28,33 @@ const SLOW: &str = "stream (slow reader)";
 pub async fn run(ctx: &Ctx) -> Result<Report> {
     let backend = &ctx.backend;
     let metrics = Metrics::new();
-    let wire_before = backend.wire_bytes();
     let c = ctx.collection("slow-peer");
     let docs = Rc::new(doc_names(4));
     let ledger = Ledger::default();
     let target = Target::default();
-    let started = Instant::now();
-    let deadline = started + ctx.opts.duration;
-    let hard_deadline = deadline + ctx.drain();
-    let _progress = Progress::start(
-        format!("slow-peer {}", backend.label()),
-        metrics.clone(),
+    let mut run = Run::start(
+        "slow-peer".into(),
+        backend,
+        &metrics,
         &[PUSH, FAST, SLOW, "compact"],
     );
+    let deadline = run.started + ctx.opts.duration;
+    let hard_deadline = deadline + ctx.drain();
 
     let fast: Vec<_> = (0..4u64)
         .map(|i| {
-            let p = Peer::new(100 + i, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
-            let style = ReadStyle {
-                ack: true,
-                ..ReadStyle::long_poll()
-            };
-            actix_rt::spawn(read_loop(
-                p,
-                style,
-                target.clone(),
-                hard_deadline,
-                FAST,
-                metrics.clone(),
-            ))
+            let p = ctx.peer(100 + i, &c, backend, &metrics);
+            spawn_reader(p, ReadStyle::acking(), &target, hard_deadline, FAST)
         })
         .collect();
-    let slow = Peer::new(99, &c, backend.clone(), metrics.clone(), ctx.opts.seed);
-    let slow_style = ReadStyle {
-        ack: true,
-        limit: 20,
-        pause: Duration::from_millis(100),
-        sse: false,
-    };
     // The slow reader stays slow until the writers stop, then catches up at full speed.
-    let slow = actix_rt::spawn(read_loop(
-        slow,
-        slow_style,
-        Target::default(),
+    let slow = spawn_reader(
+        ctx.peer(99, &c, backend, &metrics),
+        ReadStyle::slow(20, Duration::from_millis(100)),
+        &Target::default(),
         deadline,
         SLOW,
-        metrics.clone(),
-    ));
+    );
     let compactor = actix_rt::spawn(compact_loop(
         backend.clone(),
         c.clone(),
@@ -86,36 +64,16 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         deadline,
         metrics.clone(),
     ));
-    let handles: Vec<_> = writers(ctx, backend, &c, 0, WRITERS, &metrics)
-        .into_iter()
-        .map(|p| {
-            actix_rt::spawn(write_loop(
-                p,
-                docs.clone(),
-                ledger.clone(),
-                deadline,
-                Some(100.0),
-                false,
-                PUSH,
-            ))
-        })
-        .collect();
-    join_peers(handles).await?;
-    let head = ledger.head();
+    let writes = Writes::new(&docs, &ledger, deadline, PUSH).rate(100.0);
+    let head = write_all(writers(ctx, backend, &c, 0, WRITERS, &metrics), &writes).await?;
     target.set(head);
-    let runs = compactor
-        .await
-        .map_err(|e| anyhow::anyhow!("compactor task: {e}"))?;
-    let mut slow = slow
-        .await
-        .map_err(|e| anyhow::anyhow!("slow reader task: {e}"))?;
+    let runs = join(compactor, "compactor").await?;
+    let mut slow = join(slow, "slow reader").await?;
     let slow_behind = head.saturating_sub(slow.cursor);
     let slow_snapshots_while_slow = slow.seen.snapshots.len();
     let caught = slow.catch_up(head, hard_deadline, SLOW).await;
     let fast = join_peers(fast).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let wire = backend.wire_bytes() - wire_before;
-    drop(_progress);
+    run.stop();
 
     let mut verdict = Verdict::default();
     let removed: u64 = runs.iter().map(|r| r.removed).sum();
@@ -124,13 +82,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         !runs.is_empty(),
         format!("{} compactions removed {removed} deltas; slow peer was {slow_behind} behind when writes stopped", runs.len()),
     );
-    verdict.check(
-        "slow peer caught up",
-        caught.is_ok(),
-        caught
-            .err()
-            .map_or(format!("to {head}"), |e| format!("{e:#}")),
-    );
+    verdict.result("slow peer caught up", &caught, format!("to {head}"));
     let snapshots_to_active: usize =
         fast.iter().map(|p| p.seen.snapshots.len()).sum::<usize>() + slow_snapshots_while_slow;
     verdict.check(
@@ -138,44 +90,33 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         snapshots_to_active == 0,
         format!("{snapshots_to_active} snapshots sent to active peers"),
     );
-    let mut fresh = Peer::new(200, &c, backend.clone(), Metrics::new(), ctx.opts.seed);
-    let r = fresh
-        .catch_up(head, Instant::now() + ctx.drain(), "verify")
-        .await;
-    verdict.check(
+    let (fresh, r) =
+        read_from_zero(ctx, backend, &c, 200, head, Instant::now() + ctx.drain()).await;
+    verdict.result(
         "fresh peer read the compacted collection",
-        r.is_ok(),
-        r.err().map_or(
-            format!(
-                "{} snapshots, {} deltas",
-                fresh.seen.snapshots.len(),
-                fresh.seen.deltas.len()
-            ),
-            |e| format!("{e:#}"),
+        &r,
+        format!(
+            "{} snapshots, {} deltas",
+            fresh.seen.snapshots.len(),
+            fresh.seen.deltas.len()
         ),
     );
     let mut all: Vec<&Peer> = fast.iter().collect();
     all.push(&slow);
     all.push(&fresh);
     verdict
-        .checks
-        .push(verify::seqs_contiguous(&ledger, 0, "writers"));
-    verdict.checks.push(verify::readers_covered(&all, &ledger));
-    verdict
-        .checks
-        .extend(verify::converged(backend, &c, &all, &ledger).await);
+        .standard(backend, &c, &all, &ledger, "writers")
+        .await;
     let p = params(&[
         ("writers", json!(WRITERS)),
         ("fastReaders", json!(4)),
         ("compactEveryMs", json!(500)),
     ]);
-    let mut report = Report::new("slow-peer", backend.label(), p, &metrics, seconds, wire);
+    let mut report = run.report(p, verdict);
     if !ctx.opts.no_floors {
         report
             .floors
             .extend(compaction_floor(&runs, WRITERS as u64, ctx.opts.seed));
     }
-    report.ok = verdict.ok();
-    report.verdict = verdict;
     Ok(report)
 }

@@ -137,42 +137,37 @@ impl CollectionActor {
         }
     }
 
-    /// One stream page: snapshots of documents compacted past `cursor`, then deltas in seq
-    /// order, each part bounded by `limit` entries and together by about
-    /// `Config::max_page_bytes` (at least one delta and one snapshot are always included when
-    /// they exist, so every page makes progress).
+    /// One stream page: the snapshot of *every* document compacted past `cursor`, then up to
+    /// `limit` deltas in seq order within about `Config::max_page_bytes` (at least one delta
+    /// when there is one, so every page makes progress).
     ///
     /// # Invariants
-    /// Deltas are read *before* the compaction watermarks and snapshots. Compactions commit on
-    /// the committer thread, concurrently with this read, each as one atomic batch that deletes
-    /// deltas and writes the snapshot holding them. Reading deltas first, a delta missing from
-    /// the first read was deleted by a batch the second read sees, so its snapshot is in the
-    /// page. (The other order can pair an old snapshot with deltas deleted in between.)
+    /// - Snapshots are never cut by `limit`: a document compacted past the cursor lacks deleted
+    ///   deltas anywhere in (cursor, its watermark], not only at the watermark, so no cursor
+    ///   above the request's would be safe while one such snapshot is left out, and repeating
+    ///   the request would return the same page forever. (A cut at "next watermark − 1" was
+    ///   tried and the concurrent model test showed a reader skipping updates.)
+    /// - Deltas are read *before* the watermarks and snapshots. Compactions commit on the
+    ///   committer thread concurrently with this read, each as one atomic batch that deletes
+    ///   deltas and writes the snapshot holding them; a delta missing from the first read was
+    ///   deleted by a batch the second read sees, so its snapshot is in the page.
     fn read_page(&mut self, cursor: u64, limit: usize, threshold: u64) -> Result<StreamPage> {
         let head = self.durable;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
         let store = &self.shared.store;
-        let budget = self.shared.config.max_page_bytes;
-        let (deltas, more_deltas) = store.deltas_after(&self.name, cursor, head, limit, budget)?;
-        let mut left = budget.saturating_sub(deltas.iter().map(|(_, d)| d.bytes.len()).sum());
-        // Documents whose deleted deltas reach past the cursor: their snapshot replaces them.
-        // If not all fit, the first one left out bounds the cursor below.
-        let mut snapshots = Vec::new();
-        let mut snapshots_cut_at = None;
-        for (i, (watermark, doc)) in store
-            .compacted_after(&self.name, cursor, limit + 1)?
-            .into_iter()
-            .enumerate()
-        {
-            if i == limit || (left == 0 && !snapshots.is_empty()) {
-                snapshots_cut_at = Some(watermark);
-                break;
-            }
+        let (deltas, more_deltas) = store.deltas_after(
+            &self.name,
+            cursor,
+            head,
+            limit,
+            self.shared.config.max_page_bytes,
+        )?;
+        let mut changes = Vec::with_capacity(deltas.len());
+        for (_, doc) in store.compacted_after(&self.name, cursor, usize::MAX)? {
             if let Some(s) = store.snapshot(&self.name, &doc)? {
-                left = left.saturating_sub(s.bytes.len());
-                snapshots.push(Change {
+                changes.push(Change {
                     document_id: doc,
                     seq: s.snapshot_seq,
                     bytes: s.bytes,
@@ -180,33 +175,22 @@ impl CollectionActor {
                 });
             }
         }
-        let mut new_cursor = if more_deltas {
+        let new_cursor = if more_deltas {
             deltas.last().map(|(s, _)| *s).unwrap_or(cursor)
         } else {
             head
         };
-        if let Some(next_watermark) = snapshots_cut_at {
-            // The next unsent snapshot covers a delta at `next_watermark`: stop just below it.
-            // Watermarks are distinct seqs above `cursor`, so this is still ≥ `cursor`.
-            new_cursor = new_cursor.min(next_watermark - 1);
-        }
-        let mut changes = snapshots;
-        changes.extend(
-            deltas
-                .into_iter()
-                .filter(|(seq, _)| *seq <= new_cursor)
-                .map(|(seq, d)| Change {
-                    document_id: d.document_id,
-                    seq,
-                    bytes: d.bytes,
-                    operation: d.operation,
-                }),
-        );
+        changes.extend(deltas.into_iter().map(|(seq, d)| Change {
+            document_id: d.document_id,
+            seq,
+            bytes: d.bytes,
+            operation: d.operation,
+        }));
         self.stats.stream_pages += 1;
         Ok(StreamPage {
             changes,
             cursor: new_cursor,
-            has_more: more_deltas || snapshots_cut_at.is_some(),
+            has_more: more_deltas,
             compact: self.compaction_hint(threshold),
         })
     }

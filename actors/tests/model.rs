@@ -119,7 +119,7 @@ async fn run(ops: Vec<Op>, max_page_bytes: usize) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000_000);
     let mut config = config(dir.path());
-    // Tiny byte budgets cut pages between snapshots and force the cursor below the next one.
+    // Tiny byte budgets make every page carry a single delta next to its snapshots.
     config.max_page_bytes = max_page_bytes;
     let mut r = open_with(config.clone(), &clock).await;
     let mut peers: Vec<Peer> = (0..PEERS)

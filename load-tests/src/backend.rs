@@ -19,14 +19,8 @@ use replicate_actors::{CompactRequest, OperationType, Replicate, StreamRequest, 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// One change as a peer sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub document_id: String,
-    pub seq: u64,
-    pub bytes: Vec<u8>,
-    pub operation: OperationType,
-}
+/// One change as a peer sees it: the actors' own type, whichever backend delivered it.
+pub use replicate_actors::Change;
 
 /// One stream page.
 #[derive(Debug, Clone, Default)]

@@ -6,10 +6,12 @@
 //! | --- | --- |
 //! | 400 | `invalid_json`, `invalid_base64`, `invalid_argument`, `invalid_name`, `invalid_query`, `invalid_body` |
 //! | 404 / 405 | `not_found`, `method_not_allowed` |
-//! | 409 | `conflict` (a compaction kept losing races; retry) |
+//! | 408 | `request_timeout` (the body did not arrive within `body_timeout`) |
+//! | 409 | `conflict` (a compaction kept losing races, or an op id reused for other bytes) |
 //! | 413 | `too_large` (body over the limit, or an update over `max_update_bytes`) |
-//! | 422 | `invalid_yjs`, `ack_ahead`, `cursor_ahead` |
-//! | 503 | `overloaded`, `shutting_down`, `unavailable` |
+//! | 422 | `invalid_yjs`, `yjs_limit`, `ack_ahead`, `cursor_ahead` |
+//! | 503 | `overloaded`, `shutting_down`, `unavailable`, `storage_failed` (until restart) |
+//! | 507 | `storage_full` (the disk is full; until space is freed and the server restarted) |
 //! | 504 | `timeout` |
 //! | 500 | `storage`, `internal` |
 
@@ -18,6 +20,7 @@ use std::fmt;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use replicate_actors::durability::{StorageFailure, StorageFailureKind};
 use replicate_actors::Error;
 use serde::Serialize;
 
@@ -68,6 +71,25 @@ impl ApiError {
         )
     }
 
+    /// 408 `request_timeout` for a request body that did not arrive within `after`.
+    pub fn request_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms; send it faster, or split the \
+                 work into smaller requests",
+                after.as_millis()
+            ),
+        )
+    }
+
+    /// Whether this answers a storage failure (`storage_full`, `storage_failed`): group commit
+    /// stopped taking writes until restart.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self.code, "storage_full" | "storage_failed")
+    }
+
     pub fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -104,19 +126,38 @@ pub fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::InvalidName { .. } | Error::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::InvalidYjs { .. } | Error::AckAhead { .. } | Error::CursorAhead { .. } => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        Error::InvalidYjs { .. }
+        | Error::YjsLimit { .. }
+        | Error::AckAhead { .. }
+        | Error::CursorAhead { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Conflict(_) => StatusCode::CONFLICT,
         Error::Overloaded { .. } | Error::ShuttingDown | Error::Relocated => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // Sticky until restart (see `replicate_actors::durability`): 507 names the cause a
+        // client or operator can act on, 503 says the service cannot take writes right now.
+        Error::StorageFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        Error::StorageFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
 impl From<Error> for ApiError {
+    /// Maps by [`status_of`], with one refinement: a [`Error::Storage`] whose message is a
+    /// full disk (ENOSPC, a quota) answers as [`Error::StorageFull`]. Once sled hits an I/O
+    /// error it answers that error to every later call, so after a full disk stopped group
+    /// commit, starting another collection or reading fails with it too, outside group commit;
+    /// a client should get the same 507 and advice there, not a generic 500.
     fn from(e: Error) -> Self {
+        let e = match e {
+            Error::Storage(reason)
+                if StorageFailure::classify(reason.as_str()).kind == StorageFailureKind::Full =>
+            {
+                Error::StorageFull { reason }
+            }
+            e => e,
+        };
         ApiError {
             status: status_of(&e),
             code: e.code(),
@@ -138,7 +179,9 @@ impl ResponseError for ApiError {
         }
         metrics::counter!(crate::metrics::ERRORS, "code" => self.code).increment(1);
         let mut res = HttpResponse::build(self.status);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        // A storage failure lasts until an operator acts and restarts the server: retrying in
+        // a second would only add load, so it gets no `Retry-After`.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE && !self.is_storage_failure() {
             res.insert_header((header::RETRY_AFTER, "1"));
         }
         res.json(Body {
@@ -161,7 +204,9 @@ pub fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
             "the body must be JSON (Content-Type: application/json)",
         ),
         JsonPayloadError::Payload(e) => {
-            if matches!(e, actix_web::error::PayloadError::Overflow) {
+            if let Some(timed_out) = crate::limits::is_body_timeout(e) {
+                ApiError::request_timeout(timed_out.after)
+            } else if matches!(e, actix_web::error::PayloadError::Overflow) {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
@@ -257,12 +302,95 @@ mod tests {
                 504,
             ),
             (Error::Storage("disk".into()), 500),
+            (
+                Error::Storage("IO error: Input/output error (os error 5)".into()),
+                500,
+            ),
             (Error::Internal("bug".into()), 500),
+            (
+                Error::StorageFull {
+                    reason: "No space left on device (os error 28)".into(),
+                },
+                507,
+            ),
+            (
+                Error::StorageFailed {
+                    reason: "Input/output error (os error 5)".into(),
+                },
+                503,
+            ),
         ];
         for (e, status) in cases {
             let api = ApiError::from(e.clone());
             assert_eq!(api.status.as_u16(), *status, "{e:?}");
             assert_eq!(api.code, e.code());
         }
+    }
+
+    #[test]
+    fn a_full_disk_outside_group_commit_is_storage_full_too() {
+        let api = ApiError::from(Error::Storage(
+            "IO error: No space left on device (os error 28)".into(),
+        ));
+        assert_eq!(api.status.as_u16(), 507);
+        assert_eq!(api.code, "storage_full");
+        assert!(api.message.contains("free disk space"), "{}", api.message);
+        let other = ApiError::from(Error::Storage("corrupt record: x".into()));
+        assert_eq!((other.status.as_u16(), other.code), (500, "storage"));
+    }
+
+    #[test]
+    fn storage_failures_say_what_to_do_and_get_no_retry_after() {
+        let full = ApiError::from(Error::StorageFull {
+            reason: "IO error: No space left on device (os error 28)".into(),
+        });
+        assert_eq!(full.code, "storage_full");
+        assert!(full.message.contains("free disk space"), "{}", full.message);
+        assert!(
+            full.message.contains("restart replicate"),
+            "{}",
+            full.message
+        );
+        let failed = ApiError::from(Error::StorageFailed {
+            reason: "IO error: Input/output error (os error 5)".into(),
+        });
+        assert_eq!(failed.code, "storage_failed");
+        assert!(
+            failed.message.contains("data directory"),
+            "{}",
+            failed.message
+        );
+        for api in [&full, &failed] {
+            assert!(api.is_storage_failure());
+            let res = api.error_response();
+            assert!(res.headers().get(header::RETRY_AFTER).is_none(), "{api}");
+        }
+        let overloaded = ApiError::from(Error::Overloaded {
+            collection: "c".into(),
+            in_flight: 1,
+        });
+        assert!(!overloaded.is_storage_failure());
+        assert!(overloaded
+            .error_response()
+            .headers()
+            .get(header::RETRY_AFTER)
+            .is_some());
+    }
+
+    #[test]
+    fn a_timed_out_body_is_408() {
+        use actix_web::error::PayloadError;
+        let timed_out = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            crate::limits::BodyTimedOut {
+                after: std::time::Duration::from_millis(1500),
+            },
+        );
+        let req = actix_web::test::TestRequest::default().to_http_request();
+        let err = json_error(JsonPayloadError::Payload(PayloadError::Io(timed_out)), &req);
+        let api = err.as_error::<ApiError>().expect("an ApiError");
+        assert_eq!(api.status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(api.code, "request_timeout");
+        assert!(api.message.contains("1500 ms"), "{}", api.message);
     }
 }

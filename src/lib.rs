@@ -12,6 +12,10 @@
 //! - [`error`]: [`ApiError`], the one `ResponseError`: status mapping and the
 //!   `{"error":{"code","message"}}` body, also for actix's own extractor errors.
 //! - [`sse`]: the Server-Sent Events body and its resume-safe event ids.
+//! - [`health`]: storage health: `/healthz` and the `replicate_storage_failed` gauge turn
+//!   loud once a commit failed.
+//! - [`limits`]: transport limits: the request-body deadline middleware and the write timeout
+//!   set on each connection.
 //! - [`metrics`]: the Prometheus recorder, metric names, and the per-request middleware
 //!   (tracing span, latency histogram).
 //! - [`settings`]: [`ServerSettings`], the front's plain configuration.
@@ -25,6 +29,8 @@
 //! - An SSE event id is always a cursor a client may resume from without a gap.
 
 pub mod error;
+pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod server;

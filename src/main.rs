@@ -54,6 +54,45 @@ struct Args {
     /// HTTP worker threads.
     #[arg(long, env = "REPLICATE_WORKERS", default_value_t = 2)]
     workers: usize,
+    /// Open connections per HTTP worker; past it new connections wait in the listen backlog.
+    #[arg(long, env = "REPLICATE_MAX_CONNECTIONS", default_value_t = defaults().max_connections)]
+    max_connections: usize,
+    /// Milliseconds a new connection has to send its first request line and headers; past it,
+    /// 408 and the connection closes.
+    #[arg(
+        long,
+        env = "REPLICATE_CLIENT_REQUEST_TIMEOUT_MS",
+        default_value_t = millis(defaults().client_request_timeout)
+    )]
+    client_request_timeout_ms: u64,
+    /// Milliseconds the server waits for a client to close a connection it is done with (after
+    /// a 408 or an unread body) before dropping it; 0 drops it at once.
+    #[arg(
+        long,
+        env = "REPLICATE_CLIENT_DISCONNECT_TIMEOUT_MS",
+        default_value_t = millis(defaults().client_disconnect_timeout)
+    )]
+    client_disconnect_timeout_ms: u64,
+    /// Milliseconds an idle keep-alive connection waits for its next request; 0 turns
+    /// keep-alive off.
+    #[arg(long, env = "REPLICATE_KEEP_ALIVE_MS", default_value_t = millis(defaults().keep_alive))]
+    keep_alive_ms: u64,
+    /// Milliseconds a request body may take to arrive after its headers; past it, 408
+    /// `request_timeout` and the connection closes.
+    #[arg(
+        long,
+        env = "REPLICATE_BODY_TIMEOUT_MS",
+        default_value_t = millis(defaults().body_timeout)
+    )]
+    body_timeout_ms: u64,
+    /// Milliseconds an answer may wait on a client that stopped reading it before the
+    /// connection is reset (TCP_USER_TIMEOUT; the kernel acts within about twice this).
+    #[arg(
+        long,
+        env = "REPLICATE_WRITE_TIMEOUT_MS",
+        default_value_t = millis(defaults().write_timeout)
+    )]
+    write_timeout_ms: u64,
     /// Milliseconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "REPLICATE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
@@ -83,10 +122,26 @@ impl Args {
                 .filter(|o| !o.is_empty())
                 .collect(),
             workers: self.workers,
+            max_connections: self.max_connections,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            client_request_timeout: Duration::from_millis(self.client_request_timeout_ms),
+            client_disconnect_timeout: Duration::from_millis(self.client_disconnect_timeout_ms),
+            keep_alive: Duration::from_millis(self.keep_alive_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
             ..ServerSettings::default()
         }
     }
+}
+
+/// The front's defaults, for the flags' defaults.
+fn defaults() -> ServerSettings {
+    ServerSettings::default()
+}
+
+/// A default duration as a flag's millisecond default.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn init_logging(format: LogFormat) {
@@ -140,4 +195,66 @@ fn main() -> anyhow::Result<()> {
             .await
             .context("server failed")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_flags_reach_the_settings() {
+        let defaults = Args::try_parse_from(["replicate-server"])
+            .expect("no flags parse")
+            .settings();
+        let d = ServerSettings::default();
+        assert_eq!(
+            (
+                defaults.max_connections,
+                defaults.client_request_timeout,
+                defaults.client_disconnect_timeout,
+                defaults.keep_alive,
+                defaults.body_timeout,
+                defaults.write_timeout,
+            ),
+            (
+                d.max_connections,
+                d.client_request_timeout,
+                d.client_disconnect_timeout,
+                d.keep_alive,
+                d.body_timeout,
+                d.write_timeout,
+            )
+        );
+        let set = Args::try_parse_from([
+            "replicate-server",
+            "--max-connections",
+            "3",
+            "--client-request-timeout-ms",
+            "700",
+            "--client-disconnect-timeout-ms",
+            "0",
+            "--keep-alive-ms",
+            "0",
+            "--body-timeout-ms",
+            "1500",
+            "--write-timeout-ms",
+            "2500",
+        ])
+        .expect("flags parse")
+        .settings();
+        assert_eq!(set.max_connections, 3);
+        assert_eq!(set.client_request_timeout, Duration::from_millis(700));
+        assert_eq!(set.client_disconnect_timeout, Duration::ZERO);
+        assert_eq!(set.keep_alive, Duration::ZERO);
+        assert_eq!(set.body_timeout, Duration::from_millis(1500));
+        assert_eq!(set.write_timeout, Duration::from_millis(2500));
+        assert!(set.validate().is_ok());
+        let zero = Args::try_parse_from(["replicate-server", "--body-timeout-ms", "0"])
+            .expect("flags parse")
+            .settings();
+        assert!(
+            zero.validate().is_err(),
+            "a zero body timeout is refused at start"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use replicate_actors::ServiceStats;
@@ -32,6 +33,7 @@ pub const LIVE_COLLECTIONS: &str = "replicate_live_collections";
 pub const FLUSHES: &str = "replicate_flushes_total";
 pub const ACTOR_WAITERS: &str = "replicate_actor_waiters";
 pub const PENDING_WRITES: &str = "replicate_pending_writes";
+pub const STORAGE_FAILED: &str = "replicate_storage_failed";
 
 /// Latency buckets in seconds: 0.5 ms to 60 s (long polls wait up to a minute).
 const BUCKETS: &[f64] = &[
@@ -100,10 +102,16 @@ fn describe() {
         PENDING_WRITES,
         "Writes assigned a seq and waiting for their flush"
     );
+    describe_gauge!(
+        STORAGE_FAILED,
+        "1 once a commit failed (disk full, I/O error): no writes until restart; /healthz says why"
+    );
 }
 
-/// Renders the metrics, after refreshing the gauges read from the actors' stats.
-pub fn render(handle: &PrometheusHandle, stats: &ServiceStats) -> String {
+/// Renders the metrics, after refreshing the gauges read from the actors' stats and whether
+/// storage has failed.
+pub fn render(handle: &PrometheusHandle, stats: &ServiceStats, storage_failed: bool) -> String {
+    metrics::gauge!(STORAGE_FAILED).set(if storage_failed { 1.0 } else { 0.0 });
     metrics::gauge!(LIVE_COLLECTIONS).set(stats.live_collections as f64);
     metrics::counter!(FLUSHES).absolute(stats.flushes);
     metrics::gauge!(ACTOR_WAITERS)
@@ -136,6 +144,8 @@ impl Drop for GaugeGuard {
 }
 
 /// The route pattern as a label: `/v1/{c}/insert` (the collection segment's regex dropped).
+/// Never the raw path: label values must come from a fixed set, or every distinct path a
+/// client sends would add a series to `/metrics` for good.
 fn route_label(pattern: Option<String>) -> String {
     pattern.map_or_else(
         || "unmatched".to_string(),
@@ -143,21 +153,38 @@ fn route_label(pattern: Option<String>) -> String {
     )
 }
 
+/// The HTTP method as a label: the standard methods by name, anything else `other`. HTTP
+/// lets a client send any token as a method (`FOO`, or 30 KB of letters), and a label per
+/// made-up method would grow `/metrics` and the recorder's memory without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Middleware: a tracing span per request, and the request count and latency per route
-/// pattern (`/v1/{c}/insert`, not the concrete path, so label values stay few).
+/// pattern (`/v1/{c}/insert`, not the concrete path), method and status. Every label value
+/// comes from a fixed set (see [`route_label`], [`method_label`]), never from the client.
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let started = Instant::now();
+    let method = method_label(req.method());
     let span = tracing::info_span!(
         "request",
-        method = %req.method(),
+        method,
         path = %req.path(),
         status = tracing::field::Empty,
         millis = tracing::field::Empty,
     );
-    let method = req.method().to_string();
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let (route, status) = match &result {
@@ -176,4 +203,39 @@ pub async fn observe(
     metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status.to_string()).increment(1);
     metrics::histogram!(HTTP_DURATION, "route" => route).record(elapsed.as_secs_f64());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_come_from_a_fixed_set() {
+        let cases: &[(&str, &str)] = &[
+            ("GET", "GET"),
+            ("POST", "POST"),
+            ("PUT", "PUT"),
+            ("DELETE", "DELETE"),
+            ("PATCH", "PATCH"),
+            ("HEAD", "HEAD"),
+            ("OPTIONS", "OPTIONS"),
+            ("CONNECT", "other"),
+            ("TRACE", "other"),
+            ("get", "other"),
+            ("FOO", "other"),
+            ("QUERY", "other"),
+        ];
+        for (raw, label) in cases {
+            let method = Method::from_bytes(raw.as_bytes()).expect("a token is a method");
+            assert_eq!(method_label(&method), *label, "{raw}");
+        }
+        let long = Method::from_bytes("X".repeat(30_000).as_bytes()).expect("long token");
+        assert_eq!(method_label(&long), "other");
+
+        assert_eq!(route_label(None), "unmatched");
+        assert_eq!(
+            route_label(Some("/v1/{c:[^/]*}/insert".into())),
+            "/v1/{c}/insert"
+        );
+    }
 }

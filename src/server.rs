@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix_cors::Cors;
+use actix_web::http::KeepAlive;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer};
 use replicate_actors::{Clock, Config, Replicate, Store};
@@ -63,13 +64,30 @@ pub async fn run(
     let grace = settings.shutdown_grace;
     let state = AppState::new(replicate.clone(), settings.clone(), stop_rx);
     let cors_settings = Arc::new(settings.clone());
+    let body_timeout = settings.body_timeout;
+    let write_timeout = settings.write_timeout;
+    let keep_alive = if settings.keep_alive.is_zero() {
+        KeepAlive::Disabled
+    } else {
+        KeepAlive::Timeout(settings.keep_alive)
+    };
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(move |req, next| {
+                crate::limits::body_deadline(body_timeout, req, next)
+            }))
+            .wrap(from_fn(crate::health::note_storage_failures))
             .wrap(cors(&cors_settings))
             .wrap(from_fn(crate::metrics::observe))
             .configure(|cfg| configure(cfg, &state))
     })
     .workers(settings.workers)
+    .max_connections(settings.max_connections)
+    .keep_alive(keep_alive)
+    .client_request_timeout(settings.client_request_timeout)
+    .client_disconnect_timeout(settings.client_disconnect_timeout)
+    // Before `listen`: the callback is captured when the listener is added.
+    .on_connect(move |conn, _| crate::limits::set_write_timeout(conn, write_timeout))
     .disable_signals()
     .shutdown_timeout(grace.as_secs().max(1))
     .listen(listener)?

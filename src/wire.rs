@@ -156,20 +156,34 @@ pub fn decode(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-/// A JSON number that must be a non-negative integer fitting in u64.
+/// A JSON number that must be a non-negative integer fitting in u64, written as one: digits
+/// only, no sign, fraction or exponent. `1.0`, `1e3` and `-0` have integer values but are
+/// refused rather than guessed at (JavaScript's `JSON.stringify` never writes them for an
+/// integer), each with a message that says what to send instead.
 ///
 /// # Errors
-/// 400 `invalid_argument` for negative, fractional or too large numbers.
+/// 400 `invalid_argument` for negative, fractional, too large, or integer values written as
+/// floats.
 pub fn json_u64(field: &str, n: &Number) -> Result<u64, ApiError> {
     if let Some(v) = n.as_u64() {
         return Ok(v);
     }
-    let reason = if n.as_i64().is_some_and(|v| v < 0) || n.as_f64().is_some_and(|v| v < 0.0) {
-        format!("must not be negative, got {n}")
-    } else if n.as_f64().is_some_and(|v| v.fract() == 0.0) {
-        format!("must be at most {}, got {n}", u64::MAX)
-    } else {
-        format!("must be a whole number, got {n}")
+    // Not a u64: a negative integer, or a number serde_json read as a float (it had a
+    // fraction, an exponent, was `-0`, or was too large for an integer).
+    let reason = match (n.as_i64(), n.as_f64()) {
+        (Some(_), _) => format!("must not be negative, got {n}"),
+        (None, Some(v)) if v.fract() != 0.0 => {
+            format!("must be a whole number, got {n}")
+        }
+        (None, Some(v)) if v < 0.0 => format!("must not be negative, got {n}"),
+        // 2^64 and above: u64::MAX itself parses as an integer, so any float this large is over.
+        (None, Some(v)) if v >= u64::MAX as f64 => {
+            format!("must be at most {}, got {n}", u64::MAX)
+        }
+        _ => format!(
+            "must be a non-negative integer written without a sign, fraction or exponent \
+             (like 1, not 1.0 or -0), got {n}"
+        ),
     };
     Err(ApiError::invalid_argument(field, reason))
 }
@@ -289,17 +303,71 @@ mod tests {
 
     #[test]
     fn json_u64_table() {
-        let cases: &[(&str, Option<u64>)] = &[
-            ("0", Some(0)),
-            ("7", Some(7)),
-            ("-1", None),
-            ("1.5", None),
-            ("1e30", None),
-            ("18446744073709551615", Some(u64::MAX)),
+        // (JSON text, value, a phrase the error message must hold)
+        let cases: &[(&str, Option<u64>, &str)] = &[
+            ("0", Some(0), ""),
+            ("7", Some(7), ""),
+            ("18446744073709551615", Some(u64::MAX), ""),
+            ("-1", None, "must not be negative"),
+            ("-9223372036854775808", None, "must not be negative"),
+            ("-1e30", None, "must not be negative"),
+            ("-0.5", None, "must be a whole number"),
+            ("1.5", None, "must be a whole number"),
+            ("1e-3", None, "must be a whole number"),
+            ("1e30", None, "must be at most 18446744073709551615"),
+            (
+                "18446744073709551616",
+                None,
+                "must be at most 18446744073709551615",
+            ),
+            (
+                "18446744073709551615.0",
+                None,
+                "must be at most 18446744073709551615",
+            ),
+            (
+                "-0",
+                None,
+                "must be a non-negative integer written without a sign",
+            ),
+            (
+                "-0.0",
+                None,
+                "must be a non-negative integer written without a sign",
+            ),
+            (
+                "1.0",
+                None,
+                "must be a non-negative integer written without a sign",
+            ),
+            (
+                "0.0",
+                None,
+                "must be a non-negative integer written without a sign",
+            ),
+            (
+                "1e3",
+                None,
+                "must be a non-negative integer written without a sign",
+            ),
+            (
+                "1E2",
+                None,
+                "must be a non-negative integer written without a sign",
+            ),
         ];
-        for (v, expected) in cases {
+        for (v, expected, phrase) in cases {
             let n: Number = serde_json::from_str(v).expect("test number parses");
-            assert_eq!(json_u64("syncedSeq", &n).ok(), *expected, "{v}");
+            match json_u64("syncedSeq", &n) {
+                Ok(got) => assert_eq!(Some(got), *expected, "{v}"),
+                Err(e) => {
+                    assert_eq!(*expected, None, "{v}: {e}");
+                    assert_eq!(e.status.as_u16(), 400, "{v}");
+                    assert_eq!(e.code, "invalid_argument", "{v}");
+                    assert!(e.message.contains("syncedSeq"), "{v}: {}", e.message);
+                    assert!(e.message.contains(phrase), "{v}: {}", e.message);
+                }
+            }
         }
     }
 

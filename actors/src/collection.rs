@@ -15,12 +15,13 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
 use crate::compaction;
-use crate::compactor::Merge;
-use crate::crdt::Merged;
+use crate::crdt::{self, DocState, Merged, YjsLimits};
 use crate::error::{Error, Result};
 use crate::peers::PeerTable;
 use crate::runtime::Shared;
-use crate::store::{CompactionWrite, DeltaRecord, DocStats, PreparedWrite, SnapshotRecord, Store};
+use crate::store::{
+    CompactionWrite, DeltaRecord, DocStats, OpWrite, PreparedWrite, SnapshotRecord, Store,
+};
 use crate::types::{
     Change, CollectionStats, CompactRequest, Compacted, OperationType, StreamPage, Write, Written,
 };
@@ -42,12 +43,18 @@ pub struct CollectionActor {
     /// (retained bytes, document) for the compaction hint without a scan.
     by_size: BTreeSet<(u64, String)>,
     peers: PeerTable,
-    /// Op ids of writes queued for commit but not yet on disk (the store cannot answer for them).
-    pending_ops: HashMap<String, u64>,
-    /// Per document, the compactions waiting behind the running one (whose entry is present
-    /// while it runs). Compactions of one document run one after another, each reading what
-    /// the previous one committed, so none can lose another's snapshot.
-    compactions: HashMap<String, VecDeque<QueuedCompaction>>,
+    /// (document, op id) → (seq, bytes hash) of writes queued for commit but not yet on disk
+    /// (the store cannot answer for them).
+    pending_ops: HashMap<(String, String), (u64, u64)>,
+    /// Per document, the writes waiting for the running check of that document (whose entry
+    /// is present while it runs). One document's writes are checked one batch at a time, each
+    /// against the state the previous ones left.
+    checking: HashMap<String, VecDeque<QueuedWrite>>,
+    /// Per document, the compaction waiting behind the running one (whose entry is present
+    /// while it runs; later requests join the waiting one). Compactions of one document run one
+    /// after another, each reading what the previous one committed, so none can lose another's
+    /// snapshot.
+    compactions: HashMap<String, Option<QueuedCompaction>>,
     stats: CollectionStats,
     last_activity: u64,
     stopped: bool,
@@ -88,6 +95,7 @@ impl CollectionActor {
             by_size,
             peers: PeerTable::from_records(loaded.peers),
             pending_ops: HashMap::new(),
+            checking: HashMap::new(),
             compactions: HashMap::new(),
             last_activity: now,
             stopped: false,
@@ -206,26 +214,76 @@ impl CollectionActor {
             return;
         }
         let (tx, _) = oneshot::channel();
-        let req = CompactRequest::document(doc);
         let timeout = self.shared.config.peer_timeout.as_millis() as u64;
-        self.enqueue_compaction(req, timeout, tx, ctx);
+        self.enqueue_compaction(doc.to_string(), timeout, tx, ctx);
     }
 
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        self.sweep(ctx);
+        let idle = self.shared.config.idle_timeout.as_millis() as u64;
+        self.stop_if_quiet(idle, ctx);
+    }
+
+    /// Stops this actor if it has nothing in flight and no traffic for `min_idle_ms`.
+    fn stop_if_quiet(&mut self, min_idle_ms: u64, ctx: &mut Context<Self>) {
         let now = self.shared.clock.now_millis();
         let idle_for = now.saturating_sub(self.last_activity);
         let quiet = self.in_flight.load(Ordering::SeqCst) == 0
             && self.assigned == self.durable
             && self.compactions.is_empty()
+            && self.checking.is_empty()
             && self.durable_tx.receiver_count() == 0;
-        if quiet
-            && idle_for >= self.shared.config.idle_timeout.as_millis() as u64
-            && self.shared.evict(&self.name, self.id)
-        {
-            tracing::debug!(collection = %self.name, "stopping idle collection actor");
+        if quiet && idle_for >= min_idle_ms && self.shared.evict(&self.name, self.id) {
+            tracing::debug!(collection = %self.name, "stopping quiet collection actor");
             self.stopped = true;
             ctx.stop();
         }
+    }
+
+    /// Forgets expired op ids and long-gone peers, a bounded batch at a time.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        const BATCH: usize = 1_000;
+        let now = self.shared.clock.now_millis();
+        let ttl = self.shared.config.op_id_ttl.as_millis() as u64;
+        let mut write = PreparedWrite::default();
+        match self
+            .shared
+            .store
+            .ops_before(&self.name, now.saturating_sub(ttl), BATCH)
+        {
+            Ok(expired) => {
+                self.stats.expired_op_ids += expired.len() as u64;
+                write.extend(Store::prepare_forget_ops(&self.name, &expired));
+            }
+            Err(e) => tracing::warn!(collection = %self.name, error = %e, "op id sweep failed"),
+        }
+        let retention = self.shared.config.peer_retention.as_millis() as u64;
+        for peer in self.peers.forget_unseen(now, retention) {
+            self.stats.forgotten_peers += 1;
+            write.extend(Store::prepare_forget_peer(&self.name, &peer));
+        }
+        if !write.is_empty() {
+            ctx.spawn(
+                self.shared
+                    .commit
+                    .submit(write)
+                    .into_actor(self)
+                    .map(|_, _, _| ()),
+            );
+        }
+    }
+}
+
+/// Stop if quiet, whatever the idle time (the registry is over its cap of live actors).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopIfQuiet;
+
+impl Handler<StopIfQuiet> for CollectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopIfQuiet, ctx: &mut Self::Context) {
+        self.stop_if_quiet(0, ctx);
     }
 }
 
@@ -244,7 +302,8 @@ impl Actor for CollectionActor {
     }
 }
 
-/// Store one validated write (the handle validated names and bytes).
+/// Store one write (the handle checked names and the size cap; the bytes are checked here,
+/// against the document's current state, on a worker thread).
 #[derive(Message)]
 #[rtype(result = "Result<Written>")]
 pub struct Append {
@@ -252,63 +311,274 @@ pub struct Append {
     pub write: Write,
 }
 
+/// A write waiting for its document's check, or being checked.
+struct QueuedWrite {
+    operation: OperationType,
+    write: Write,
+    hash: u64,
+    answer: oneshot::Sender<Result<Written>>,
+}
+
+/// Most writes of one document checked in one worker job.
+const CHECK_BATCH: usize = 256;
+
+/// What a check job answers: the document's state to keep (if still good), one outcome per
+/// write (`None`: not checked, queue it again), and stored updates a rebuild left out.
+struct Checked {
+    state: Option<DocState>,
+    outcomes: Vec<Option<Result<()>>>,
+    quarantined: Vec<(u64, String)>,
+}
+
+/// A stable hash of a write's bytes, remembered with its op id (SipHash with fixed keys: the
+/// same on every node and after a restart).
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x7265_706c_6963_6174, 0x6f70_6964_6861_7368);
+    bytes.hash(&mut h);
+    h.finish()
+}
+
 impl Handler<Append> for CollectionActor {
-    type Result = ResponseActFuture<Self, Result<Written>>;
+    type Result = ResponseFuture<Result<Written>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Self::Context) -> Self::Result {
-        let op_id = msg.write.op_id.clone();
-        let (seq, committed) = match self.append(msg, ctx) {
-            Ok(Appended::Duplicate(seq)) if seq <= self.durable => {
-                return Box::pin(fut::ready(Ok(Written {
-                    seq,
-                    duplicate: true,
-                })));
+        if let Err(e) = self.touch() {
+            return Box::pin(async move { Err(e) });
+        }
+        let hash = hash_bytes(&msg.write.bytes);
+        match self.known_op(&msg.write, hash) {
+            Ok(Some(seq)) => {
+                self.stats.duplicate_writes += 1;
+                return self.answer_duplicate(seq);
             }
-            // A duplicate still queued waits for the round that holds the original.
-            Ok(Appended::Duplicate(seq)) => (seq, None),
-            Ok(Appended::New(seq, prepared)) => (seq, Some(prepared)),
-            Err(e) => return Box::pin(fut::ready(Err(e))),
+            Ok(None) => {}
+            Err(e) => return Box::pin(async move { Err(e) }),
+        }
+        let (tx, rx) = oneshot::channel();
+        let doc = msg.write.document_id.clone();
+        let queued = QueuedWrite {
+            operation: msg.operation,
+            write: msg.write,
+            hash,
+            answer: tx,
         };
-        let duplicate = committed.is_none();
-        // `submit` queues now, so commit order is seq order.
-        let round = self.shared.commit.submit(committed.unwrap_or_default());
-        Box::pin(round.into_actor(self).map(move |res, act, _| {
-            if !duplicate {
-                act.stats.pending_writes -= 1;
-                if let Some(op) = op_id {
-                    act.pending_ops.remove(&op);
-                }
+        match self.checking.get_mut(&doc) {
+            Some(waiting) => waiting.push_back(queued),
+            None => {
+                self.checking.insert(doc.clone(), VecDeque::new());
+                self.start_check(doc, vec![queued], ctx);
             }
-            res?;
-            act.mark_durable(seq);
-            Ok(Written { seq, duplicate })
-        }))
+        }
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::Internal("write was dropped".into())))
+        })
     }
 }
 
-/// What [`CollectionActor::append`] did with a write.
-enum Appended {
-    /// A new seq and the write to commit.
-    New(u64, PreparedWrite),
-    /// The op id was seen before, with this seq.
-    Duplicate(u64),
-}
-
 impl CollectionActor {
-    /// Assigns the next seq to a write and prepares it (or finds the seq of its op id).
-    fn append(&mut self, msg: Append, ctx: &mut Context<Self>) -> Result<Appended> {
-        self.touch()?;
-        let write = msg.write;
-        if let Some(op) = &write.op_id {
-            let known = match self.pending_ops.get(op) {
-                Some(seq) => Some(*seq),
-                None => self.shared.store.op_seq(&self.name, op)?,
-            };
-            if let Some(seq) = known {
-                self.stats.duplicate_writes += 1;
-                return Ok(Appended::Duplicate(seq));
+    /// The seq an earlier write with this op id got, if it was the same write.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the op id was used for other bytes.
+    fn known_op(&self, write: &Write, hash: u64) -> Result<Option<u64>> {
+        let Some(op) = &write.op_id else {
+            return Ok(None);
+        };
+        let key = (write.document_id.clone(), op.clone());
+        let record = match self.pending_ops.get(&key) {
+            Some(&(seq, hash)) => Some((seq, hash)),
+            None => self
+                .shared
+                .store
+                .op_record(&self.name, &write.document_id, op)?
+                .filter(|r| {
+                    let age = self.shared.clock.now_millis().saturating_sub(r.created_at);
+                    age <= self.shared.config.op_id_ttl.as_millis() as u64
+                })
+                .map(|r| (r.seq, r.hash)),
+        };
+        match record {
+            Some((seq, h)) if h == hash => Ok(Some(seq)),
+            Some((seq, _)) => Err(Error::Conflict(format!(
+                "opId {op:?} was already used for other bytes of document {:?} (seq {seq}); \
+                 use a new opId for a new write",
+                write.document_id
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Answers a duplicate once the write it repeats is on disk.
+    fn answer_duplicate(&self, seq: u64) -> ResponseFuture<Result<Written>> {
+        let mut durable = self.durable_tx.subscribe();
+        Box::pin(async move {
+            durable
+                .wait_for(|d| *d >= seq)
+                .await
+                .map_err(|_| Error::Relocated)?;
+            Ok(Written {
+                seq,
+                duplicate: true,
+            })
+        })
+    }
+
+    /// Checks `batch` (writes of `doc`, in arrival order) against the document's state on a
+    /// worker thread, then numbers and stores the accepted ones in that order.
+    fn start_check(&mut self, doc: String, batch: Vec<QueuedWrite>, ctx: &mut Context<Self>) {
+        let cached = self.shared.docs.take(&self.name, &doc);
+        // A rebuild reads the store: everything numbered before must be in it first.
+        let settle = (cached.is_none() || self.assigned > self.durable)
+            .then(|| self.shared.commit.durable());
+        let store = self.shared.store.clone();
+        let limits = self.shared.config.yjs;
+        let workers = self.shared.workers.clone();
+        let name = self.name.clone();
+        let job_doc = doc.clone();
+        let bytes: Vec<Vec<u8>> = batch.iter().map(|q| q.write.bytes.clone()).collect();
+        let work = async move {
+            if let Some(settle) = settle.filter(|_| cached.is_none()) {
+                settle.await?;
+            }
+            workers
+                .run(move || check_writes(&store, &name, &job_doc, cached, &bytes, &limits))
+                .await?
+        };
+        ctx.spawn(work.into_actor(self).map(move |checked, act, ctx| {
+            act.finish_check(doc, batch, checked, ctx);
+        }));
+    }
+
+    fn finish_check(
+        &mut self,
+        doc: String,
+        batch: Vec<QueuedWrite>,
+        checked: Result<Checked>,
+        ctx: &mut Context<Self>,
+    ) {
+        let checked = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                for q in batch {
+                    let _ = q.answer.send(Err(e.clone()));
+                }
+                return self.next_check(doc, ctx);
+            }
+        };
+        if let Some(state) = checked.state {
+            self.shared.docs.put(&self.name, &doc, state);
+        }
+        self.quarantine(&doc, &checked.quarantined);
+        let mut again = Vec::new();
+        for (q, outcome) in batch.into_iter().zip(checked.outcomes) {
+            match outcome {
+                None => again.push(q),
+                Some(Err(e)) => {
+                    self.stats.rejected_writes += 1;
+                    let _ = q.answer.send(Err(e));
+                }
+                Some(Ok(())) => self.store_write(q, ctx),
             }
         }
+        if !again.is_empty() {
+            let waiting = self.checking.entry(doc.clone()).or_default();
+            for q in again.into_iter().rev() {
+                waiting.push_front(q);
+            }
+        }
+        self.next_check(doc, ctx);
+    }
+
+    fn next_check(&mut self, doc: String, ctx: &mut Context<Self>) {
+        let batch: Vec<QueuedWrite> = match self.checking.get_mut(&doc) {
+            Some(waiting) if !waiting.is_empty() => {
+                let n = waiting.len().min(CHECK_BATCH);
+                waiting.drain(..n).collect()
+            }
+            _ => {
+                self.checking.remove(&doc);
+                return;
+            }
+        };
+        self.start_check(doc, batch, ctx);
+    }
+
+    /// Persists quarantine records of stored updates a rebuild left out.
+    fn quarantine(&mut self, doc: &str, parts: &[(u64, String)]) {
+        if parts.is_empty() {
+            return;
+        }
+        let mut write = PreparedWrite::default();
+        for (seq, reason) in parts {
+            write.extend(Store::prepare_quarantine(&self.name, doc, *seq, reason));
+        }
+        self.stats.quarantined_updates += parts.len() as u64;
+        // Best effort: a lost record only means the next rebuild finds the same part again.
+        drop(self.shared.commit.submit(write));
+    }
+
+    /// Numbers an accepted write, queues it for commit and answers once it is durable.
+    fn store_write(&mut self, q: QueuedWrite, ctx: &mut Context<Self>) {
+        // Another write with the same op id may have been numbered while this one was checked.
+        match self.known_op(&q.write, q.hash) {
+            Ok(Some(seq)) => {
+                self.stats.duplicate_writes += 1;
+                let answer = self.answer_duplicate(seq);
+                ctx.spawn(
+                    async move {
+                        let _ = q.answer.send(answer.await);
+                    }
+                    .into_actor(self),
+                );
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = q.answer.send(Err(e));
+                return;
+            }
+        }
+        let op_key = q
+            .write
+            .op_id
+            .clone()
+            .map(|op| (q.write.document_id.clone(), op));
+        let (seq, prepared) = match self.append(q.operation, q.write, q.hash, ctx) {
+            Ok(appended) => appended,
+            Err(e) => {
+                let _ = q.answer.send(Err(e));
+                return;
+            }
+        };
+        // `submit` queues now, so commit order is seq order.
+        let round = self.shared.commit.submit(prepared);
+        let answer = q.answer;
+        ctx.spawn(round.into_actor(self).map(move |res, act, _| {
+            act.stats.pending_writes -= 1;
+            if let Some(key) = op_key {
+                act.pending_ops.remove(&key);
+            }
+            if res.is_ok() {
+                act.mark_durable(seq);
+            }
+            let _ = answer.send(res.map(|()| Written {
+                seq,
+                duplicate: false,
+            }));
+        }));
+    }
+
+    /// Assigns the next seq to an accepted write and prepares it.
+    fn append(
+        &mut self,
+        operation: OperationType,
+        write: Write,
+        hash: u64,
+        ctx: &mut Context<Self>,
+    ) -> Result<(u64, PreparedWrite)> {
         let seq = self.assigned + 1;
         let mut stats = self
             .docs
@@ -320,23 +590,105 @@ impl CollectionActor {
         stats.retained_count += 1;
         let record = DeltaRecord {
             document_id: write.document_id,
-            operation: msg.operation,
+            operation,
             bytes: write.bytes,
             created_at: self.shared.clock.now_millis(),
         };
-        let prepared =
-            Store::prepare_append(&self.name, seq, &record, &stats, write.op_id.as_deref())?;
+        let op = write.op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
+        let prepared = Store::prepare_append(&self.name, seq, &record, &stats, op)?;
         self.assigned = seq;
         if let Some(op) = write.op_id {
-            self.pending_ops.insert(op, seq);
+            self.pending_ops
+                .insert((record.document_id.clone(), op), (seq, hash));
         }
         self.set_doc_stats(&record.document_id, stats);
         self.stats.appends += 1;
         self.stats.appended_bytes += len;
         self.stats.pending_writes += 1;
         self.auto_compact(&record.document_id, ctx);
-        Ok(Appended::New(seq, prepared))
+        Ok((seq, prepared))
     }
+}
+
+/// The check job: rebuilds the document's state if it is not cached (or its cost calls for a
+/// fresh measure), then applies each write in order, each within the write budget.
+fn check_writes(
+    store: &Store,
+    c: &str,
+    doc: &str,
+    cached: Option<DocState>,
+    writes: &[Vec<u8>],
+    limits: &YjsLimits,
+) -> Result<Checked> {
+    let mut quarantined = Vec::new();
+    let mut state = match cached {
+        Some(state) if state.cost() <= limits.doc_budget => state,
+        _ => {
+            let built = build_doc(store, c, doc, limits)?;
+            quarantined = built.quarantined;
+            built.state
+        }
+    };
+    let mut outcomes: Vec<Option<Result<()>>> = Vec::with_capacity(writes.len());
+    if state.built_cost() > limits.doc_budget {
+        let error = Error::YjsLimit {
+            field: "crdtBytes",
+            reason: format!(
+                "document {doc:?} costs {} ms of CPU to rebuild, over its budget of {} ms; \
+                 it takes no more writes",
+                state.built_cost().as_millis(),
+                limits.doc_budget.as_millis()
+            ),
+        };
+        outcomes.extend(writes.iter().map(|_| Some(Err(error.clone()))));
+        return Ok(Checked {
+            state: Some(state),
+            outcomes,
+            quarantined,
+        });
+    }
+    for bytes in writes {
+        match state.apply("crdtBytes", bytes, limits, limits.write_budget) {
+            Ok(()) => outcomes.push(Some(Ok(()))),
+            Err(refused) if refused.poisoned => {
+                // The state is no longer the stored one: drop it; the writes after this one
+                // are checked again against a rebuild.
+                outcomes.push(Some(Err(refused.error)));
+                outcomes.resize_with(writes.len(), || None);
+                return Ok(Checked {
+                    state: None,
+                    outcomes,
+                    quarantined,
+                });
+            }
+            Err(refused) => outcomes.push(Some(Err(refused.error))),
+        }
+    }
+    Ok(Checked {
+        state: Some(state),
+        outcomes,
+        quarantined,
+    })
+}
+
+/// Rebuilds one document from the store: its snapshot and retained deltas, without the
+/// updates quarantined before. Deltas are read before the snapshot (see
+/// [`crate::compactor`]), so a compaction committing in between loses nothing.
+fn build_doc(store: &Store, c: &str, doc: &str, limits: &YjsLimits) -> Result<crdt::Built> {
+    let deltas = store.doc_deltas(c, doc, u64::MAX)?;
+    let snapshot = store.snapshot(c, doc)?;
+    let skip = store.quarantined(c, doc)?;
+    let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + 1);
+    if let Some(s) = snapshot.as_ref().filter(|_| !skip.contains(&0)) {
+        parts.push((0, &s.bytes));
+    }
+    parts.extend(
+        deltas
+            .iter()
+            .filter(|(seq, _)| !skip.contains(seq))
+            .map(|(seq, b)| (*seq, b.as_slice())),
+    );
+    Ok(DocState::build(parts.iter().copied(), limits))
 }
 
 /// Read one stream page; also hands out a receiver of the durable seq for waiting.
@@ -374,6 +726,13 @@ impl Handler<Ack> for CollectionActor {
     fn handle(&mut self, msg: Ack, _: &mut Self::Context) -> Self::Result {
         self.touch()?;
         let now = self.shared.clock.now_millis();
+        let max = self.shared.config.max_peers_per_collection;
+        if !self.peers.contains(&msg.peer_id) && self.peers.len() >= max {
+            return Err(Error::Overloaded {
+                collection: format!("{} (peer limit {max} reached)", self.name),
+                in_flight: self.peers.len(),
+            });
+        }
         let record = self
             .peers
             .ack(&msg.peer_id, msg.synced_seq, self.durable, now)?;
@@ -423,11 +782,12 @@ pub struct Compact {
     pub peer_timeout_ms: u64,
 }
 
-/// A compaction request waiting for its document's turn.
+/// The compaction of one document that waits for the running one: later requests join it
+/// (at most one waits per document), since it merges everything stored when it starts.
 pub struct QueuedCompaction {
-    request: CompactRequest,
+    /// The longest peer timeout asked for: deleting less is always safe for every joiner.
     peer_timeout_ms: u64,
-    answer: oneshot::Sender<Result<Compacted>>,
+    answers: Vec<oneshot::Sender<Result<Compacted>>>,
 }
 
 impl Handler<Compact> for CollectionActor {
@@ -438,7 +798,7 @@ impl Handler<Compact> for CollectionActor {
             return Box::pin(async move { Err(e) });
         }
         let (tx, rx) = oneshot::channel();
-        self.enqueue_compaction(msg.request, msg.peer_timeout_ms, tx, ctx);
+        self.enqueue_compaction(msg.request.document_id, msg.peer_timeout_ms, tx, ctx);
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(Error::Internal("compaction was dropped".into())))
@@ -446,111 +806,114 @@ impl Handler<Compact> for CollectionActor {
     }
 }
 
+/// What a compaction job answers: the merged document, the deltas merged into it (seq,
+/// length) and the stored updates the merge left out.
+struct MergedDoc {
+    merged: Merged,
+    merged_deltas: Vec<(u64, u64)>,
+    quarantined: Vec<(u64, String)>,
+    empty: bool,
+}
+
 impl CollectionActor {
     fn enqueue_compaction(
         &mut self,
-        request: CompactRequest,
+        doc: String,
         peer_timeout_ms: u64,
         answer: oneshot::Sender<Result<Compacted>>,
         ctx: &mut Context<Self>,
     ) {
-        let doc = request.document_id.clone();
-        let queued = QueuedCompaction {
-            request,
-            peer_timeout_ms,
-            answer,
-        };
         match self.compactions.get_mut(&doc) {
-            Some(waiting) => waiting.push_back(queued),
+            Some(Some(waiting)) => {
+                waiting.peer_timeout_ms = waiting.peer_timeout_ms.max(peer_timeout_ms);
+                waiting.answers.push(answer);
+            }
+            Some(slot) => {
+                *slot = Some(QueuedCompaction {
+                    peer_timeout_ms,
+                    answers: vec![answer],
+                })
+            }
             None => {
-                self.compactions.insert(doc, VecDeque::new());
-                self.run_compaction(queued, ctx);
+                self.compactions.insert(doc.clone(), None);
+                let job = QueuedCompaction {
+                    peer_timeout_ms,
+                    answers: vec![answer],
+                };
+                self.run_compaction(doc, job, ctx);
             }
         }
     }
 
-    /// Starts the next queued compaction of `doc`, or marks the document idle.
-    fn next_compaction(&mut self, doc: &str, ctx: &mut Context<Self>) {
-        match self.compactions.get_mut(doc).and_then(VecDeque::pop_front) {
-            Some(next) => self.run_compaction(next, ctx),
+    /// Starts the waiting compaction of `doc`, or marks the document idle.
+    fn next_compaction(&mut self, doc: String, ctx: &mut Context<Self>) {
+        match self.compactions.get_mut(&doc).and_then(Option::take) {
+            Some(next) => self.run_compaction(doc, next, ctx),
             None => {
-                self.compactions.remove(doc);
+                self.compactions.remove(&doc);
             }
         }
     }
 
-    /// One compaction: read the input here, merge on the compactor's threads, then plan and
-    /// queue the write here against the acks of that moment, and answer once committed. The
-    /// future runs in this actor's context, so it finishes (and the next one starts) even if
-    /// the caller stops waiting.
-    fn run_compaction(&mut self, job: QueuedCompaction, ctx: &mut Context<Self>) {
-        let doc = job.request.document_id.clone();
-        let input = match self.read_compaction_input(&doc) {
-            Ok(input) => input,
-            Err(e) => {
-                let _ = job.answer.send(Err(e));
-                return self.next_compaction(&doc, ctx);
-            }
+    /// One compaction: read and merge on a worker thread, then plan and queue the write here
+    /// against the acks of that moment, and answer once committed. The future runs in this
+    /// actor's context, so it finishes (and the next one starts) even if the callers stop
+    /// waiting.
+    ///
+    /// A client's `snapshotBytes` is not merged: the server's content comes only from updates
+    /// it has sequenced (a client snapshot could otherwise add, change or erase content that
+    /// streaming peers never hear of).
+    fn run_compaction(&mut self, doc: String, job: QueuedCompaction, ctx: &mut Context<Self>) {
+        let store = self.shared.store.clone();
+        let limits = self.shared.config.yjs;
+        let name = self.name.clone();
+        let job_doc = doc.clone();
+        let upto = self.durable;
+        let workers = self.shared.workers.clone();
+        let merge = async move {
+            workers
+                .run(move || merge_document(&store, &name, &job_doc, upto, &limits))
+                .await?
         };
-        if input.snapshot.is_none() && input.deltas.is_empty() && job.request.snapshot.is_none() {
-            let _ = job.answer.send(Ok(Compacted {
-                removed: 0,
-                retained: 0,
-                snapshot_seq: 0,
-            }));
-            return self.next_compaction(&doc, ctx);
-        }
-        let merged_deltas: Vec<(u64, u64)> = input
-            .deltas
-            .iter()
-            .map(|(s, b)| (*s, b.len() as u64))
-            .collect();
-        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(input.deltas.len() + 2);
-        parts.extend(input.snapshot);
-        parts.extend(job.request.snapshot);
-        parts.extend(input.deltas.into_iter().map(|(_, b)| b));
-        let merge = self.shared.compactor.send(Merge { parts });
         let QueuedCompaction {
             peer_timeout_ms,
-            answer,
-            ..
+            answers,
         } = job;
-        let work = async move {
-            merge
-                .await
-                .map_err(|e| Error::Internal(format!("compactor unavailable: {e}")))?
-        }
-        .into_actor(self)
-        .then(move |merged, act, _| {
-            let planned = merged.and_then(|merged| {
-                act.plan_compaction(&doc, merged, &merged_deltas, peer_timeout_ms)
+        let work = merge.into_actor(self).then(move |merged, act, _| {
+            let planned = merged.and_then(|m| {
+                act.quarantine(&doc, &m.quarantined);
+                if m.empty {
+                    return Ok((
+                        Compacted {
+                            removed: 0,
+                            retained: 0,
+                            snapshot_seq: 0,
+                        },
+                        None,
+                    ));
+                }
+                act.plan_compaction(&doc, m.merged, &m.merged_deltas, peer_timeout_ms)
+                    .map(|(c, p)| (c, Some(p)))
             });
-            let commit = planned
-                .map(|(compacted, prepared)| (compacted, act.shared.commit.submit(prepared)));
+            let commit = planned.map(|(compacted, prepared)| {
+                (compacted, prepared.map(|p| act.shared.commit.submit(p)))
+            });
             async move {
                 let (compacted, round) = commit?;
-                round.await.map(|()| compacted)
+                if let Some(round) = round {
+                    round.await?;
+                }
+                Ok(compacted)
             }
             .into_actor(act)
-            .map(move |result, act, ctx| {
-                let _ = answer.send(result);
-                act.next_compaction(&doc, ctx);
+            .map(move |result: Result<Compacted>, act, ctx| {
+                for answer in answers {
+                    let _ = answer.send(result.clone());
+                }
+                act.next_compaction(doc, ctx);
             })
         });
         ctx.spawn(work);
-    }
-
-    /// Reads the document's durable deltas, then its snapshot: what a compaction merges.
-    fn read_compaction_input(&mut self, doc: &str) -> Result<CompactionInput> {
-        let store = &self.shared.store;
-        let stats = self.docs.get(doc).copied().unwrap_or_default();
-        let deltas = store.doc_deltas(&self.name, doc, self.durable)?;
-        let snapshot = if stats.has_snapshot {
-            store.snapshot(&self.name, doc)?.map(|s| s.bytes)
-        } else {
-            None
-        };
-        Ok(CompactionInput { snapshot, deltas })
     }
 
     /// Plans the deletions against the current acks, updates the in-memory counters and
@@ -594,8 +957,38 @@ impl CollectionActor {
     }
 }
 
-/// What a compaction merges: the stored snapshot and the retained durable deltas.
-struct CompactionInput {
-    snapshot: Option<Vec<u8>>,
-    deltas: Vec<(u64, Vec<u8>)>,
+/// The compaction job: reads the document's durable deltas, then its snapshot, and merges
+/// them (leaving out quarantined and newly refused updates).
+fn merge_document(
+    store: &Store,
+    c: &str,
+    doc: &str,
+    upto: u64,
+    limits: &YjsLimits,
+) -> Result<MergedDoc> {
+    let deltas = store.doc_deltas(c, doc, upto)?;
+    let snapshot = store.snapshot(c, doc)?;
+    let skip = store.quarantined(c, doc)?;
+    let deltas: Vec<(u64, Vec<u8>)> = deltas
+        .into_iter()
+        .filter(|(seq, _)| !skip.contains(seq))
+        .collect();
+    let empty = snapshot.is_none() && deltas.is_empty();
+    let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + 1);
+    if let Some(s) = snapshot.as_ref().filter(|_| !skip.contains(&0)) {
+        parts.push((0, &s.bytes));
+    }
+    parts.extend(deltas.iter().map(|(seq, b)| (*seq, b.as_slice())));
+    let built = DocState::build(parts.iter().copied(), limits);
+    let merged_deltas = deltas
+        .iter()
+        .filter(|(seq, _)| !built.quarantined.iter().any(|(q, _)| q == seq))
+        .map(|(seq, b)| (*seq, b.len() as u64))
+        .collect();
+    Ok(MergedDoc {
+        merged: built.state.encode(),
+        merged_deltas,
+        quarantined: built.quarantined,
+        empty,
+    })
 }

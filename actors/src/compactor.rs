@@ -1,82 +1,102 @@
-//! The compactor: CPU-heavy CRDT work (merging a document's updates into a snapshot, building
-//! recovery diffs and whole-collection state) on its own threads (a `SyncArbiter`), so a long
-//! merge never stalls the arbiter that runs collection actors or HTTP handlers.
+//! Whole-document and whole-collection reads that need CRDT work (recovery diffs and the
+//! merged collection state), as plain functions run on worker threads
+//! ([`crate::workers::Workers`]), never on an actor's arbiter or an HTTP worker.
 
-use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use crate::crdt::{self, Merged};
+use crate::crdt::{DocState, YjsLimits};
 use crate::error::Result;
 use crate::store::Store;
 
-pub struct Compactor {
-    store: Store,
-}
-
-impl Compactor {
-    pub fn new(store: Store) -> Self {
-        Compactor { store }
+/// The state of one document, as a diff against `state_vector` (the whole state if empty).
+///
+/// Reads deltas first and the snapshot second: a compaction that deletes a delta between the
+/// two reads wrote the snapshot holding it in the same atomic batch, so the second read sees
+/// it. Quarantined updates are left out, as in every merge.
+pub fn recover_document(
+    store: &Store,
+    c: &str,
+    doc: &str,
+    state_vector: &[u8],
+    limits: &YjsLimits,
+) -> Result<Vec<u8>> {
+    let deltas = store.doc_deltas(c, doc, u64::MAX)?;
+    let snapshot = store.snapshot(c, doc)?;
+    let skip = store.quarantined(c, doc)?;
+    let mut parts: Vec<(u64, &[u8])> = Vec::new();
+    if let Some(s) = snapshot.as_ref().filter(|_| !skip.contains(&0)) {
+        parts.push((0, &s.bytes));
     }
+    parts.extend(
+        deltas
+            .iter()
+            .filter(|(seq, _)| !skip.contains(seq))
+            .map(|(seq, b)| (*seq, b.as_slice())),
+    );
+    DocState::build(parts.iter().copied(), limits)
+        .state
+        .diff(state_vector)
 }
 
-impl Actor for Compactor {
-    type Context = SyncContext<Self>;
+/// The whole collection through seq `upto`, merged into one v1 update.
+pub fn merge_collection(store: &Store, c: &str, upto: u64, limits: &YjsLimits) -> Result<Vec<u8>> {
+    let deltas = store.all_deltas(c, upto)?;
+    let snapshots = store.snapshots(c)?;
+    let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + snapshots.len());
+    parts.extend(deltas.iter().map(|(seq, d)| (*seq, d.bytes.as_slice())));
+    parts.extend(snapshots.iter().map(|(_, s)| (0, s.bytes.as_slice())));
+    Ok(DocState::build(parts.iter().copied(), limits)
+        .state
+        .encode()
+        .update)
 }
 
-/// Merge these v1 updates (in order) into one snapshot.
-#[derive(Message)]
-#[rtype(result = "Result<Merged>")]
-pub struct Merge {
-    pub parts: Vec<Vec<u8>>,
+type MergedAt = (u64, Arc<Vec<u8>>);
+
+/// The last merged state of each collection, keyed by the seq it corresponds to, so repeated
+/// `state` and recovery calls at the same head cost one merge. Bounded by total bytes.
+pub struct StateCache {
+    /// Collection → (head seq, merged state).
+    inner: Mutex<HashMap<String, MergedAt>>,
+    max_bytes: usize,
 }
 
-impl Handler<Merge> for Compactor {
-    type Result = Result<Merged>;
-
-    fn handle(&mut self, msg: Merge, _: &mut Self::Context) -> Self::Result {
-        crdt::merge(msg.parts.iter().map(Vec::as_slice))
+impl StateCache {
+    pub fn new(max_bytes: usize) -> Self {
+        StateCache {
+            inner: Mutex::default(),
+            max_bytes,
+        }
     }
-}
 
-/// The state of a collection (or one document of it) through seq `upto`, as a diff against
-/// `state_vector` (the whole state if empty).
-#[derive(Message)]
-#[rtype(result = "Result<Vec<u8>>")]
-pub struct Recover {
-    pub collection: String,
-    pub document_id: Option<String>,
-    pub upto: u64,
-    pub state_vector: Vec<u8>,
-}
+    /// The merged state of `c` at `head`, if cached.
+    pub fn get(&self, c: &str, head: u64) -> Option<Arc<Vec<u8>>> {
+        let inner = self.inner.lock().ok()?;
+        inner
+            .get(c)
+            .filter(|(h, _)| *h == head)
+            .map(|(_, s)| s.clone())
+    }
 
-impl Handler<Recover> for Compactor {
-    type Result = Result<Vec<u8>>;
-
-    /// Reads deltas first and snapshots second: a compaction that deletes a delta between the
-    /// two reads wrote the snapshot holding it in the same atomic batch, so the second read
-    /// sees it. Nothing with seq ≤ `upto` can be missed.
-    fn handle(&mut self, msg: Recover, _: &mut Self::Context) -> Self::Result {
-        let c = &msg.collection;
-        let mut parts: Vec<Vec<u8>> = Vec::new();
-        match &msg.document_id {
-            Some(doc) => {
-                parts.extend(
-                    self.store
-                        .doc_deltas(c, doc, msg.upto)?
-                        .into_iter()
-                        .map(|(_, b)| b),
-                );
-                parts.extend(self.store.snapshot(c, doc)?.map(|s| s.bytes));
-            }
-            None => {
-                parts.extend(
-                    self.store
-                        .all_deltas(c, msg.upto)?
-                        .into_iter()
-                        .map(|(_, d)| d.bytes),
-                );
-                parts.extend(self.store.snapshots(c)?.into_iter().map(|(_, s)| s.bytes));
+    /// Remembers the merged state of `c` at `head`; forgets others while over the bound.
+    pub fn put(&self, c: &str, head: u64, state: Arc<Vec<u8>>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if state.len() > self.max_bytes {
+            inner.remove(c);
+            return;
+        }
+        inner.insert(c.to_string(), (head, state));
+        let mut total: usize = inner.values().map(|(_, s)| s.len()).sum();
+        while total > self.max_bytes {
+            let Some(other) = inner.keys().find(|k| k.as_str() != c).cloned() else {
+                break;
+            };
+            if let Some((_, s)) = inner.remove(&other) {
+                total -= s.len();
             }
         }
-        crdt::diff(parts.iter().map(Vec::as_slice), &msg.state_vector)
     }
 }

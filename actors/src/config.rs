@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::crdt::YjsLimits;
+
 /// Settings for [`crate::Replicate`]. `Config::new(dir)` gives the defaults listed per field.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,6 +41,32 @@ pub struct Config {
     /// Soft cap on the update bytes of one stream page (default 16 MiB): a page stops adding
     /// snapshots or deltas past it, but always carries at least one delta when there is one.
     pub max_page_bytes: usize,
+    /// Bounds on "valid but hostile" Yjs updates: nesting, counts, CPU budgets (see
+    /// [`YjsLimits`] for the defaults).
+    pub yjs: YjsLimits,
+    /// Total weight (update bytes applied) of the documents kept built in memory to check
+    /// writes against (default 64 MiB); least recently used go first.
+    pub doc_cache_bytes: u64,
+    /// How long an op id is remembered for retries (default 7 days).
+    pub op_id_ttl: Duration,
+    /// Jobs that may wait for a worker thread before callers get 503 (default 1024).
+    pub worker_queue: usize,
+    /// Longest a whole-collection `state` or recovery may take before 504 (default 30 s).
+    pub state_timeout: Duration,
+    /// Long-poll and SSE waiters allowed on one collection at once (default 1,000); more get
+    /// 503 `overloaded`.
+    pub max_waiters_per_collection: usize,
+    /// Long-poll and SSE waiters allowed in total (default 10,000).
+    pub max_waiters: usize,
+    /// Collection actors kept live at once (default 10,000); past it the least recently used
+    /// quiet one stops (its state is all in the store).
+    pub max_live_collections: usize,
+    /// A peer not seen for this long is forgotten (default 30 days): it no longer holds back
+    /// anything and its record would otherwise be kept forever.
+    pub peer_retention: Duration,
+    /// Peers one collection tracks at most (default 10,000); acks of new peers past it get
+    /// 503 `overloaded` until old ones are forgotten.
+    pub max_peers_per_collection: usize,
 }
 
 impl Config {
@@ -57,6 +85,16 @@ impl Config {
             max_wait: Duration::from_secs(60),
             cache_bytes: 256 * 1024 * 1024,
             max_page_bytes: 16 * 1024 * 1024,
+            yjs: YjsLimits::default(),
+            doc_cache_bytes: 64 * 1024 * 1024,
+            op_id_ttl: Duration::from_secs(7 * 24 * 3600),
+            worker_queue: 1024,
+            state_timeout: Duration::from_secs(30),
+            max_waiters_per_collection: 1_000,
+            max_waiters: 10_000,
+            max_live_collections: 10_000,
+            peer_retention: Duration::from_secs(30 * 24 * 3600),
+            max_peers_per_collection: 10_000,
         }
     }
 }

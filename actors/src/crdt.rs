@@ -11,8 +11,11 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
-use crate::precheck;
+use crate::precheck::{self, Layout};
+use crate::shape::{DocShape, ShapeLimits};
 
 /// A merged document: its full state as one v1 update, and its v1 state vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,35 @@ fn invalid(field: &'static str, kind: &'static str, reason: impl ToString) -> Er
         kind,
         reason: reason.to_string(),
     }
+}
+
+/// The empty v1 update (no structs, no deletions).
+pub const EMPTY_UPDATE: [u8; 2] = [0, 0];
+
+/// Checks `bytes` against the size cap.
+///
+/// # Errors
+/// [`Error::TooLarge`] over the cap.
+pub fn check_size(field: &'static str, bytes: &[u8], max_bytes: usize) -> Result<()> {
+    if bytes.len() > max_bytes {
+        return Err(Error::TooLarge {
+            field,
+            size: bytes.len(),
+            max: max_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `bytes` has the layout of a v1 update (cheap: no yrs, no allocation per count).
+///
+/// # Errors
+/// [`Error::InvalidYjs`] when empty or not laid out as a v1 update.
+pub fn check_layout(field: &'static str, bytes: &[u8]) -> Result<()> {
+    if bytes.is_empty() {
+        return Err(invalid(field, "update", "empty"));
+    }
+    precheck::check_update(bytes).map_err(|r| invalid(field, "update", r))
 }
 
 /// Decodes `bytes` as a Yjs v1 update, within `max_bytes`.
@@ -52,21 +84,17 @@ pub fn decode_update(field: &'static str, bytes: &[u8], max_bytes: usize) -> Res
     Ok(update)
 }
 
-/// Checks that `bytes` decodes and applies to an empty document without yrs failing or
-/// panicking, so a stored update can never make later merges of its document fail.
-fn check_applies(field: &'static str, update: Update) -> Result<()> {
-    let applied = catch_unwind(AssertUnwindSafe(|| {
-        let doc = Doc::new();
-        let mut txn = doc.transact_mut();
-        txn.apply_update(update)
-    }))
-    .map_err(|_| invalid(field, "update", "malformed (applying it panicked)"))?;
-    applied.map_err(|e| invalid(field, "update", e))
-}
-
-/// Checks that `bytes` is a valid Yjs v1 update that applies cleanly; see [`decode_update`].
+/// Checks that `bytes` is a valid Yjs v1 update within `max_bytes` that applies cleanly to an
+/// empty document under the default [`YjsLimits`].
+///
+/// # Errors
+/// [`Error::TooLarge`], [`Error::InvalidYjs`] or [`Error::YjsLimit`].
 pub fn validate_update(field: &'static str, bytes: &[u8], max_bytes: usize) -> Result<()> {
-    check_applies(field, decode_update(field, bytes, max_bytes)?)
+    decode_update(field, bytes, max_bytes)?;
+    let limits = YjsLimits::default();
+    DocState::new()
+        .apply(field, bytes, &limits, limits.write_budget)
+        .map_err(|r| r.error)
 }
 
 /// Decodes a v1 state vector.
@@ -85,61 +113,370 @@ pub fn validate_state_vector(field: &'static str, bytes: &[u8]) -> Result<()> {
     decode_state_vector(field, bytes).map(drop)
 }
 
-/// Applies `updates` in order to a fresh (garbage-collecting) doc.
-fn build_doc<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Result<Doc> {
-    let doc = Doc::new();
-    {
-        let mut txn = doc.transact_mut();
-        for bytes in updates {
-            let update = Update::decode_v1(bytes)
-                .map_err(|e| Error::Internal(format!("stored update no longer decodes: {e}")))?;
-            txn.apply_update(update)
-                .map_err(|e| Error::Internal(format!("stored update does not apply: {e}")))?;
-        }
-    }
-    Ok(doc)
+/// Bounds on untrusted Yjs updates ("valid but hostile" input), enforced by [`DocState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct YjsLimits {
+    /// Most structs (items, GC and skip ranges) in one update.
+    pub max_structs: usize,
+    /// Most client sections in one update.
+    pub max_clients: usize,
+    /// Most delete-set ranges in one update.
+    pub max_delete_ranges: usize,
+    /// Type nesting and waiting items per document ([`crate::shape`]).
+    pub shape: ShapeLimits,
+    /// CPU one write may spend integrating into its document.
+    pub write_budget: Duration,
+    /// CPU a document may cost to rebuild from its stored updates; past it, writes to it are
+    /// refused (its cost is measured again by a rebuild first, so honest growth is not punished
+    /// for the cost of updates since compacted away).
+    pub doc_budget: Duration,
+    /// CPU one stored update may take while a document is rebuilt for a merge, state or
+    /// recovery answer before it is quarantined (only data stored before these limits existed
+    /// can get near it).
+    pub merge_budget: Duration,
 }
 
-/// Merges `updates` (in order) into one document and encodes its whole state.
+impl Default for YjsLimits {
+    fn default() -> Self {
+        YjsLimits {
+            max_structs: 200_000,
+            max_clients: 10_000,
+            max_delete_ranges: 200_000,
+            shape: ShapeLimits {
+                max_depth: 64,
+                max_pending: 1_000,
+            },
+            write_budget: Duration::from_millis(250),
+            doc_budget: Duration::from_secs(2),
+            merge_budget: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Structs per chunk when an update is applied piecewise: the CPU budget is checked between
+/// chunks, so one chunk bounds how far past its budget a hostile update can run.
+const CHUNK_STRUCTS: usize = 32;
+
+/// CPU time used by the calling thread (not wall time: a busy machine does not fail writes).
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always supported
+    // on Linux and only fills `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// Why [`DocState::apply`] refused an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub error: Error,
+    /// The yrs document was partly changed before the refusal: discard the state and rebuild.
+    pub poisoned: bool,
+}
+
+impl Refused {
+    fn clean(error: Error) -> Self {
+        Refused {
+            error,
+            poisoned: false,
+        }
+    }
+}
+
+fn limit(field: &'static str, reason: impl ToString) -> Error {
+    Error::YjsLimit {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+/// v1 updates, each holding a few structs of `layout` (then its delete set), that applied in
+/// order give what applying `bytes` gives.
+fn chunks<'a>(bytes: &'a [u8], layout: &'a Layout) -> impl Iterator<Item = Vec<u8>> + 'a {
+    let structs = layout.sections.iter().flat_map(move |section| {
+        let ids: Vec<usize> = section.structs.clone().collect();
+        ids.chunks(CHUNK_STRUCTS)
+            .map(|c| (section.client, c.to_vec()))
+            .collect::<Vec<_>>()
+    });
+    let structs = structs.map(move |(client, idx)| {
+        let first = &layout.structs[idx[0]];
+        let last = &layout.structs[idx[idx.len() - 1]];
+        let mut out = Vec::with_capacity(last.bytes.end - first.bytes.start + 24);
+        write_var(&mut out, 1);
+        write_var(&mut out, idx.len() as u64);
+        write_var(&mut out, client);
+        write_var(&mut out, u64::from(first.id.clock));
+        out.extend_from_slice(&bytes[first.bytes.start..last.bytes.end]);
+        out.push(0); // no delete set
+        out
+    });
+    let deletes = (layout.delete_ranges > 0).then(|| {
+        let mut out = vec![0];
+        out.extend_from_slice(&bytes[layout.delete_set_at..]);
+        out
+    });
+    structs.chain(deletes)
+}
+
+fn write_var(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// One document as the server holds it: its yrs doc, its [`DocShape`] and what it cost to
+/// build. Every write is checked against it ([`DocState::apply`]) before it is stored, so two
+/// writes that are each fine alone but break the document together are refused, and every
+/// merge of stored updates ([`DocState::build`]) follows the same rules.
+pub struct DocState {
+    doc: Doc,
+    shape: DocShape,
+    /// CPU the last full build took.
+    built_cost: Duration,
+    /// CPU spent on writes applied since.
+    added_cost: Duration,
+    /// Update bytes applied: a proxy for memory held.
+    weight: u64,
+}
+
+impl Default for DocState {
+    fn default() -> Self {
+        DocState {
+            doc: Doc::new(),
+            shape: DocShape::new(),
+            built_cost: Duration::ZERO,
+            added_cost: Duration::ZERO,
+            weight: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for DocState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocState")
+            .field("built_cost", &self.built_cost)
+            .field("added_cost", &self.added_cost)
+            .field("weight", &self.weight)
+            .field("deepest", &self.shape.deepest())
+            .finish()
+    }
+}
+
+/// What [`DocState::build`] answers: the state, and the stored updates it had to leave out.
+#[derive(Debug)]
+pub struct Built {
+    pub state: DocState,
+    /// (seq, reason) of each part that failed to apply or went past its budget.
+    pub quarantined: Vec<(u64, String)>,
+}
+
+impl DocState {
+    pub fn new() -> Self {
+        DocState::default()
+    }
+
+    /// CPU this state cost: its last build plus the writes since.
+    pub fn cost(&self) -> Duration {
+        self.built_cost + self.added_cost
+    }
+
+    /// CPU the last full build took (measured, so it excludes work since compacted away).
+    pub fn built_cost(&self) -> Duration {
+        self.built_cost
+    }
+
+    /// Update bytes applied to this state: a proxy for the memory it holds.
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    /// Deepest container any item of the document lives in (roots are 1).
+    pub fn depth(&self) -> u32 {
+        self.shape.deepest()
+    }
+
+    /// Checks `bytes` (a v1 update) against this document and applies it, within `budget` of
+    /// CPU.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`], [`Error::InvalidYjs`] or [`Error::YjsLimit`] in a [`Refused`]; when
+    /// it says `poisoned`, this state must be discarded (rebuilt from the store).
+    pub fn apply(
+        &mut self,
+        field: &'static str,
+        bytes: &[u8],
+        limits: &YjsLimits,
+        budget: Duration,
+    ) -> std::result::Result<(), Refused> {
+        if bytes.is_empty() {
+            return Err(Refused::clean(invalid(field, "update", "empty")));
+        }
+        let layout = precheck::scan_update(bytes)
+            .map_err(|r| Refused::clean(invalid(field, "update", r)))?;
+        let bound = |what: &str, n: usize, max: usize| {
+            if n > max {
+                Err(Refused::clean(limit(
+                    field,
+                    format!("{n} {what} in one update, more than the limit of {max}"),
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        bound("structs", layout.structs.len(), limits.max_structs)?;
+        bound("client sections", layout.sections.len(), limits.max_clients)?;
+        bound(
+            "delete ranges",
+            layout.delete_ranges,
+            limits.max_delete_ranges,
+        )?;
+        let staged = self
+            .shape
+            .stage(&layout, limits.shape)
+            .map_err(|r| Refused::clean(limit(field, r)))?;
+        let started = thread_cpu();
+        let mut touched = false;
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = self.doc.transact_mut();
+            for chunk in chunks(bytes, &layout) {
+                let update = Update::decode_v1(&chunk).map_err(|e| invalid(field, "update", e))?;
+                touched = true;
+                txn.apply_update(update)
+                    .map_err(|e| invalid(field, "update", e))?;
+                let spent = thread_cpu().saturating_sub(started);
+                if spent > budget {
+                    return Err(limit(
+                        field,
+                        format!(
+                            "integrating it costs more than its CPU budget of {} ms",
+                            budget.as_millis()
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }));
+        let spent = thread_cpu().saturating_sub(started);
+        let result = match applied {
+            Ok(r) => r,
+            Err(_) => Err(invalid(field, "update", "malformed (applying it panicked)")),
+        };
+        if let Err(error) = result {
+            return Err(Refused {
+                error,
+                poisoned: touched,
+            });
+        }
+        self.shape.commit(staged);
+        self.added_cost += spent;
+        self.weight += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Builds a document from stored updates `(seq, bytes)` in order (seq 0 for a snapshot).
+    /// A part that is refused (past its budget, failing in yrs, or breaking a bound) is left
+    /// out and reported, so stored data can never make the document fail for good.
+    pub fn build<'a>(
+        parts: impl IntoIterator<Item = (u64, &'a [u8])> + Clone,
+        limits: &YjsLimits,
+    ) -> Built {
+        let mut skip: Vec<usize> = Vec::new();
+        let mut quarantined: Vec<(u64, String)> = Vec::new();
+        // Each pass either completes or quarantines one more part, so this ends.
+        loop {
+            let started = thread_cpu();
+            let mut state = DocState::new();
+            let mut restart = false;
+            for (i, (seq, bytes)) in parts.clone().into_iter().enumerate() {
+                if skip.contains(&i) {
+                    continue;
+                }
+                let applied = state.apply("stored update", bytes, limits, limits.merge_budget);
+                if let Err(refused) = applied {
+                    tracing::warn!(seq, error = %refused.error, "quarantining a stored update");
+                    skip.push(i);
+                    quarantined.push((seq, refused.error.to_string()));
+                    if refused.poisoned {
+                        restart = true;
+                        break;
+                    }
+                }
+            }
+            if restart {
+                continue;
+            }
+            state.built_cost = thread_cpu().saturating_sub(started);
+            state.added_cost = Duration::ZERO;
+            return Built { state, quarantined };
+        }
+    }
+
+    /// The whole document as one v1 update, with its v1 state vector.
+    pub fn encode(&self) -> Merged {
+        let txn = self.doc.transact();
+        Merged {
+            update: txn.encode_state_as_update_v1(&StateVector::default()),
+            state_vector: txn.state_vector().encode_v1(),
+        }
+    }
+
+    /// What a peer with the v1 `state_vector` lacks (empty: the peer has nothing).
+    ///
+    /// # Errors
+    /// [`Error::InvalidYjs`] for a bad state vector.
+    pub fn diff(&self, state_vector: &[u8]) -> Result<Vec<u8>> {
+        let sv = if state_vector.is_empty() {
+            StateVector::default()
+        } else {
+            decode_state_vector("stateVector", state_vector)?
+        };
+        Ok(self.doc.transact().encode_state_as_update_v1(&sv))
+    }
+}
+
+/// Merges `updates` (in order) into one document and encodes its whole state, leaving out
+/// any update the [`DocState`] rules refuse (default limits).
 ///
 /// Applying to a doc and re-encoding (rather than `merge_updates_v1`) lets yrs garbage-collect
 /// deleted content: measured on 10,000 small updates it is ~35x faster and ~5x smaller.
 /// Pending (causally incomplete) structs are kept in the encoding, so nothing is dropped.
-///
-/// # Errors
-/// [`Error::Internal`] if a stored update fails to decode or apply (it was validated on write).
 pub fn merge<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Result<Merged> {
-    catch_unwind(AssertUnwindSafe(|| {
-        let doc = build_doc(updates)?;
-        let txn = doc.transact();
-        Ok(Merged {
-            update: txn.encode_state_as_update_v1(&StateVector::default()),
-            state_vector: txn.state_vector().encode_v1(),
-        })
-    }))
-    .map_err(|_| Error::Internal("merge panicked in yrs".into()))?
+    let parts: Vec<(u64, &[u8])> = updates.into_iter().map(|b| (1, b)).collect();
+    Ok(
+        DocState::build(parts.iter().copied(), &YjsLimits::default())
+            .state
+            .encode(),
+    )
 }
 
 /// The part of the merge of `updates` that a peer with the v1 `state_vector` lacks, as a v1
 /// update; an empty `state_vector` means the peer has nothing. Pending structs are included.
 ///
 /// # Errors
-/// [`Error::InvalidYjs`] for a bad state vector; otherwise as [`merge`].
+/// [`Error::InvalidYjs`] for a bad state vector.
 pub fn diff<'a>(
     updates: impl IntoIterator<Item = &'a [u8]>,
     state_vector: &[u8],
 ) -> Result<Vec<u8>> {
-    let sv = if state_vector.is_empty() {
-        StateVector::default()
-    } else {
-        decode_state_vector("stateVector", state_vector)?
-    };
-    catch_unwind(AssertUnwindSafe(|| {
-        let doc = build_doc(updates)?;
-        let txn = doc.transact();
-        Ok(txn.encode_state_as_update_v1(&sv))
-    }))
-    .map_err(|_| Error::Internal("diff panicked in yrs".into()))?
+    if !state_vector.is_empty() {
+        decode_state_vector("stateVector", state_vector)?;
+    }
+    let parts: Vec<(u64, &[u8])> = updates.into_iter().map(|b| (1, b)).collect();
+    DocState::build(parts.iter().copied(), &YjsLimits::default())
+        .state
+        .diff(state_vector)
 }
 
 #[cfg(test)]

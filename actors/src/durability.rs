@@ -12,6 +12,11 @@
 //! A failed apply or flush is sticky: every later commit fails too, until restart. Seqs are
 //! assigned before commit, so letting a later write land after an earlier one failed would leave
 //! a gap in the log; stopping all writes is the only answer that keeps invariant 1.
+//!
+//! The failure is loud, not just sticky: [`GroupCommit::failure`] answers it (a
+//! [`StorageFailure`], `Full` for a full disk, `Failed` otherwise) for health checks and
+//! metrics, and every refused write gets [`Error::StorageFull`] or [`Error::StorageFailed`],
+//! whose messages say what the operator must do.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -33,8 +38,61 @@ struct Queue {
 #[derive(Clone, Debug, Default)]
 struct Round {
     covered: u64,
-    failed: Option<String>,
+    failed: Option<StorageFailure>,
     rounds: u64,
+}
+
+/// Why group commit stopped taking writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageFailureKind {
+    /// The disk (or the user's quota) is full: free space, then restart.
+    Full,
+    /// Any other failure to write or flush: check the data directory and its disk, then
+    /// restart.
+    Failed,
+}
+
+/// The sticky failure of group commit: its kind and the store's error message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StorageFailure {
+    pub kind: StorageFailureKind,
+    /// The store's own message, e.g. `IO error: No space left on device (os error 28)`.
+    pub reason: String,
+}
+
+impl StorageFailure {
+    /// Classifies a failed commit by its message. The store answers its errors as text
+    /// ([`Error::Storage`] holds sled's message, whose I/O errors end in `(os error N)`), so
+    /// the kind is read from the text: ENOSPC (28) and EDQUOT (122 on Linux), or their
+    /// messages, or Rust's own `StorageFull`/`QuotaExceeded` wording, mean `Full`.
+    pub fn classify(reason: impl Into<String>) -> Self {
+        const FULL: &[&str] = &[
+            "(os error 28)",
+            "no space left on device",
+            "(os error 122)",
+            "disk quota exceeded",
+            "no storage space",
+            "filesystem quota exceeded",
+        ];
+        let reason = reason.into();
+        let lower = reason.to_lowercase();
+        let kind = if FULL.iter().any(|m| lower.contains(m)) {
+            StorageFailureKind::Full
+        } else {
+            StorageFailureKind::Failed
+        };
+        StorageFailure { kind, reason }
+    }
+
+    /// The error a write refused because of this failure answers.
+    pub fn error(&self) -> Error {
+        let reason = self.reason.clone();
+        match self.kind {
+            StorageFailureKind::Full => Error::StorageFull { reason },
+            StorageFailureKind::Failed => Error::StorageFailed { reason },
+        }
+    }
 }
 
 struct Shared {
@@ -67,6 +125,15 @@ impl GroupCommit {
     /// # Errors
     /// [`Error::Internal`] if the thread cannot be started.
     pub fn start(store: Store) -> Result<GroupCommit> {
+        Self::start_with(move |writes| store.commit(writes).and_then(|()| store.flush()))
+    }
+
+    /// Starts the committer thread over `commit`, which must apply `writes` in order and make
+    /// them durable (tests pass one that fails).
+    fn start_with<C>(commit: C) -> Result<GroupCommit>
+    where
+        C: FnMut(&[PreparedWrite]) -> Result<()> + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             wake: Condvar::new(),
@@ -75,7 +142,7 @@ impl GroupCommit {
         let thread_shared = shared.clone();
         thread::Builder::new()
             .name("replicate-commit".into())
-            .spawn(move || committer_loop(store, thread_shared, tx))
+            .spawn(move || committer_loop(commit, thread_shared, tx))
             .map_err(|e| Error::Internal(format!("cannot start committer thread: {e}")))?;
         Ok(GroupCommit {
             shared: shared.clone(),
@@ -100,7 +167,7 @@ impl GroupCommit {
                 .await
                 .map_err(|_| Error::Storage("committer thread stopped".into()))?;
             match &round.failed {
-                Some(e) => Err(Error::Storage(format!("commit failed: {e}"))),
+                Some(failure) => Err(failure.error()),
                 None => Ok(()),
             }
         }
@@ -131,9 +198,18 @@ impl GroupCommit {
     pub fn rounds(&self) -> u64 {
         self.rounds.borrow().rounds
     }
+
+    /// The failure that stopped group commit, if a commit has failed since start (it stays
+    /// until restart). Cheap: reads the latest round, takes no lock the committer holds.
+    pub fn failure(&self) -> Option<StorageFailure> {
+        self.rounds.borrow().failed.clone()
+    }
 }
 
-fn committer_loop(store: Store, shared: Arc<Shared>, tx: watch::Sender<Round>) {
+fn committer_loop<C>(mut commit: C, shared: Arc<Shared>, tx: watch::Sender<Round>)
+where
+    C: FnMut(&[PreparedWrite]) -> Result<()>,
+{
     let mut round = Round::default();
     loop {
         let (writes, target) = {
@@ -152,10 +228,24 @@ fn committer_loop(store: Store, shared: Arc<Shared>, tx: watch::Sender<Round>) {
             (std::mem::take(&mut q.writes), q.last_ticket)
         };
         if round.failed.is_none() {
-            let result = store.commit(&writes).and_then(|()| store.flush());
-            if let Err(e) = result {
-                tracing::error!(error = %e, "commit failed; refusing further writes until restart");
-                round.failed = Some(e.to_string());
+            if let Err(e) = commit(&writes) {
+                let failure = StorageFailure::classify(match &e {
+                    Error::Storage(message) => message.clone(),
+                    other => other.to_string(),
+                });
+                let todo = match failure.kind {
+                    StorageFailureKind::Full => "free disk space, then restart replicate",
+                    StorageFailureKind::Failed => {
+                        "check the data directory and its disk, then restart replicate"
+                    }
+                };
+                tracing::error!(
+                    error = %e,
+                    kind = ?failure.kind,
+                    "commit failed; refusing every write until restart ({todo}); nothing \
+                     answered before was lost"
+                );
+                round.failed = Some(failure);
             }
         }
         round.covered = target;
@@ -181,6 +271,95 @@ mod tests {
             gc.rounds() < 200,
             "200 queued requests took {} rounds",
             gc.rounds()
+        );
+    }
+
+    #[test]
+    fn failure_kind_table() {
+        use StorageFailureKind::{Failed, Full};
+        let cases: &[(&str, StorageFailureKind)] = &[
+            ("IO error: No space left on device (os error 28)", Full),
+            ("io error: no space left on device", Full),
+            ("IO error: Disk quota exceeded (os error 122)", Full),
+            ("no storage space", Full),
+            ("filesystem quota exceeded", Full),
+            ("IO error: Input/output error (os error 5)", Failed),
+            ("IO error: Read-only file system (os error 30)", Failed),
+            ("IO error: (os error 280)", Failed),
+            ("Corruption { at: DiskPtr }", Failed),
+            ("", Failed),
+        ];
+        for (reason, kind) in cases {
+            let failure = StorageFailure::classify(*reason);
+            assert_eq!(failure.kind, *kind, "{reason}");
+            assert_eq!(failure.reason, *reason);
+            let code = failure.error().code();
+            match kind {
+                Full => assert_eq!(code, "storage_full", "{reason}"),
+                Failed => assert_eq!(code, "storage_failed", "{reason}"),
+            }
+        }
+    }
+
+    /// A commit that fails (here: the third round, with ENOSPC) fails its writers with the
+    /// classified error, stays failed for every later write without calling the store again,
+    /// and is readable through [`GroupCommit::failure`]; rounds before it stay answered.
+    #[actix_rt::test]
+    async fn a_failed_commit_is_sticky_and_visible() {
+        let calls = Arc::new(Mutex::new(0u32));
+        let counted = calls.clone();
+        let gc = GroupCommit::start_with(move |_| {
+            let mut n = counted.lock().expect("test lock");
+            *n += 1;
+            if *n >= 3 {
+                Err(Error::Storage(
+                    "IO error: No space left on device (os error 28)".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        assert_eq!(gc.failure(), None);
+        gc.submit(PreparedWrite::default()).await.unwrap();
+        gc.submit(PreparedWrite::default()).await.unwrap();
+        assert_eq!(gc.failure(), None, "answered rounds leave no failure");
+
+        let err = gc.submit(PreparedWrite::default()).await.unwrap_err();
+        assert_eq!(err.code(), "storage_full");
+        assert!(err.to_string().contains("free"), "{err}");
+        let failure = gc.failure().expect("the failure is visible");
+        assert_eq!(failure.kind, StorageFailureKind::Full);
+        assert_eq!(
+            failure.reason,
+            "IO error: No space left on device (os error 28)"
+        );
+
+        for _ in 0..3 {
+            let again = gc.durable().await.unwrap_err();
+            assert_eq!(again, err, "sticky: the same error every time");
+        }
+        assert_eq!(
+            *calls.lock().expect("test lock"),
+            3,
+            "no commit is tried after the failure"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn other_failures_are_storage_failed() {
+        let gc = GroupCommit::start_with(|_| {
+            Err(Error::Storage(
+                "IO error: Input/output error (os error 5)".into(),
+            ))
+        })
+        .unwrap();
+        let err = gc.durable().await.unwrap_err();
+        assert_eq!(err.code(), "storage_failed");
+        assert!(err.to_string().contains("data directory"), "{err}");
+        assert_eq!(
+            gc.failure().map(|f| f.kind),
+            Some(StorageFailureKind::Failed)
         );
     }
 }

@@ -17,6 +17,13 @@ pub enum Error {
         kind: &'static str,
         reason: String,
     },
+    /// A Yjs update decodes but is past a bound: type nesting, struct/client/delete-range
+    /// counts, items waiting for missing content, or its CPU budget ("valid but hostile").
+    #[error("{field} is refused: {reason}")]
+    YjsLimit { field: &'static str, reason: String },
+    /// A write reuses an op id with other bytes or another document.
+    #[error("{0}")]
+    Conflict(String),
     /// An update is larger than the configured cap.
     #[error("{field} is {size} bytes, over the limit of {max} bytes")]
     TooLarge {
@@ -45,6 +52,25 @@ pub enum Error {
     /// The store failed to read, write or flush.
     #[error("storage error: {0}")]
     Storage(String),
+    /// A commit failed because the disk holding the store is full (ENOSPC, or a quota). Group
+    /// commit stops taking writes (see `durability`): every later write gets this until
+    /// restart, and so may reads (sled answers its first I/O error to every later call).
+    /// Nothing answered before was lost.
+    #[error(
+        "the disk holding the store is full ({reason}): free disk space, then restart \
+         replicate; until then the store refuses writes, and may refuse reads; nothing answered \
+         before was lost"
+    )]
+    StorageFull { reason: String },
+    /// A commit failed for another reason (an I/O error, a broken data directory). Group commit
+    /// stops taking writes (see `durability`): every later write gets this until restart.
+    /// Nothing answered before was lost.
+    #[error(
+        "the store failed to commit ({reason}): check the data directory and its disk, then \
+         restart replicate; until then the store refuses writes, and may refuse reads; nothing \
+         answered before was lost"
+    )]
+    StorageFailed { reason: String },
     /// The collection's actor stopped (idle) while the request was queued; the handle retries
     /// on a fresh actor, so callers only see this if that keeps happening.
     #[error("collection actor is restarting; retry")]
@@ -62,6 +88,8 @@ impl Error {
             Error::InvalidArgument { .. } => "invalid_argument",
             Error::InvalidYjs { .. } => "invalid_yjs",
             Error::TooLarge { .. } => "too_large",
+            Error::YjsLimit { .. } => "yjs_limit",
+            Error::Conflict(_) => "conflict",
             Error::AckAhead { .. } => "ack_ahead",
             Error::CursorAhead { .. } => "cursor_ahead",
             Error::Overloaded { .. } => "overloaded",
@@ -70,6 +98,8 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::Relocated => "unavailable",
             Error::Internal(_) => "internal",
+            Error::StorageFull { .. } => "storage_full",
+            Error::StorageFailed { .. } => "storage_failed",
         }
     }
 }

@@ -29,8 +29,15 @@ pub enum Tag {
     Watermark = b'W',
     /// `Peer` + c + peer → acknowledgement state.
     Peer = b'P',
-    /// `OpId` + c + op id → seq first assigned to that client operation.
+    /// `OpId` + c + op id → seq (format 1, before op ids were scoped by document; no longer
+    /// written or read).
     OpId = b'O',
+    /// `OpRecord` + c + doc + op id → seq, hash of the bytes, created_at of that operation.
+    OpRecord = b'R',
+    /// `OpExpiry` + c + created_at + doc + op id → () (op records by age, for expiry).
+    OpExpiry = b'E',
+    /// `Quarantine` + c + doc + seq → why that stored update is left out of merges.
+    Quarantine = b'Q',
 }
 
 /// Appends a length-prefixed string (u32 big-endian length, then the bytes).
@@ -106,6 +113,35 @@ pub fn op_id(c: &str, op: &str) -> Vec<u8> {
     key
 }
 
+/// Prefix of one document's op records.
+pub fn op_record(c: &str, doc: &str, op: &str) -> Vec<u8> {
+    let mut key = prefix(Tag::OpRecord, c);
+    push_str(&mut key, doc);
+    push_str(&mut key, op);
+    key
+}
+
+pub fn op_expiry(c: &str, created_at: u64, doc: &str, op: &str) -> Vec<u8> {
+    let mut key = prefix(Tag::OpExpiry, c);
+    key.extend_from_slice(&created_at.to_be_bytes());
+    push_str(&mut key, doc);
+    push_str(&mut key, op);
+    key
+}
+
+/// Prefix of one document's quarantine records.
+pub fn quarantine_prefix(c: &str, doc: &str) -> Vec<u8> {
+    let mut key = prefix(Tag::Quarantine, c);
+    push_str(&mut key, doc);
+    key
+}
+
+pub fn quarantine(c: &str, doc: &str, seq: u64) -> Vec<u8> {
+    let mut key = quarantine_prefix(c, doc);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
 /// Reads a big-endian u64 at `at`, if the key is long enough.
 pub fn read_u64(key: &[u8], at: usize) -> Option<u64> {
     let bytes: [u8; 8] = key.get(at..at + 8)?.try_into().ok()?;
@@ -166,6 +202,19 @@ mod tests {
         fn watermark_keys_sort_by_seq(a in any::<u64>(), b in any::<u64>(), d in ".{0,8}", e in ".{0,8}") {
             if a != b {
                 prop_assert_eq!(a.cmp(&b), watermark("c", a, &d).cmp(&watermark("c", b, &e)));
+            }
+        }
+
+        #[test]
+        fn op_keys_do_not_collide(d1 in ".{0,8}", o1 in ".{0,8}", d2 in ".{0,8}", o2 in ".{0,8}") {
+            // Length prefixes keep ("ab","c") apart from ("a","bc").
+            prop_assert_eq!(d1 == d2 && o1 == o2, op_record("c", &d1, &o1) == op_record("c", &d2, &o2));
+        }
+
+        #[test]
+        fn op_expiry_keys_sort_by_age(a in any::<u64>(), b in any::<u64>(), d in ".{0,8}") {
+            if a != b {
+                prop_assert_eq!(a.cmp(&b), op_expiry("c", a, &d, "x").cmp(&op_expiry("c", b, &d, "y")));
             }
         }
 

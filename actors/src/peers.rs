@@ -51,6 +51,25 @@ impl PeerTable {
             .min()
     }
 
+    /// Forgets peers not seen for `retention_ms` before `now`; answers their names.
+    pub fn forget_unseen(&mut self, now: u64, retention_ms: u64) -> Vec<String> {
+        let gone: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.last_seen_at) >= retention_ms)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.peers.remove(name);
+        }
+        gone
+    }
+
+    /// Whether `peer` is known.
+    pub fn contains(&self, peer: &str) -> bool {
+        self.peers.contains_key(peer)
+    }
+
     pub fn len(&self) -> usize {
         self.peers.len()
     }
@@ -63,6 +82,17 @@ impl PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unseen_peers_are_forgotten() {
+        let mut t = PeerTable::default();
+        t.ack("old", 1, 10, 100).unwrap();
+        t.ack("new", 1, 10, 900).unwrap();
+        // (now, retention) → forgotten
+        assert!(t.forget_unseen(1000, 901).is_empty());
+        assert_eq!(t.forget_unseen(1000, 900), vec!["old".to_string()]);
+        assert!(!t.contains("old") && t.contains("new"));
+    }
 
     #[test]
     fn ack_keeps_the_maximum_and_rejects_the_future() {

@@ -1,15 +1,96 @@
-//! A bounds check of the Yjs v1 update layout, run before yrs decodes untrusted bytes.
+//! A bounds check and layout scan of the Yjs v1 update encoding, run before yrs decodes
+//! untrusted bytes.
 //!
 //! yrs trusts declared counts: it reserves a hash map or vector of the declared size before
 //! reading the elements (a few bytes can declare four billion entries: seen here as 130 ms of
 //! page faults for one 200-byte random input), and it decodes nested `Any` values recursively
 //! (deep nesting would overflow the stack, which `catch_unwind` cannot catch). This walker
-//! follows the same layout without allocating and rejects any count larger than the bytes left
-//! (every element takes at least one byte) and nesting deeper than [`MAX_ANY_DEPTH`].
-//! It does not prove the update is valid; yrs's own decode, run next, does that.
+//! follows the same layout without allocating per declared count and rejects any count larger
+//! than the bytes left (every element takes at least one byte) and nesting deeper than
+//! [`MAX_ANY_DEPTH`].
+//!
+//! [`scan_update`] also answers the [`Layout`]: every struct's id, length, origins, parent and
+//! content kind, and where each struct's bytes lie. [`crate::shape`] uses it to bound type
+//! nesting across writes, and [`crate::crdt`] to apply an update in small chunks so a CPU budget
+//! can stop it between chunks. It does not prove the update is valid; yrs's own decode does that.
+
+use std::ops::Range;
 
 /// Deepest nesting of `Any` arrays/maps accepted (JSON-like values Yjs clients store).
 pub const MAX_ANY_DEPTH: usize = 64;
+
+/// A Yjs item id: (client, clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id {
+    pub client: u64,
+    pub clock: u32,
+}
+
+/// What a struct holds, as far as nesting is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// A shared type (map, array, text, XML): other items may name it as their parent.
+    Type,
+    /// Deleted content: items naming it as parent are dropped by yrs, not refused.
+    Deleted,
+    /// Any other content (strings, values, embeds, formats, binaries, sub-documents).
+    Other,
+}
+
+/// How a struct names its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// Not encoded: the parent is the origin's (or the right origin's).
+    Inherit,
+    /// A root type, by name.
+    Root,
+    /// The type created by the item with this id.
+    Id(Id),
+}
+
+/// The kind of one struct in an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Garbage-collected range: ids that exist but hold nothing.
+    Gc,
+    /// A gap the update does not cover.
+    Skip,
+    Item {
+        origin: Option<Id>,
+        right_origin: Option<Id>,
+        parent: Parent,
+        content: Content,
+    },
+}
+
+/// One struct of an update (`len` 0: an empty item yrs drops; it still counts as a block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Struct {
+    pub id: Id,
+    pub len: u32,
+    pub kind: Kind,
+    /// Where the struct's encoding lies in the update's bytes.
+    pub bytes: Range<usize>,
+}
+
+/// One client section of an update: consecutive structs of one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub client: u64,
+    /// Indices into [`Layout::structs`].
+    pub structs: Range<usize>,
+}
+
+/// The scanned layout of a v1 update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub structs: Vec<Struct>,
+    pub sections: Vec<Section>,
+    /// Where the delete set starts in the update's bytes.
+    pub delete_set_at: usize,
+    /// Clock ranges in the delete set.
+    pub delete_ranges: usize,
+}
 
 struct Walker<'a> {
     bytes: &'a [u8],
@@ -44,6 +125,18 @@ impl<'a> Walker<'a> {
         Err("varint too long")
     }
 
+    /// A var-uint that yrs reads as a u32.
+    fn var32(&mut self) -> Check<u32> {
+        u32::try_from(self.var()?).map_err(|_| "number too large")
+    }
+
+    fn id(&mut self) -> Check<Id> {
+        Ok(Id {
+            client: self.var()?,
+            clock: self.var32()?,
+        })
+    }
+
     /// A count of elements that each take at least `min_bytes` bytes.
     fn count(&mut self, min_bytes: u64) -> Check<u64> {
         let n = self.var()?;
@@ -61,9 +154,12 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    fn buf(&mut self) -> Check<()> {
+    /// A length-prefixed buffer; answers its bytes.
+    fn buf(&mut self) -> Check<&'a [u8]> {
         let n = self.var()?;
-        self.skip(n)
+        let start = self.at;
+        self.skip(n)?;
+        Ok(&self.bytes[start..self.at])
     }
 
     fn any(&mut self, depth: usize) -> Check<()> {
@@ -75,7 +171,7 @@ impl<'a> Walker<'a> {
             125 => self.var().map(drop),
             124 => self.skip(4),
             123 | 122 => self.skip(8),
-            119 | 116 => self.buf(),
+            119 | 116 => self.buf().map(drop),
             118 => {
                 for _ in 0..self.count(2)? {
                     self.buf()?;
@@ -93,87 +189,118 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn content(&mut self, info: u8) -> Check<()> {
+    /// Walks one item's content; answers its kind and length in yrs's clock units.
+    fn content(&mut self, info: u8) -> Check<(Content, u64)> {
         match info & 0b1111 {
-            1 => self.var().map(drop),
+            1 => Ok((Content::Deleted, self.var()?)),
             2 => {
                 // yrs reads count + 1 strings here.
                 let n = self.count(1)?;
                 for _ in 0..=n {
                     self.buf()?;
                 }
-                Ok(())
+                Ok((Content::Other, n + 1))
             }
-            3..=5 => self.buf(),
+            3 | 5 => self.buf().map(|_| (Content::Other, 1)),
+            4 => {
+                let s = std::str::from_utf8(self.buf()?).map_err(|_| "string is not UTF-8")?;
+                Ok((Content::Other, s.encode_utf16().count() as u64))
+            }
             6 => {
                 self.buf()?;
-                self.buf()
+                self.buf()?;
+                Ok((Content::Other, 1))
             }
             7 => match self.u8()? {
-                3 | 5 => self.buf(),
-                0..=9 | 15 => Ok(()),
+                3 | 5 => self.buf().map(|_| (Content::Type, 1)),
+                0..=9 | 15 => Ok((Content::Type, 1)),
                 _ => Err("unknown type reference"),
             },
             8 => {
-                for _ in 0..self.count(1)? {
+                let n = self.count(1)?;
+                for _ in 0..n {
                     self.any(0)?;
                 }
-                Ok(())
+                Ok((Content::Other, n))
             }
             9 => {
                 self.buf()?;
-                self.any(0)
+                self.any(0)?;
+                Ok((Content::Other, 1))
             }
             _ => Err("unknown content type"),
         }
     }
 
-    fn block(&mut self) -> Check<()> {
+    /// One struct at `id`. An item with empty content has `len` 0: yrs decodes and drops it.
+    fn block(&mut self, id: Id) -> Check<Struct> {
+        let start = self.at;
         let info = self.u8()?;
         // As yrs: only the whole info byte 0 (GC) or 10 (skip) is a range block.
-        match info {
+        let (kind, len) = match info {
             0 | 10 => {
-                if self.var()? == 0 {
+                let len = self.var()?;
+                if len == 0 {
                     return Err("empty block");
                 }
-                Ok(())
+                let kind = if info == 0 { Kind::Gc } else { Kind::Skip };
+                (kind, len)
             }
             _ => {
-                let has_origin = info & 0x80 != 0;
-                let has_right = info & 0x40 != 0;
-                if has_origin {
-                    self.var()?;
-                    self.var()?;
-                }
-                if has_right {
-                    self.var()?;
-                    self.var()?;
-                }
-                if !has_origin && !has_right {
-                    if self.var()? == 1 {
+                let origin = (info & 0x80 != 0).then(|| self.id()).transpose()?;
+                let right_origin = (info & 0x40 != 0).then(|| self.id()).transpose()?;
+                let mut parent = Parent::Inherit;
+                if origin.is_none() && right_origin.is_none() {
+                    parent = if self.var()? == 1 {
                         self.buf()?;
+                        Parent::Root
                     } else {
-                        self.var()?;
-                        self.var()?;
-                    }
+                        Parent::Id(self.id()?)
+                    };
                     if info & 0x20 != 0 {
                         self.buf()?;
                     }
                 }
-                self.content(info)
+                let (content, len) = self.content(info)?;
+                let kind = Kind::Item {
+                    origin,
+                    right_origin,
+                    parent,
+                    content,
+                };
+                (kind, len)
             }
+        };
+        let len = u32::try_from(len).map_err(|_| "struct too long")?;
+        if id.clock.checked_add(len).is_none() {
+            return Err("clock overflows");
         }
+        Ok(Struct {
+            id,
+            len,
+            kind,
+            bytes: start..self.at,
+        })
     }
 
-    fn update(&mut self) -> Check<()> {
+    fn update(&mut self) -> Check<Layout> {
+        let mut layout = Layout::default();
         for _ in 0..self.count(3)? {
             let blocks = self.count(1)?;
-            self.var()?; // client
-            self.var()?; // clock
+            let client = self.var()?;
+            let mut clock = self.var32()?;
+            let first = layout.structs.len();
             for _ in 0..blocks {
-                self.block()?;
+                let s = self.block(Id { client, clock })?;
+                clock = clock.checked_add(s.len).ok_or("clock overflows")?;
+                layout.structs.push(s);
             }
+            layout.sections.push(Section {
+                client,
+                structs: first..layout.structs.len(),
+            });
         }
+        layout.delete_set_at = self.at;
         // Delete set: clients, then (clock, len) ranges per client.
         for _ in 0..self.count(2)? {
             self.var()?;
@@ -186,15 +313,24 @@ impl<'a> Walker<'a> {
                 {
                     return Err("delete range overflows");
                 }
+                layout.delete_ranges += 1;
             }
         }
-        Ok(())
+        if self.at != self.bytes.len() {
+            return Err("trailing bytes after the update");
+        }
+        Ok(layout)
     }
+}
+
+/// Checks the layout of a v1 update and answers it; `Err` carries the reason.
+pub fn scan_update(bytes: &[u8]) -> Result<Layout, &'static str> {
+    Walker { bytes, at: 0 }.update()
 }
 
 /// Checks the layout of a v1 update; `Err` carries the reason.
 pub fn check_update(bytes: &[u8]) -> Result<(), &'static str> {
-    Walker { bytes, at: 0 }.update()
+    scan_update(bytes).map(drop)
 }
 
 /// Checks the layout of a v1 state vector.
@@ -202,7 +338,7 @@ pub fn check_state_vector(bytes: &[u8]) -> Result<(), &'static str> {
     let mut w = Walker { bytes, at: 0 };
     for _ in 0..w.count(2)? {
         w.var()?;
-        w.var()?;
+        w.var32()?;
     }
     Ok(())
 }

@@ -15,15 +15,19 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
 use crate::clock::{Clock, SystemClock};
-use crate::collection::{Ack, Append, CollectionActor, Compact, GetState, Head, ReadPage};
-use crate::compactor::{Compactor, Recover};
+use crate::collection::{
+    Ack, Append, CollectionActor, Compact, GetState, Head, ReadPage, StopIfQuiet,
+};
+use crate::compactor::{self, StateCache};
 use crate::config::Config;
 use crate::crdt;
+use crate::doc_cache::DocCache;
 use crate::durability::GroupCommit;
 use crate::error::{Error, Result};
 use crate::names;
 use crate::store::Store;
 use crate::types::*;
+use crate::workers::Workers;
 
 /// How many times a request is retried on a fresh actor after the old one stopped.
 const RELOCATE_RETRIES: usize = 3;
@@ -32,6 +36,8 @@ struct Entry {
     id: u64,
     addr: Addr<CollectionActor>,
     in_flight: Arc<AtomicUsize>,
+    /// When this entry was last asked for (a registry-wide counter), for LRU eviction.
+    last_used: u64,
 }
 
 /// State shared by the handle and every actor.
@@ -40,7 +46,15 @@ pub(crate) struct Shared {
     pub commit: GroupCommit,
     pub clock: Arc<dyn Clock>,
     pub config: Config,
-    pub compactor: Addr<Compactor>,
+    /// Checks, merges and per-document recovery (bounded queue, large stacks).
+    pub workers: Workers,
+    /// Whole-collection `state` and recovery, on their own queue so per-document work never
+    /// waits behind them.
+    pub state_workers: Workers,
+    /// Documents kept built to check writes against.
+    pub docs: DocCache,
+    /// Merged whole-collection states by head seq.
+    pub states: StateCache,
     registry: Mutex<HashMap<String, Entry>>,
 }
 
@@ -74,6 +88,7 @@ pub struct Replicate {
     next_arbiter: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     shutting_down: Arc<AtomicBool>,
+    waiters: Arc<Waiters>,
 }
 
 /// Decrements an admission counter when the request ends, however it ends.
@@ -102,10 +117,9 @@ impl Replicate {
     /// [`Error::Internal`] if a thread cannot be started.
     pub fn start(config: Config, store: Store, clock: Arc<dyn Clock>) -> Result<Replicate> {
         let commit = GroupCommit::start(store.clone())?;
-        let compactor_store = store.clone();
-        let compactor = SyncArbiter::start(config.compactor_threads.max(1), move || {
-            Compactor::new(compactor_store.clone())
-        });
+        let workers = Workers::start("crdt", config.compactor_threads, config.worker_queue)?;
+        let config_waiters = (config.max_waiters_per_collection, config.max_waiters);
+        let state_workers = Workers::start("state", 1, 16)?;
         let threads: Vec<Arbiter> = (0..config.collection_arbiters.max(1))
             .map(|_| Arbiter::new())
             .collect();
@@ -115,8 +129,11 @@ impl Replicate {
                 store,
                 commit,
                 clock,
+                docs: DocCache::new(config.doc_cache_bytes),
+                states: StateCache::new(64 * 1024 * 1024),
                 config,
-                compactor,
+                workers,
+                state_workers,
                 registry: Mutex::default(),
             }),
             arbiters: Arc::new(arbiters),
@@ -124,7 +141,14 @@ impl Replicate {
             next_arbiter: Arc::default(),
             next_id: Arc::default(),
             shutting_down: Arc::default(),
+            waiters: Arc::new(Waiters::new(config_waiters.0, config_waiters.1)),
         })
+    }
+
+    /// The failure that stopped group commit, if a commit failed since start (sticky until
+    /// restart: see [`crate::durability`]).
+    pub fn storage_failure(&self) -> Option<crate::durability::StorageFailure> {
+        self.shared.commit.failure()
     }
 
     pub fn config(&self) -> &Config {
@@ -138,12 +162,24 @@ impl Replicate {
             .registry
             .lock()
             .map_err(|_| Error::Internal("registry lock poisoned".into()))?;
-        if let Some(e) = map.get(c) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = map.get_mut(c) {
             if e.addr.connected() {
+                e.last_used = id;
                 return Ok((e.addr.clone(), e.in_flight.clone()));
             }
         }
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        if map.len() >= self.shared.config.max_live_collections {
+            // Ask the least recently used to stop; it does only if quiet, so the cap is soft
+            // under a burst but holds for collections touched and left idle.
+            let lru = map
+                .values()
+                .filter(|e| e.in_flight.load(Ordering::SeqCst) == 0)
+                .min_by_key(|e| e.last_used);
+            if let Some(e) = lru {
+                let _ = e.addr.try_send(StopIfQuiet);
+            }
+        }
         let in_flight = Arc::new(AtomicUsize::new(0));
         let actor =
             CollectionActor::load(c.to_string(), id, self.shared.clone(), in_flight.clone())?;
@@ -156,6 +192,7 @@ impl Replicate {
                 id,
                 addr: addr.clone(),
                 in_flight: in_flight.clone(),
+                last_used: id,
             },
         );
         Ok((addr, in_flight))
@@ -217,6 +254,19 @@ impl Replicate {
         Err(Error::Relocated)
     }
 
+    /// Whether collection `c` was ever written (or has a live actor). Reads of a collection
+    /// that does not exist answer from this without starting an actor, so made-up names cost
+    /// one store lookup, not an actor each.
+    fn exists(&self, c: &str) -> Result<bool> {
+        let live = self
+            .shared
+            .registry
+            .lock()
+            .map(|m| m.contains_key(c))
+            .unwrap_or(false);
+        Ok(live || self.shared.store.collection_exists(c)?)
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.shutting_down.load(Ordering::SeqCst) {
             Err(Error::ShuttingDown)
@@ -243,7 +293,7 @@ impl Replicate {
                 reason: "snapshot is not a write".into(),
             });
         }
-        crdt::validate_update(
+        crdt::check_size(
             "crdtBytes",
             &write.bytes,
             self.shared.config.max_update_bytes,
@@ -292,6 +342,11 @@ impl Replicate {
             limit: req.limit,
             size_threshold: threshold,
         };
+        // A waiter on a collection not written yet needs its actor (to hear the first commit);
+        // waiters are capped, so only a read without a wait is answered from the store alone.
+        if req.wait.is_zero() && !self.exists(c)? {
+            return empty_page(req.cursor);
+        }
         let (page, mut durable) = self.call(c, read).await?;
         let wait = req.wait.min(self.shared.config.max_wait);
         if !page.changes.is_empty()
@@ -301,6 +356,7 @@ impl Replicate {
         {
             return Ok(page);
         }
+        let _waiting = self.waiters.admit(c)?;
         let cursor = req.cursor;
         let committed = tokio::time::timeout(wait, durable.wait_for(|head| *head > cursor))
             .await
@@ -323,6 +379,16 @@ impl Replicate {
         self.check_open()?;
         names::validate("collection", c)?;
         names::validate("peerId", peer_id)?;
+        if !self.exists(c)? {
+            // Nothing to acknowledge in a collection never written: answer without a record.
+            return match synced_seq {
+                0 => Ok(0),
+                _ => Err(Error::AckAhead {
+                    synced: synced_seq,
+                    head: 0,
+                }),
+            };
+        }
         self.call(c, || Ack {
             peer_id: peer_id.to_string(),
             synced_seq,
@@ -341,7 +407,9 @@ impl Replicate {
         names::validate("collection", c)?;
         names::validate("documentId", &req.document_id)?;
         if let Some(s) = &req.snapshot {
-            crdt::validate_update("snapshotBytes", s, self.shared.config.max_update_bytes)?;
+            // Checked so junk is still a 4xx, then ignored: see `CollectionActor::run_compaction`.
+            crdt::check_size("snapshotBytes", s, self.shared.config.max_update_bytes)?;
+            crdt::check_layout("snapshotBytes", s)?;
         }
         if let Some(sv) = &req.state_vector {
             crdt::validate_state_vector("stateVector", sv)?;
@@ -389,20 +457,64 @@ impl Replicate {
         state_vector: Vec<u8>,
         document_id: Option<String>,
     ) -> Result<StateAt> {
+        if !self.exists(c)? {
+            return Ok(StateAt {
+                update: crdt::EMPTY_UPDATE.to_vec(),
+                cursor: 0,
+            });
+        }
         let cursor = self.call(c, || Head).await?;
-        let recover = Recover {
-            collection: c.to_string(),
-            document_id,
-            upto: cursor,
-            state_vector,
+        let shared = self.shared.clone();
+        let name = c.to_string();
+        let limits = self.shared.config.yjs;
+        let update = match document_id {
+            Some(doc) => {
+                let job = move || {
+                    compactor::recover_document(&shared.store, &name, &doc, &state_vector, &limits)
+                };
+                self.shared.workers.run(job).await??
+            }
+            None => {
+                let cached = self.shared.states.get(c, cursor);
+                let job = move || -> Result<Vec<u8>> {
+                    let merged = match cached {
+                        Some(m) => m,
+                        None => {
+                            let m =
+                                compactor::merge_collection(&shared.store, &name, cursor, &limits)?;
+                            let m = Arc::new(m);
+                            shared.states.put(&name, cursor, m.clone());
+                            m
+                        }
+                    };
+                    if state_vector.is_empty() {
+                        return Ok(merged.as_ref().clone());
+                    }
+                    crdt::DocState::build([(0, merged.as_slice())], &limits)
+                        .state
+                        .diff(&state_vector)
+                };
+                let timeout = self.shared.config.state_timeout;
+                tokio::time::timeout(timeout, self.shared.state_workers.run(job))
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        what: "whole-collection state",
+                        millis: timeout.as_millis() as u64,
+                    })???
+            }
         };
-        let update = send_to_compactor(&self.shared, recover).await??;
         Ok(StateAt { update, cursor })
     }
 
     /// Observable state of one collection.
     pub async fn collection_stats(&self, c: &str) -> Result<CollectionStats> {
         names::validate("collection", c)?;
+        if !self.exists(c)? {
+            return Ok(CollectionStats {
+                collection: c.to_string(),
+                ..CollectionStats::default()
+            });
+        }
         self.call(c, || GetState).await
     }
 
@@ -476,16 +588,79 @@ impl Replicate {
     }
 }
 
-async fn send_to_compactor<M>(shared: &Shared, msg: M) -> Result<M::Result>
-where
-    M: Message + Send + 'static,
-    M::Result: Send,
-    Compactor: Handler<M>,
-    <Compactor as Actor>::Context: ToEnvelope<Compactor, M>,
-{
-    shared
-        .compactor
-        .send(msg)
-        .await
-        .map_err(|e| Error::Internal(format!("compactor unavailable: {e}")))
+/// The page for a collection that was never written.
+fn empty_page(cursor: u64) -> Result<StreamPage> {
+    if cursor > 0 {
+        return Err(Error::CursorAhead { cursor, head: 0 });
+    }
+    Ok(StreamPage {
+        changes: Vec::new(),
+        cursor: 0,
+        has_more: false,
+        compact: None,
+    })
+}
+
+/// Long-poll and SSE waiters, capped per collection and in total.
+#[derive(Default)]
+struct Waiters {
+    per_collection: Mutex<HashMap<String, usize>>,
+    total: AtomicUsize,
+    max_per_collection: usize,
+    max_total: usize,
+}
+
+/// One admitted waiter; leaving frees its place.
+struct Waiting<'a> {
+    waiters: &'a Waiters,
+    collection: String,
+}
+
+impl Waiters {
+    fn new(max_per_collection: usize, max_total: usize) -> Self {
+        Waiters {
+            max_per_collection,
+            max_total,
+            ..Waiters::default()
+        }
+    }
+
+    /// Admits one more waiter on `c`.
+    ///
+    /// # Errors
+    /// [`Error::Overloaded`] past either cap.
+    fn admit(&self, c: &str) -> Result<Waiting<'_>> {
+        let mut map = self
+            .per_collection
+            .lock()
+            .map_err(|_| Error::Internal("waiters lock poisoned".into()))?;
+        let here = map.get(c).copied().unwrap_or(0);
+        let total = self.total.load(Ordering::SeqCst);
+        if here >= self.max_per_collection || total >= self.max_total {
+            return Err(Error::Overloaded {
+                collection: c.to_string(),
+                in_flight: here.max(total),
+            });
+        }
+        *map.entry(c.to_string()).or_default() += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+        Ok(Waiting {
+            waiters: self,
+            collection: c.to_string(),
+        })
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.waiters.total.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(mut map) = self.waiters.per_collection.lock() {
+            if let Some(n) = map.get_mut(&self.collection) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.collection);
+                }
+            }
+        }
+    }
 }

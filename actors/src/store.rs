@@ -59,6 +59,21 @@ pub struct PeerRecord {
     pub last_seen_at: u64,
 }
 
+/// What an op id was first used for: its seq, a hash of its bytes and when it was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpRecord {
+    pub seq: u64,
+    pub hash: u64,
+    pub created_at: u64,
+}
+
+/// A write's op id with what it answers to, for [`Store::prepare_append`].
+#[derive(Debug, Clone, Copy)]
+pub struct OpWrite<'a> {
+    pub op_id: &'a str,
+    pub hash: u64,
+}
+
 /// Everything a collection actor needs in memory, read once when it starts.
 #[derive(Debug, Default)]
 pub struct LoadedCollection {
@@ -87,6 +102,11 @@ pub struct PreparedWrite {
 impl PreparedWrite {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Appends `other`'s writes after these (a later write of the same key wins).
+    pub fn extend(&mut self, other: PreparedWrite) {
+        self.ops.extend(other.ops);
     }
 }
 
@@ -153,6 +173,11 @@ impl Store {
         self.db.get(key)?.map(|v| decode(&v)).transpose()
     }
 
+    /// Whether collection `c` has ever been written.
+    pub fn collection_exists(&self, c: &str) -> Result<bool> {
+        Ok(self.db.contains_key(keys::collection(c))?)
+    }
+
     /// Loads a collection's high-water seq, document counters and peers.
     ///
     /// The high-water seq is the larger of the persisted counter and the newest delta key:
@@ -191,9 +216,9 @@ impl Store {
         seq: u64,
         delta: &DeltaRecord,
         stats: &DocStats,
-        op_id: Option<&str>,
+        op: Option<OpWrite<'_>>,
     ) -> Result<PreparedWrite> {
-        let mut ops = Vec::with_capacity(5);
+        let mut ops = Vec::with_capacity(6);
         ops.push((keys::delta(c, seq), Some(encode(delta)?)));
         ops.push((
             keys::doc_delta(c, &delta.document_id, seq),
@@ -201,8 +226,18 @@ impl Store {
         ));
         ops.push((keys::doc_stats(c, &delta.document_id), Some(encode(stats)?)));
         ops.push((keys::collection(c), Some(encode(&seq)?)));
-        if let Some(op) = op_id {
-            ops.push((keys::op_id(c, op), Some(seq.to_be_bytes().to_vec())));
+        if let Some(op) = op {
+            let record = OpRecord {
+                seq,
+                hash: op.hash,
+                created_at: delta.created_at,
+            };
+            let doc = &delta.document_id;
+            ops.push((keys::op_record(c, doc, op.op_id), Some(encode(&record)?)));
+            ops.push((
+                keys::op_expiry(c, delta.created_at, doc, op.op_id),
+                Some(Vec::new()),
+            ));
         }
         Ok(PreparedWrite { ops })
     }
@@ -230,17 +265,69 @@ impl Store {
         seq: u64,
         delta: &DeltaRecord,
         stats: &DocStats,
-        op_id: Option<&str>,
+        op: Option<OpWrite<'_>>,
     ) -> Result<()> {
-        self.commit(&[Self::prepare_append(c, seq, delta, stats, op_id)?])
+        self.commit(&[Self::prepare_append(c, seq, delta, stats, op)?])
     }
 
-    /// The seq first assigned to client operation `op`, if any.
-    pub fn op_seq(&self, c: &str, op: &str) -> Result<Option<u64>> {
-        Ok(self
+    /// What op id `op` of document `doc` was first used for, if it is remembered.
+    pub fn op_record(&self, c: &str, doc: &str, op: &str) -> Result<Option<OpRecord>> {
+        self.get(&keys::op_record(c, doc, op))
+    }
+
+    /// Up to `limit` op ids written before `before` (millis), oldest first, as
+    /// (created_at, document, op id).
+    pub fn ops_before(
+        &self,
+        c: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>> {
+        let p = keys::prefix(Tag::OpExpiry, c);
+        let mut out = Vec::new();
+        for entry in self
             .db
-            .get(keys::op_id(c, op))?
-            .and_then(|v| keys::read_u64(&v, 0)))
+            .range(p.clone()..keys::op_expiry(c, before, "", ""))
+            .take(limit)
+        {
+            let (k, _) = entry?;
+            let at = keys::read_u64(&k, p.len()).ok_or_else(|| corrupt("op expiry key"))?;
+            let (doc, next) =
+                keys::read_str(&k, p.len() + 8).ok_or_else(|| corrupt("op expiry key"))?;
+            let (op, _) = keys::read_str(&k, next).ok_or_else(|| corrupt("op expiry key"))?;
+            out.push((at, doc, op));
+        }
+        Ok(out)
+    }
+
+    /// Prepares forgetting op ids listed by [`Self::ops_before`].
+    pub fn prepare_forget_ops(c: &str, ops: &[(u64, String, String)]) -> PreparedWrite {
+        let mut w = PreparedWrite::default();
+        for (at, doc, op) in ops {
+            w.ops.push((keys::op_record(c, doc, op), None));
+            w.ops.push((keys::op_expiry(c, *at, doc, op), None));
+        }
+        w
+    }
+
+    /// Seqs of one document's stored updates that merges leave out.
+    pub fn quarantined(&self, c: &str, doc: &str) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(keys::quarantine_prefix(c, doc)) {
+            let (k, _) = entry?;
+            out.push(keys::trailing_seq(&k).ok_or_else(|| corrupt("quarantine key"))?);
+        }
+        Ok(out)
+    }
+
+    /// Prepares marking stored update `seq` of `doc` as left out of merges, with why.
+    pub fn prepare_quarantine(c: &str, doc: &str, seq: u64, reason: &str) -> PreparedWrite {
+        PreparedWrite {
+            ops: vec![(
+                keys::quarantine(c, doc, seq),
+                Some(reason.as_bytes().to_vec()),
+            )],
+        }
     }
 
     /// Deltas with `after < seq <= upto` in seq order: at most `limit`, and no more once their
@@ -370,6 +457,13 @@ impl Store {
     /// Prepares and commits a compaction (tests and tools).
     pub fn apply_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<()> {
         self.commit(&[Self::prepare_compaction(c, w)?])
+    }
+
+    /// Prepares forgetting a peer's record.
+    pub fn prepare_forget_peer(c: &str, peer: &str) -> PreparedWrite {
+        PreparedWrite {
+            ops: vec![(keys::peer(c, peer), None)],
+        }
     }
 
     pub fn put_peer(&self, c: &str, peer: &str, record: &PeerRecord) -> Result<()> {

@@ -157,6 +157,12 @@ pub struct CollectionStats {
     pub appended_bytes: u64,
     pub duplicate_writes: u64,
     pub rejected_writes: u64,
+    /// Stored updates left out of merges because they failed or went past their budget.
+    pub quarantined_updates: u64,
+    /// Op ids forgotten after `Config::op_id_ttl`.
+    pub expired_op_ids: u64,
+    /// Peers forgotten after `Config::peer_retention` unseen.
+    pub forgotten_peers: u64,
     pub stream_pages: u64,
     pub acks: u64,
     pub compactions: u64,

@@ -10,7 +10,8 @@ use crate::wire::{json_u64, AckAnswer, AckBody};
 /// The peer and its synced seq.
 ///
 /// # Errors
-/// 400 `invalid_argument` for a `syncedSeq` that is negative, fractional or too large.
+/// 400 `invalid_argument` for a `syncedSeq` that is negative, fractional, too large, or an
+/// integer written as a float (`1.0`, `1e3`, `-0`).
 pub fn parse(body: &AckBody) -> Result<(&str, u64), ApiError> {
     Ok((
         body.peer_id.as_str(),

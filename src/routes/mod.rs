@@ -16,6 +16,7 @@ use replicate_actors::Replicate;
 use tokio::sync::watch;
 
 use crate::error::{self, ApiError};
+use crate::health::StorageHealth;
 use crate::settings::ServerSettings;
 use crate::wire::path_segment;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// `None` if another metrics recorder was installed in this process first.
     pub metrics: Option<PrometheusHandle>,
+    /// Whether storage has failed (for `/healthz` and `/metrics`); shared by every worker.
+    pub storage: Arc<StorageHealth>,
 }
 
 impl AppState {
@@ -52,11 +55,17 @@ impl AppState {
             settings: Arc::new(settings),
             shutdown,
             metrics: crate::metrics::install(),
+            storage: Arc::new(StorageHealth::default()),
         }
     }
 
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// What `/healthz` answers while storage has failed, or `None` (see [`crate::health`]).
+    pub fn storage_failure(&self) -> Option<ApiError> {
+        self.storage.failure(&self.replicate)
     }
 
     /// Runs `fut` unless shutdown starts first (then `None`).

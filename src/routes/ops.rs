@@ -11,7 +11,9 @@ use crate::error::ApiError;
 use crate::routes::{AppState, Collection};
 
 /// 200 while serving (the store is open: the actors exist only once it opened); 503 once
-/// shutdown started, so a load balancer stops sending traffic.
+/// shutdown started, so a load balancer stops sending traffic; 503 `storage_full` or
+/// `storage_failed` once a commit has failed (writes are refused until restart), with what
+/// the operator must do.
 pub async fn healthz(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.shutting_down() {
         return Err(ApiError::new(
@@ -20,12 +22,19 @@ pub async fn healthz(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
             "replicate is shutting down",
         ));
     }
+    if let Some(failed) = state.storage_failure() {
+        return Err(failed);
+    }
     Ok(HttpResponse::Ok().json(json!({ "status": "ok" })))
 }
 
 pub async fn metrics(state: Data<AppState>) -> HttpResponse {
     let text = match &state.metrics {
-        Some(handle) => crate::metrics::render(handle, &state.replicate.stats().await),
+        Some(handle) => crate::metrics::render(
+            handle,
+            &state.replicate.stats().await,
+            state.storage_failure().is_some(),
+        ),
         None => "# another metrics recorder was installed in this process; replicate's metrics go there\n".to_string(),
     };
     HttpResponse::Ok()

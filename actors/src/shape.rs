@@ -1,0 +1,614 @@
+//! The shape of one document: which item ids exist, which of them are shared types, and how
+//! deeply each container nests, built from [`crate::precheck::Layout`]s without asking yrs.
+//!
+//! # Why
+//! yrs deletes and garbage-collects nested types recursively: a chain of 10,000 maps, each
+//! the parent of the next, overflows the stack when its root is deleted, and a stack overflow
+//! aborts the process (`catch_unwind` cannot catch it). The chain can be sent across many writes
+//! (each one link), so the bound must hold for the document, not per update. yrs's public API
+//! cannot tell an item's parent, so this module follows the same rules yrs uses to find it:
+//! an item with an origin (or right origin) lives where that neighbour lives; one without names
+//! a root type or the id of the item holding its parent type.
+//!
+//! It also refuses, by construction, what yrs would fail on later: an item whose parent id is
+//! an item that holds no type (yrs answers `InvalidParent` on every later merge of the
+//! document). Items that wait for an id the document does not have yet (as yrs keeps them
+//! pending) are kept here too, and checked when the id arrives; their number is bounded.
+//!
+//! # Invariants
+//! - Every accepted shared type nests at most `max_depth` deep (root types are depth 1).
+//! - The model is conservative: where yrs would drop an item (a parent that was garbage
+//!   collected), the model may still count it; it never counts less nesting than yrs builds.
+//! - [`DocShape::stage`] changes nothing; only [`DocShape::commit`] of its answer does, so a
+//!   refused update leaves no trace.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use crate::precheck::{Content, Id, Kind, Layout, Parent};
+
+/// Why an update's shape is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A shared type would nest deeper than allowed.
+    TooDeep { depth: u32, max: u32 },
+    /// An item names as its parent an item that holds no shared type.
+    InvalidParent { client: u64, clock: u32 },
+    /// Too many items would wait for ids the document does not have.
+    TooManyPending { pending: usize, max: usize },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TooDeep { depth, max } => write!(
+                f,
+                "shared types would nest {depth} deep, more than the limit of {max}"
+            ),
+            Refusal::InvalidParent { client, clock } => write!(
+                f,
+                "an item's parent <{client}#{clock}> is an item that holds no shared type"
+            ),
+            Refusal::TooManyPending { pending, max } => write!(
+                f,
+                "{pending} items would wait for content the document does not have (limit {max})"
+            ),
+        }
+    }
+}
+
+/// The container an item lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Container {
+    /// Garbage: yrs drops the item (its parent is gone).
+    Dead,
+    /// A live container this many types deep (root types are 1).
+    Depth(u32),
+}
+
+/// What a run of ids holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    Gc,
+    Item {
+        container: Container,
+        content: Content,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    len: u32,
+    what: What,
+}
+
+/// An item waiting for an id the document does not have yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    id: Id,
+    len: u32,
+    kind: Kind,
+}
+
+/// The shape of one document; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct DocShape {
+    runs: HashMap<u64, BTreeMap<u32, Run>>,
+    pending: HashMap<u64, Pending>,
+    /// Pending items by the id they wait for.
+    waiting: HashMap<u64, BTreeMap<u32, Vec<u64>>>,
+    next_pending: u64,
+    deepest: u32,
+}
+
+/// Limits the shape enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShapeLimits {
+    /// Deepest type nesting (roots are 1).
+    pub max_depth: u32,
+    /// Most items that may wait for missing ids in one document.
+    pub max_pending: usize,
+}
+
+/// An accepted update's changes to a [`DocShape`], to [`DocShape::commit`].
+#[derive(Debug, Default)]
+pub struct Staged {
+    runs: HashMap<u64, BTreeMap<u32, Run>>,
+    resolved: HashSet<u64>,
+    new_pending: Vec<(Pending, Id)>,
+    rewait: Vec<(u64, Id)>,
+    deepest: u32,
+}
+
+/// A unit of work while staging: a struct of the update, or an existing pending item.
+#[derive(Debug, Clone)]
+enum Work {
+    New(Pending),
+    Old(u64, Pending),
+}
+
+fn find(runs: &HashMap<u64, BTreeMap<u32, Run>>, id: Id) -> Option<What> {
+    let (start, run) = runs.get(&id.client)?.range(..=id.clock).next_back()?;
+    (id.clock < start + run.len).then_some(run.what)
+}
+
+/// The parts of `[start, start + len)` not covered by `runs` of one client.
+fn gaps(runs: Option<&BTreeMap<u32, Run>>, start: u32, len: u32, out: &mut Vec<(u32, u32)>) {
+    let end = start + len;
+    let mut at = start;
+    if let Some(runs) = runs {
+        if let Some((s, r)) = runs.range(..start).next_back() {
+            at = at.max(s + r.len);
+        }
+        for (s, r) in runs.range(start..end) {
+            if *s > at {
+                out.push((at, *s - at));
+            }
+            at = at.max(s + r.len);
+        }
+    }
+    if at < end {
+        out.push((at, end - at));
+    }
+}
+
+impl DocShape {
+    pub fn new() -> Self {
+        DocShape::default()
+    }
+
+    /// Items waiting for ids the document does not have.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// How deeply the accepted types nest (roots are 1).
+    pub fn deepest(&self) -> u32 {
+        self.deepest
+    }
+
+    fn lookup(&self, staged: &Staged, id: Id) -> Option<What> {
+        find(&staged.runs, id).or_else(|| find(&self.runs, id))
+    }
+
+    /// Checks an update's structs against this shape and answers what accepting it changes.
+    ///
+    /// # Errors
+    /// A [`Refusal`]; nothing is changed either way.
+    pub fn stage(&self, layout: &Layout, limits: ShapeLimits) -> Result<Staged, Refusal> {
+        let mut staged = Staged {
+            deepest: self.deepest,
+            ..Staged::default()
+        };
+        // Items of this update waiting for an id: (client, clock) → works.
+        let mut waiting: HashMap<u64, BTreeMap<u32, Vec<Work>>> = HashMap::new();
+        let mut queue: VecDeque<Work> = layout
+            .structs
+            .iter()
+            .filter(|s| s.kind != Kind::Skip && s.len > 0)
+            .map(|s| {
+                Work::New(Pending {
+                    id: s.id,
+                    len: s.len,
+                    kind: s.kind,
+                })
+            })
+            .collect();
+        let mut gap_buf = Vec::new();
+        while let Some(work) = queue.pop_front() {
+            let item = match &work {
+                Work::New(p) | Work::Old(_, p) => p.clone(),
+            };
+            let what = match self.resolve(&staged, &item, limits)? {
+                Ok(what) => what,
+                Err(missing) => {
+                    match work {
+                        Work::New(p) => waiting
+                            .entry(missing.client)
+                            .or_default()
+                            .entry(missing.clock)
+                            .or_default()
+                            .push(Work::New(p)),
+                        Work::Old(pid, _) => staged.rewait.push((pid, missing)),
+                    }
+                    continue;
+                }
+            };
+            if let Work::Old(pid, _) = work {
+                staged.resolved.insert(pid);
+            }
+            if let What::Item {
+                container: Container::Depth(d),
+                content,
+            } = what
+            {
+                let made = d + u32::from(content == Content::Type);
+                staged.deepest = staged.deepest.max(made);
+            }
+            // Record the ids not known yet; known ids keep what they had (as yrs skips them).
+            gap_buf.clear();
+            let client = item.id.client;
+            gaps(
+                self.runs.get(&client),
+                item.id.clock,
+                item.len,
+                &mut gap_buf,
+            );
+            for &(start, len) in &gap_buf {
+                let mut inner = Vec::new();
+                gaps(staged.runs.get(&client), start, len, &mut inner);
+                for (s, l) in inner {
+                    staged
+                        .runs
+                        .entry(client)
+                        .or_default()
+                        .insert(s, Run { len: l, what });
+                    // Wake what waited for these ids.
+                    let end = s + l;
+                    if let Some(w) = waiting.get_mut(&client) {
+                        let keys: Vec<u32> = w.range(s..end).map(|(k, _)| *k).collect();
+                        for k in keys {
+                            queue.extend(w.remove(&k).into_iter().flatten());
+                        }
+                    }
+                    if let Some(w) = self.waiting.get(&client) {
+                        for (_, pids) in w.range(s..end) {
+                            for pid in pids {
+                                if let Some(p) = self.pending.get(pid) {
+                                    queue.push_back(Work::Old(*pid, p.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (client, by_clock) in waiting {
+            for (clock, works) in by_clock {
+                for w in works {
+                    if let Work::New(p) = w {
+                        staged.new_pending.push((p, Id { client, clock }));
+                    }
+                }
+            }
+        }
+        let pending = self.pending.len() - staged.resolved.len() + staged.new_pending.len();
+        if pending > limits.max_pending {
+            return Err(Refusal::TooManyPending {
+                pending,
+                max: limits.max_pending,
+            });
+        }
+        Ok(staged)
+    }
+
+    /// Where `item` lives: `Ok(Ok(what))`, or `Ok(Err(id))` while it waits for `id`.
+    fn resolve(
+        &self,
+        staged: &Staged,
+        item: &Pending,
+        limits: ShapeLimits,
+    ) -> Result<Result<What, Id>, Refusal> {
+        let (origin, right_origin, parent, content) = match item.kind {
+            Kind::Gc => return Ok(Ok(What::Gc)),
+            Kind::Skip => return Ok(Ok(What::Gc)),
+            Kind::Item {
+                origin,
+                right_origin,
+                parent,
+                content,
+            } => (origin, right_origin, parent, content),
+        };
+        let mut neighbours = [None, None];
+        for (slot, id) in neighbours.iter_mut().zip([origin, right_origin]) {
+            if let Some(id) = id {
+                match self.lookup(staged, id) {
+                    Some(what) => *slot = Some(what),
+                    None => return Ok(Err(id)),
+                }
+            }
+        }
+        let container = if origin.is_some() || right_origin.is_some() {
+            // As yrs: the left neighbour's parent if it is an item, else the right one's.
+            match neighbours {
+                [Some(What::Item { container, .. }), _] => container,
+                [_, Some(What::Item { container, .. })] => container,
+                _ => Container::Dead,
+            }
+        } else {
+            match parent {
+                Parent::Root | Parent::Inherit => Container::Depth(1),
+                Parent::Id(p) => match self.lookup(staged, p) {
+                    None => return Ok(Err(p)),
+                    Some(What::Gc) => Container::Dead,
+                    Some(What::Item {
+                        content: Content::Deleted,
+                        ..
+                    }) => Container::Dead,
+                    Some(What::Item {
+                        content: Content::Other,
+                        ..
+                    }) => {
+                        return Err(Refusal::InvalidParent {
+                            client: p.client,
+                            clock: p.clock,
+                        })
+                    }
+                    Some(What::Item {
+                        content: Content::Type,
+                        container,
+                    }) => match container {
+                        Container::Dead => Container::Dead,
+                        Container::Depth(d) => {
+                            let depth = d + 1;
+                            if depth > limits.max_depth {
+                                return Err(Refusal::TooDeep {
+                                    depth,
+                                    max: limits.max_depth,
+                                });
+                            }
+                            Container::Depth(depth)
+                        }
+                    },
+                },
+            }
+        };
+        if let (Content::Type, Container::Depth(d)) = (content, container) {
+            // The type this item creates nests one deeper than the item.
+            if d + 1 > limits.max_depth {
+                return Err(Refusal::TooDeep {
+                    depth: d + 1,
+                    max: limits.max_depth,
+                });
+            }
+        }
+        Ok(Ok(What::Item { container, content }))
+    }
+
+    /// Applies what [`Self::stage`] answered for an update that was then accepted.
+    pub fn commit(&mut self, staged: Staged) {
+        for (client, runs) in staged.runs {
+            let mine = self.runs.entry(client).or_default();
+            for (start, run) in runs {
+                insert_run(mine, start, run);
+            }
+        }
+        for pid in &staged.resolved {
+            if let Some(p) = self.pending.remove(pid) {
+                self.unwait(*pid, &p);
+            }
+        }
+        for (pid, id) in staged.rewait {
+            if let Some(p) = self.pending.get(&pid).cloned() {
+                self.unwait(pid, &p);
+                self.wait(pid, id);
+            }
+        }
+        for (p, id) in staged.new_pending {
+            let pid = self.next_pending;
+            self.next_pending += 1;
+            self.pending.insert(pid, p);
+            self.wait(pid, id);
+        }
+        self.deepest = staged.deepest;
+    }
+
+    fn wait(&mut self, pid: u64, id: Id) {
+        self.waiting
+            .entry(id.client)
+            .or_default()
+            .entry(id.clock)
+            .or_default()
+            .push(pid);
+    }
+
+    fn unwait(&mut self, pid: u64, _p: &Pending) {
+        // Pending items are few (bounded by `max_pending`): a scan is cheaper than an index.
+        for by_clock in self.waiting.values_mut() {
+            by_clock.retain(|_, pids| {
+                pids.retain(|x| *x != pid);
+                !pids.is_empty()
+            });
+        }
+        self.waiting.retain(|_, m| !m.is_empty());
+    }
+}
+
+/// Inserts a run, merging it with its left neighbour when they hold the same thing, so a
+/// document typed one character per update keeps one run per client and container.
+fn insert_run(runs: &mut BTreeMap<u32, Run>, start: u32, run: Run) {
+    if let Some((s, left)) = runs.range_mut(..start).next_back() {
+        if s + left.len == start && left.what == run.what {
+            left.len += run.len;
+            return;
+        }
+    }
+    runs.insert(start, run);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::precheck::{Section, Struct};
+
+    const LIMITS: ShapeLimits = ShapeLimits {
+        max_depth: 4,
+        max_pending: 3,
+    };
+
+    fn id(client: u64, clock: u32) -> Id {
+        Id { client, clock }
+    }
+
+    fn item(at: Id, parent: Parent, content: Content) -> Struct {
+        Struct {
+            id: at,
+            len: 1,
+            kind: Kind::Item {
+                origin: None,
+                right_origin: None,
+                parent,
+                content,
+            },
+            bytes: 0..0,
+        }
+    }
+
+    fn layout(structs: Vec<Struct>) -> Layout {
+        Layout {
+            sections: vec![Section {
+                client: 0,
+                structs: 0..structs.len(),
+            }],
+            structs,
+            ..Layout::default()
+        }
+    }
+
+    fn accept(shape: &mut DocShape, structs: Vec<Struct>) -> Result<(), Refusal> {
+        let staged = shape.stage(&layout(structs), LIMITS)?;
+        shape.commit(staged);
+        Ok(())
+    }
+
+    /// A chain of maps, each the parent of the next: type i at id (1, i).
+    fn chain(n: u32) -> Vec<Struct> {
+        (0..n)
+            .map(|i| {
+                let parent = if i == 0 {
+                    Parent::Root
+                } else {
+                    Parent::Id(id(1, i - 1))
+                };
+                item(id(1, i), parent, Content::Type)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nesting_is_bounded_within_and_across_updates() {
+        // Root container is depth 1; types at (1,0),(1,1),(1,2) make containers 2, 3, 4.
+        let mut shape = DocShape::new();
+        accept(&mut shape, chain(3)).unwrap();
+        assert_eq!(shape.deepest(), 4);
+        // One more link, in a later update, would make depth 5.
+        let link = item(id(1, 3), Parent::Id(id(1, 2)), Content::Type);
+        let staged = shape.stage(&layout(vec![link.clone()]), LIMITS);
+        assert_eq!(staged.err(), Some(Refusal::TooDeep { depth: 5, max: 4 }));
+        // A refused update changed nothing: a sibling at an allowed depth still goes in.
+        accept(
+            &mut shape,
+            vec![item(id(2, 0), Parent::Id(id(1, 1)), Content::Other)],
+        )
+        .unwrap();
+        // And all of it in one update is refused too.
+        assert!(DocShape::new().stage(&layout(chain(5)), LIMITS).is_err());
+    }
+
+    #[test]
+    fn chain_sent_backwards_is_checked_when_it_connects() {
+        let mut shape = DocShape::new();
+        // Links 4..1 first: they wait for their parents.
+        for i in (1..4).rev() {
+            accept(
+                &mut shape,
+                vec![item(id(1, i), Parent::Id(id(1, i - 1)), Content::Type)],
+            )
+            .unwrap();
+        }
+        assert_eq!(shape.pending(), 3);
+        // A fourth waiting item is past max_pending.
+        let extra = item(id(9, 0), Parent::Id(id(8, 0)), Content::Other);
+        assert!(matches!(
+            shape.stage(&layout(vec![extra]), LIMITS),
+            Err(Refusal::TooManyPending { .. })
+        ));
+        // The root connects them: depth 1 + 4 types = 5 > 4.
+        let root = item(id(1, 0), Parent::Root, Content::Type);
+        assert!(matches!(
+            shape.stage(&layout(vec![root]), LIMITS),
+            Err(Refusal::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn parent_must_hold_a_type() {
+        let mut shape = DocShape::new();
+        // Write 1: an item whose parent is (9,0), unknown yet: it waits.
+        accept(
+            &mut shape,
+            vec![item(id(1, 0), Parent::Id(id(9, 0)), Content::Other)],
+        )
+        .unwrap();
+        // Write 2: (9,0) is a string item: yrs would fail every later merge. Refused.
+        let staged = shape.stage(
+            &layout(vec![item(id(9, 0), Parent::Root, Content::Other)]),
+            LIMITS,
+        );
+        assert_eq!(
+            staged.err(),
+            Some(Refusal::InvalidParent {
+                client: 9,
+                clock: 0
+            })
+        );
+        // (9,0) as a map is fine, and resolves the waiting item.
+        accept(
+            &mut shape,
+            vec![item(id(9, 0), Parent::Root, Content::Type)],
+        )
+        .unwrap();
+        assert_eq!(shape.pending(), 0);
+        // Deleted content as a parent is what yrs drops, not refuses.
+        accept(
+            &mut shape,
+            vec![
+                item(id(3, 0), Parent::Root, Content::Deleted),
+                item(id(3, 1), Parent::Id(id(3, 0)), Content::Type),
+            ],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn origins_inherit_the_neighbours_container() {
+        let mut shape = DocShape::new();
+        accept(&mut shape, chain(3)).unwrap(); // containers up to depth 4
+        let mut s = item(id(5, 0), Parent::Inherit, Content::Type);
+        // Left origin is the item at (1,2), which lives at depth 3; a type there makes 4.
+        s.kind = Kind::Item {
+            origin: Some(id(1, 2)),
+            right_origin: None,
+            parent: Parent::Inherit,
+            content: Content::Type,
+        };
+        accept(&mut shape, vec![s]).unwrap();
+        // A child of (5,0) would be depth 5.
+        let child = item(id(5, 1), Parent::Id(id(5, 0)), Content::Type);
+        assert!(shape.stage(&layout(vec![child]), LIMITS).is_err());
+    }
+
+    #[test]
+    fn runs_merge_and_known_ids_are_skipped() {
+        let mut shape = DocShape::new();
+        for clock in 0..100 {
+            let mut s = item(id(1, clock), Parent::Root, Content::Other);
+            if clock > 0 {
+                s.kind = Kind::Item {
+                    origin: Some(id(1, clock - 1)),
+                    right_origin: None,
+                    parent: Parent::Inherit,
+                    content: Content::Other,
+                };
+            }
+            accept(&mut shape, vec![s]).unwrap();
+        }
+        assert_eq!(shape.runs[&1].len(), 1, "one run for a client typing");
+        // Resending known ids as a type changes nothing.
+        accept(
+            &mut shape,
+            vec![item(id(1, 5), Parent::Root, Content::Type)],
+        )
+        .unwrap();
+        assert_eq!(shape.runs[&1].len(), 1);
+    }
+}

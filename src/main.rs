@@ -93,6 +93,34 @@ struct Args {
         default_value_t = millis(defaults().write_timeout)
     )]
     write_timeout_ms: u64,
+    /// Deepest nesting of Yjs shared types in one document (roots are 1); deeper writes get
+    /// 422 `yjs_limit`.
+    #[arg(long, env = "REPLICATE_MAX_TYPE_DEPTH", default_value_t = actor_defaults().yjs.shape.max_depth)]
+    max_type_depth: u32,
+    /// Milliseconds of CPU one write may spend integrating into its document; past it, 422.
+    #[arg(long, env = "REPLICATE_WRITE_CPU_MS", default_value_t = millis(actor_defaults().yjs.write_budget))]
+    write_cpu_ms: u64,
+    /// Milliseconds of CPU one document may cost to rebuild; past it, writes to it get 422.
+    #[arg(long, env = "REPLICATE_DOC_CPU_MS", default_value_t = millis(actor_defaults().yjs.doc_budget))]
+    doc_cpu_ms: u64,
+    /// Bytes of updates kept built in memory to check writes against (least recently used go).
+    #[arg(long, env = "REPLICATE_DOC_CACHE_BYTES", default_value_t = actor_defaults().doc_cache_bytes)]
+    doc_cache_bytes: u64,
+    /// Seconds an opId is remembered for retries.
+    #[arg(long, env = "REPLICATE_OP_ID_TTL_SECS", default_value_t = actor_defaults().op_id_ttl.as_secs())]
+    op_id_ttl_secs: u64,
+    /// Long-poll and SSE waiters per collection; more get 503 `overloaded`.
+    #[arg(long, env = "REPLICATE_MAX_WAITERS_PER_COLLECTION", default_value_t = actor_defaults().max_waiters_per_collection)]
+    max_waiters_per_collection: usize,
+    /// Long-poll and SSE waiters in total; more get 503 `overloaded`.
+    #[arg(long, env = "REPLICATE_MAX_WAITERS", default_value_t = actor_defaults().max_waiters)]
+    max_waiters: usize,
+    /// Collection actors kept live; past it the least recently used quiet one stops.
+    #[arg(long, env = "REPLICATE_MAX_LIVE_COLLECTIONS", default_value_t = actor_defaults().max_live_collections)]
+    max_live_collections: usize,
+    /// Peers tracked per collection; acks of new peers past it get 503 `overloaded`.
+    #[arg(long, env = "REPLICATE_MAX_PEERS_PER_COLLECTION", default_value_t = actor_defaults().max_peers_per_collection)]
+    max_peers_per_collection: usize,
     /// Milliseconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "REPLICATE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
@@ -108,6 +136,15 @@ impl Args {
         config.peer_timeout = Duration::from_millis(self.peer_timeout_ms);
         config.auto_compact = self.auto_compact;
         config.max_update_bytes = self.max_update_bytes;
+        config.yjs.shape.max_depth = self.max_type_depth;
+        config.yjs.write_budget = Duration::from_millis(self.write_cpu_ms);
+        config.yjs.doc_budget = Duration::from_millis(self.doc_cpu_ms);
+        config.doc_cache_bytes = self.doc_cache_bytes;
+        config.op_id_ttl = Duration::from_secs(self.op_id_ttl_secs);
+        config.max_waiters_per_collection = self.max_waiters_per_collection;
+        config.max_waiters = self.max_waiters;
+        config.max_live_collections = self.max_live_collections;
+        config.max_peers_per_collection = self.max_peers_per_collection;
         config
     }
 
@@ -132,6 +169,11 @@ impl Args {
             ..ServerSettings::default()
         }
     }
+}
+
+/// The actors' defaults, for the flags' defaults.
+fn actor_defaults() -> Config {
+    Config::new("")
 }
 
 /// The front's defaults, for the flags' defaults.

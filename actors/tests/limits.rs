@@ -1,0 +1,221 @@
+//! Per-client records and queues have limits (issue: hostile clients): op ids per document with
+//! a hash of their bytes and an expiry, waiters per collection, peers per collection, live
+//! collection actors, reads of collections that were never written, and the stored attacks
+//! (see `replicate_actors::craft`) that must be refused against the document's current state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use replicate_actors::{craft, Error, ManualClock, StreamRequest, Write};
+
+fn op_write(doc: &str, bytes: Vec<u8>, op: &str) -> Write {
+    Write {
+        document_id: doc.into(),
+        bytes,
+        op_id: Some(op.into()),
+    }
+}
+
+#[actix_rt::test]
+async fn op_ids_are_per_document_remember_their_bytes_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut config = config(dir.path());
+    config.op_id_ttl = Duration::from_secs(60);
+    let r = open_with(config, &clock).await;
+    let a = Replica::new(1);
+    let b = Replica::new(2);
+    let wa = op_write("doc-a", a.append("A"), "op-1");
+    // Another client's write to another document with the same op id is a new write.
+    let first = r.insert("c", wa.clone()).await.unwrap();
+    let other = r
+        .insert("c", op_write("doc-b", b.append("B"), "op-1"))
+        .await
+        .unwrap();
+    assert_eq!((first.seq, other.seq, other.duplicate), (1, 2, false));
+    // The same write again: the first seq.
+    let again = r.insert("c", wa.clone()).await.unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    // The same op id with other bytes: 409.
+    let reused = r
+        .insert("c", op_write("doc-a", a.append("X"), "op-1"))
+        .await;
+    assert!(matches!(reused, Err(Error::Conflict(_))), "{reused:?}");
+    // Past the expiry the op id is forgotten: the same write is stored again.
+    clock.advance(61_000);
+    let later = r.insert("c", wa).await.unwrap();
+    // The refused write took no seq.
+    assert_eq!((later.seq, later.duplicate), (3, false));
+    let stats = r.collection_stats("c").await.unwrap();
+    assert_eq!(stats.duplicate_writes, 1);
+}
+
+#[actix_rt::test]
+async fn waiters_are_capped_per_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut config = config(dir.path());
+    config.max_waiters_per_collection = 2;
+    let r = open_with(config, &clock).await;
+    let long_poll = || StreamRequest {
+        wait: Duration::from_secs(10),
+        ..StreamRequest::after(0)
+    };
+    let parked: Vec<_> = (0..2)
+        .map(|_| {
+            let r = r.clone();
+            actix::spawn(async move { r.stream("c", long_poll()).await })
+        })
+        .collect();
+    for _ in 0..400 {
+        if r.collection_stats("c").await.unwrap().waiters == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let third = r.stream("c", long_poll()).await;
+    assert!(matches!(third, Err(Error::Overloaded { .. })), "{third:?}");
+    // Another collection has its own places.
+    r.insert("other", write("d", Replica::new(3).append("x")))
+        .await
+        .unwrap();
+    r.insert("c", write("d", Replica::new(1).append("wake")))
+        .await
+        .unwrap();
+    for p in parked {
+        assert_eq!(p.await.unwrap().unwrap().changes.len(), 1);
+    }
+    // Places are given back.
+    r.insert("c", write("d", Replica::new(2).append("more")))
+        .await
+        .unwrap();
+    let page = r.stream("c", long_poll()).await.unwrap();
+    assert_eq!(page.changes.len(), 2);
+}
+
+#[actix_rt::test]
+async fn peers_are_capped_and_forgotten_when_long_unseen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut config = config(dir.path());
+    config.max_peers_per_collection = 3;
+    config.peer_retention = Duration::from_secs(100);
+    config.idle_timeout = Duration::from_millis(50);
+    let r = open_with(config, &clock).await;
+    r.insert("c", write("d", Replica::new(1).append("x")))
+        .await
+        .unwrap();
+    for p in ["p1", "p2", "p3"] {
+        r.ack("c", p, 1).await.unwrap();
+    }
+    let fourth = r.ack("c", "p4", 1).await;
+    assert!(
+        matches!(fourth, Err(Error::Overloaded { .. })),
+        "{fourth:?}"
+    );
+    // A known peer still acks.
+    assert_eq!(r.ack("c", "p1", 1).await.unwrap(), 1);
+    // Long unseen peers are forgotten by the periodic sweep; then new peers fit.
+    clock.advance(101_000);
+    let mut admitted = false;
+    for _ in 0..400 {
+        if r.ack("c", "p4", 1).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(admitted, "long-unseen peers were never forgotten");
+    assert_eq!(r.collection_stats("c").await.unwrap().peers, 1);
+}
+
+#[actix_rt::test]
+async fn reads_of_unknown_collections_start_no_actor_and_live_actors_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut config = config(dir.path());
+    config.max_live_collections = 5;
+    let r = open_with(config, &clock).await;
+    for i in 0..200 {
+        let c = format!("nobody-{i}");
+        let page = r.stream(&c, StreamRequest::after(0)).await.unwrap();
+        assert!(page.changes.is_empty() && page.cursor == 0);
+        assert_eq!(r.state(&c).await.unwrap().cursor, 0);
+        assert_eq!(r.ack(&c, "p", 0).await.unwrap(), 0);
+        assert!(matches!(
+            r.stream(&c, StreamRequest::after(1)).await,
+            Err(Error::CursorAhead { .. })
+        ));
+    }
+    assert_eq!(r.stats().await.live_collections, 0);
+    // Writes start actors; past the cap the least recently used quiet ones stop.
+    for i in 0..30 {
+        r.insert(&format!("c{i}"), write("d", Replica::new(1).append("x")))
+            .await
+            .unwrap();
+    }
+    let mut live = u64::MAX;
+    for _ in 0..200 {
+        live = r.stats().await.live_collections;
+        if live <= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(live <= 6, "{live} live collection actors, cap 5");
+    // A stopped collection still answers with everything it stored.
+    let page = r.stream("c0", StreamRequest::after(0)).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+}
+
+#[actix_rt::test]
+async fn writes_are_checked_against_the_documents_current_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let r = open(dir.path(), &clock).await;
+    // Each half of the pair is fine alone; together they would break every merge.
+    let (child, parent) = craft::invalid_parent_pair();
+    r.insert("c", write("d", child)).await.unwrap();
+    let refused = r.update("c", write("d", parent.clone())).await;
+    assert!(
+        matches!(&refused, Err(e) if e.code() == "yjs_limit"),
+        "{refused:?}"
+    );
+    // The same bytes go into another document, which holds no such child.
+    r.insert("c", write("other", parent)).await.unwrap();
+    // Nesting is bounded across writes: a 60-deep chain, then 10 more levels under it.
+    r.insert("c", write("deep", craft::nested_maps(7, 60, false)))
+        .await
+        .unwrap();
+    let more: Vec<craft::Item> = (60..70)
+        .map(|i| craft::Item {
+            origin: None,
+            right_origin: None,
+            parent: craft::ParentRef::Id(craft::ItemId {
+                client: 7,
+                clock: i - 1,
+            }),
+            parent_sub: Some("k".into()),
+            content: craft::ItemContent::Map,
+        })
+        .collect();
+    let deeper = r
+        .update("c", write("deep", craft::update(&[(7, 60, more)], &[])))
+        .await;
+    assert!(matches!(&deeper, Err(e) if e.code() == "yjs_limit"));
+    // Deleting the accepted chain's root is fine, and every read of the document works.
+    r.update("c", write("deep", craft::delete(7, 0, 1)))
+        .await
+        .unwrap();
+    for doc in ["d", "deep", "other"] {
+        r.compact("c", replicate_actors::CompactRequest::document(doc))
+            .await
+            .unwrap();
+        r.recovery("c", &[0], Some(doc)).await.unwrap();
+    }
+    r.state("c").await.unwrap();
+    let stats = r.collection_stats("c").await.unwrap();
+    assert_eq!((stats.rejected_writes, stats.quarantined_updates), (2, 0));
+}

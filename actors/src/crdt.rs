@@ -320,13 +320,27 @@ impl DocState {
         limits: &YjsLimits,
         budget: Duration,
     ) -> std::result::Result<(), Refused> {
+        self.apply_with(field, bytes, limits, budget, true)
+    }
+
+    /// [`Self::apply`]; `counted` says whether the per-update counts (structs, clients, delete
+    /// ranges) apply: they bound what one client sends, not a document's whole stored state
+    /// (a compaction snapshot holds every client that ever wrote).
+    fn apply_with(
+        &mut self,
+        field: &'static str,
+        bytes: &[u8],
+        limits: &YjsLimits,
+        budget: Duration,
+        counted: bool,
+    ) -> std::result::Result<(), Refused> {
         if bytes.is_empty() {
             return Err(Refused::clean(invalid(field, "update", "empty")));
         }
         let layout = precheck::scan_update(bytes)
             .map_err(|r| Refused::clean(invalid(field, "update", r)))?;
         let bound = |what: &str, n: usize, max: usize| {
-            if n > max {
+            if counted && n > max {
                 Err(Refused::clean(limit(
                     field,
                     format!("{n} {what} in one update, more than the limit of {max}"),
@@ -403,7 +417,8 @@ impl DocState {
                 if skip.contains(&i) {
                     continue;
                 }
-                let applied = state.apply("stored update", bytes, limits, limits.merge_budget);
+                let applied =
+                    state.apply_with("stored update", bytes, limits, limits.merge_budget, false);
                 if let Err(refused) = applied {
                     tracing::warn!(seq, error = %refused.error, "quarantining a stored update");
                     skip.push(i);
@@ -423,7 +438,8 @@ impl DocState {
         }
     }
 
-    /// The whole document as one v1 update, with its v1 state vector.
+    /// The whole document as one v1 update, with its v1 state vector. (yrs may panic inside;
+    /// every caller runs on [`crate::workers::Workers`], which turns a panic into an error.)
     pub fn encode(&self) -> Merged {
         let txn = self.doc.transact();
         Merged {
@@ -442,7 +458,10 @@ impl DocState {
         } else {
             decode_state_vector("stateVector", state_vector)?
         };
-        Ok(self.doc.transact().encode_state_as_update_v1(&sv))
+        catch_unwind(AssertUnwindSafe(|| {
+            self.doc.transact().encode_state_as_update_v1(&sv)
+        }))
+        .map_err(|_| Error::Internal("encoding a diff panicked in yrs".into()))
     }
 }
 
@@ -454,11 +473,12 @@ impl DocState {
 /// Pending (causally incomplete) structs are kept in the encoding, so nothing is dropped.
 pub fn merge<'a>(updates: impl IntoIterator<Item = &'a [u8]>) -> Result<Merged> {
     let parts: Vec<(u64, &[u8])> = updates.into_iter().map(|b| (1, b)).collect();
-    Ok(
+    catch_unwind(AssertUnwindSafe(|| {
         DocState::build(parts.iter().copied(), &YjsLimits::default())
             .state
-            .encode(),
-    )
+            .encode()
+    }))
+    .map_err(|_| Error::Internal("merge panicked in yrs".into()))
 }
 
 /// The part of the merge of `updates` that a peer with the v1 `state_vector` lacks, as a v1

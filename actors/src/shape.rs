@@ -119,10 +119,12 @@ pub struct Staged {
     deepest: u32,
 }
 
-/// A unit of work while staging: a struct of the update, or an existing pending item.
+/// A unit of work while staging: a struct of the update (with the id of the struct before it
+/// in its section, which yrs integrates first: a section stops at its first waiting struct),
+/// or an existing pending item.
 #[derive(Debug, Clone)]
 enum Work {
-    New(Pending),
+    New(Pending, Option<Id>),
     Old(u64, Pending),
 }
 
@@ -181,35 +183,48 @@ impl DocShape {
         };
         // Items of this update waiting for an id: (client, clock) → works.
         let mut waiting: HashMap<u64, BTreeMap<u32, Vec<Work>>> = HashMap::new();
-        let mut queue: VecDeque<Work> = layout
-            .structs
-            .iter()
-            .filter(|s| s.kind != Kind::Skip && s.len > 0)
-            .map(|s| {
-                Work::New(Pending {
+        let mut queue: VecDeque<Work> = VecDeque::with_capacity(layout.structs.len());
+        for section in &layout.sections {
+            let mut previous = None;
+            for s in &layout.structs[section.structs.clone()] {
+                if s.kind == Kind::Skip || s.len == 0 {
+                    continue;
+                }
+                let item = Pending {
                     id: s.id,
                     len: s.len,
                     kind: s.kind,
-                })
-            })
-            .collect();
+                };
+                queue.push_back(Work::New(item, previous));
+                previous = Some(s.id);
+            }
+        }
         let mut gap_buf = Vec::new();
         while let Some(work) = queue.pop_front() {
-            let item = match &work {
-                Work::New(p) | Work::Old(_, p) => p.clone(),
+            let (item, previous) = match &work {
+                Work::New(p, previous) => (p.clone(), *previous),
+                Work::Old(pid, p) => {
+                    if staged.resolved.contains(pid) {
+                        continue; // woken twice
+                    }
+                    (p.clone(), None)
+                }
             };
-            let what = match self.resolve(&staged, &item, limits)? {
+            let before = previous.filter(|id| self.lookup(&staged, *id).is_none());
+            let resolved = match before {
+                Some(id) => Ok(Err(id)),
+                None => self.resolve(&staged, &item, limits),
+            };
+            let what = match resolved? {
                 Ok(what) => what,
                 Err(missing) => {
-                    match work {
-                        Work::New(p) => waiting
-                            .entry(missing.client)
-                            .or_default()
-                            .entry(missing.clock)
-                            .or_default()
-                            .push(Work::New(p)),
-                        Work::Old(pid, _) => staged.rewait.push((pid, missing)),
-                    }
+                    // Waits (again) within this update; what still waits at the end is pending.
+                    waiting
+                        .entry(missing.client)
+                        .or_default()
+                        .entry(missing.clock)
+                        .or_default()
+                        .push(work);
                     continue;
                 }
             };
@@ -237,6 +252,13 @@ impl DocShape {
                 let mut inner = Vec::new();
                 gaps(staged.runs.get(&client), start, len, &mut inner);
                 for (s, l) in inner {
+                    // yrs splits off the known part of a struct; the rest gets the id before it
+                    // as its origin, so an item that names no parent lives where that one does.
+                    let what = if s > item.id.clock {
+                        self.split_what(&staged, &item, s, what)
+                    } else {
+                        what
+                    };
                     staged
                         .runs
                         .entry(client)
@@ -264,9 +286,14 @@ impl DocShape {
         }
         for (client, by_clock) in waiting {
             for (clock, works) in by_clock {
+                let missing = Id { client, clock };
                 for w in works {
-                    if let Work::New(p) = w {
-                        staged.new_pending.push((p, Id { client, clock }));
+                    match w {
+                        Work::New(p, _) => staged.new_pending.push((p, missing)),
+                        Work::Old(pid, _) if !staged.resolved.contains(&pid) => {
+                            staged.rewait.push((pid, missing))
+                        }
+                        Work::Old(..) => {}
                     }
                 }
             }
@@ -279,6 +306,34 @@ impl DocShape {
             });
         }
         Ok(staged)
+    }
+
+    /// What the part of `item` from clock `from` on holds once yrs split off the part before
+    /// (see [`Self::stage`]).
+    fn split_what(&self, staged: &Staged, item: &Pending, from: u32, whole: What) -> What {
+        let Kind::Item {
+            parent: Parent::Inherit,
+            right_origin,
+            content,
+            ..
+        } = item.kind
+        else {
+            return whole;
+        };
+        let left = self.lookup(
+            staged,
+            Id {
+                client: item.id.client,
+                clock: from - 1,
+            },
+        );
+        let right = right_origin.and_then(|r| self.lookup(staged, r));
+        let container = match (left, right) {
+            (Some(What::Item { container, .. }), _) => container,
+            (_, Some(What::Item { container, .. })) => container,
+            _ => Container::Dead,
+        };
+        What::Item { container, content }
     }
 
     /// Where `item` lives: `Ok(Ok(what))`, or `Ok(Err(id))` while it waits for `id`.

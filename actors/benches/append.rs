@@ -37,7 +37,33 @@ fn raw_sled_floor(seconds: f64, payload: &[u8]) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn actor_appends(seconds: f64, payload: Vec<u8>) -> (f64, u64) {
+/// `n` successive edits by one client: each appends 20 characters to its own text, so every
+/// write is new content the server must check against the document and integrate.
+fn edits(client: u64, n: usize) -> Vec<Vec<u8>> {
+    use yrs::{Doc, Text, Transact};
+    let doc = Doc::with_client_id(client);
+    let text = doc.get_or_insert_text("t");
+    let mut len = 0;
+    (0..n)
+        .map(|i| {
+            let mut txn = doc.transact_mut();
+            let edit = format!("edit number {i:>8}");
+            text.insert(&mut txn, len, &edit);
+            len += edit.len() as u32;
+            txn.encode_update_v1()
+        })
+        .collect()
+}
+
+/// What each writer sends: the same bytes every time (checked, integrated once) or distinct
+/// successive edits.
+#[derive(Clone)]
+enum Payload {
+    Same(Vec<u8>),
+    Edits(Arc<Vec<Vec<Vec<u8>>>>),
+}
+
+fn actor_appends(seconds: f64, payload: Payload) -> (f64, u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     actix::System::new().block_on(async move {
         let store = Store::open(dir.path(), 256 << 20).expect("store opens");
@@ -55,9 +81,16 @@ fn actor_appends(seconds: f64, payload: Vec<u8>) -> (f64, u64) {
             async move {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
+                    let bytes = match &payload {
+                        Payload::Same(b) => b.clone(),
+                        Payload::Edits(all) => match all[w].get(n as usize) {
+                            Some(b) => b.clone(),
+                            None => break,
+                        },
+                    };
                     let write = Write {
                         document_id: format!("doc-{}", w % 16),
-                        bytes: payload.clone(),
+                        bytes,
                         op_id: None,
                     };
                     r.update("bench", write).await.expect("append");
@@ -81,9 +114,14 @@ fn main() {
         .unwrap_or(5.0);
     let payload = update(1, 1);
     let floor = raw_sled_floor(seconds, &payload);
-    let (actor, per_flush) = actor_appends(seconds, payload.clone());
+    let (actor, per_flush) = actor_appends(seconds, Payload::Same(payload.clone()));
+    let per_writer = (seconds * 4_000.0) as usize;
+    let all: Vec<Vec<Vec<u8>>> = (0..WRITERS).map(|w| edits(w as u64 + 1, per_writer)).collect();
+    let (fresh, fresh_per_flush) = actor_appends(seconds, Payload::Edits(Arc::new(all)));
     println!("update size:                       {} bytes", payload.len());
     println!("raw sled, flush per {WRITERS} inserts:    {floor:>10.0} appends/s (floor)");
-    println!("collection actor, {WRITERS} writers:      {actor:>10.0} appends/s ({per_flush} writes per flush)");
-    println!("ratio actor / floor:               {:>10.2}", actor / floor);
+    println!("collection actor, {WRITERS} writers, same bytes:     {actor:>10.0} appends/s ({per_flush} writes per flush)");
+    println!("collection actor, {WRITERS} writers, new edits:      {fresh:>10.0} appends/s ({fresh_per_flush} writes per flush)");
+    println!("ratio actor / floor (same bytes): {:>10.2}", actor / floor);
+    println!("ratio actor / floor (new edits):  {:>10.2}", fresh / floor);
 }

@@ -35,6 +35,18 @@ pub enum Refusal {
     InvalidParent { client: u64, clock: u32 },
     /// Too many items would wait for ids the document does not have.
     TooManyPending { pending: usize, max: usize },
+    /// A struct reuses ids of a struct still waiting for its dependencies: which one wins
+    /// would depend on the order pieces are applied in, so peers could diverge.
+    OverlapsPending { client: u64, clock: u32 },
+    /// A client's ids would be integrated past ids of the same client that still wait: yrs's
+    /// encoding of such a document puts the waiting ones first, and a document rebuilt from it
+    /// loses the integrated ones.
+    PastPending { client: u64, clock: u32 },
+    /// A struct that names its parent resends ids the document has, with new ones after them:
+    /// yrs integrates only the new part, with the known id before it as its origin, and that
+    /// origin (not the named parent) is what its encoding keeps, so a document rebuilt from a
+    /// snapshot could place it elsewhere.
+    PartlyKnown { client: u64, clock: u32 },
 }
 
 impl std::fmt::Display for Refusal {
@@ -51,6 +63,20 @@ impl std::fmt::Display for Refusal {
             Refusal::TooManyPending { pending, max } => write!(
                 f,
                 "{pending} items would wait for content the document does not have (limit {max})"
+            ),
+            Refusal::OverlapsPending { client, clock } => write!(
+                f,
+                "ids from <{client}#{clock}> are already held by an item waiting for its dependencies"
+            ),
+            Refusal::PartlyKnown { client, clock } => write!(
+                f,
+                "an item that names its parent resends known ids up to <{client}#{clock}>; \
+                 send only the new ids"
+            ),
+            Refusal::PastPending { client, clock } => write!(
+                f,
+                "client {client}'s ids would be integrated past <{client}#{clock}>, which still waits \
+                 for its dependencies; send the missing updates first"
             ),
         }
     }
@@ -255,6 +281,13 @@ impl DocShape {
                     // yrs splits off the known part of a struct; the rest gets the id before it
                     // as its origin, so an item that names no parent lives where that one does.
                     let what = if s > item.id.clock {
+                        if let Kind::Item {
+                            parent: Parent::Root | Parent::Id(_),
+                            ..
+                        } = item.kind
+                        {
+                            return Err(Refusal::PartlyKnown { client, clock: s });
+                        }
                         self.split_what(&staged, &item, s, what)
                     } else {
                         what
@@ -298,6 +331,7 @@ impl DocShape {
                 }
             }
         }
+        self.check_pending_order(layout, &staged)?;
         let pending = self.pending.len() - staged.resolved.len() + staged.new_pending.len();
         if pending > limits.max_pending {
             return Err(Refusal::TooManyPending {
@@ -306,6 +340,54 @@ impl DocShape {
             });
         }
         Ok(staged)
+    }
+
+    /// Refuses what would make the document depend on the order of application (see
+    /// [`Refusal::OverlapsPending`], [`Refusal::PastPending`]).
+    fn check_pending_order(&self, layout: &Layout, staged: &Staged) -> Result<(), Refusal> {
+        // Ids of items still waiting before this update, by client.
+        let mut waiting: HashMap<u64, Vec<(u32, u32)>> = HashMap::new();
+        for p in self.pending.values() {
+            waiting
+                .entry(p.id.client)
+                .or_default()
+                .push((p.id.clock, p.id.clock + p.len));
+        }
+        for s in layout.structs.iter().filter(|s| s.len > 0) {
+            let (start, end) = (s.id.clock, s.id.clock + s.len);
+            if let Some(ranges) = waiting.get(&s.id.client) {
+                if let Some((clock, _)) = ranges.iter().find(|(a, b)| start < *b && *a < end) {
+                    return Err(Refusal::OverlapsPending {
+                        client: s.id.client,
+                        clock: *clock,
+                    });
+                }
+            }
+        }
+        // What still waits after this update, by client: its lowest clock.
+        let mut lowest: HashMap<u64, u32> = HashMap::new();
+        let still = self
+            .pending
+            .iter()
+            .filter(|(pid, _)| !staged.resolved.contains(pid))
+            .map(|(_, p)| p.id)
+            .chain(staged.new_pending.iter().map(|(p, _)| p.id));
+        for id in still {
+            let low = lowest.entry(id.client).or_insert(id.clock);
+            *low = (*low).min(id.clock);
+        }
+        for (client, low) in lowest {
+            let end = |runs: &HashMap<u64, BTreeMap<u32, Run>>| {
+                runs.get(&client)
+                    .and_then(|r| r.iter().next_back())
+                    .map(|(s, r)| s + r.len)
+                    .unwrap_or(0)
+            };
+            if end(&self.runs).max(end(&staged.runs)) > low {
+                return Err(Refusal::PastPending { client, clock: low });
+            }
+        }
+        Ok(())
     }
 
     /// What the part of `item` from clock `from` on holds once yrs split off the part before

@@ -116,7 +116,9 @@ fn main() {
     let floor = raw_sled_floor(seconds, &payload);
     let (actor, per_flush) = actor_appends(seconds, Payload::Same(payload.clone()));
     let per_writer = (seconds * 4_000.0) as usize;
-    let all: Vec<Vec<Vec<u8>>> = (0..WRITERS).map(|w| edits(w as u64 + 1, per_writer)).collect();
+    let all: Vec<Vec<Vec<u8>>> = (0..WRITERS)
+        .map(|w| edits(w as u64 + 1, per_writer))
+        .collect();
     let (fresh, fresh_per_flush) = actor_appends(seconds, Payload::Edits(Arc::new(all)));
     println!("update size:                       {} bytes", payload.len());
     println!("raw sled, flush per {WRITERS} inserts:    {floor:>10.0} appends/s (floor)");

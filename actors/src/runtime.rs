@@ -379,16 +379,8 @@ impl Replicate {
         self.check_open()?;
         names::validate("collection", c)?;
         names::validate("peerId", peer_id)?;
-        if !self.exists(c)? {
-            // Nothing to acknowledge in a collection never written: answer without a record.
-            return match synced_seq {
-                0 => Ok(0),
-                _ => Err(Error::AckAhead {
-                    synced: synced_seq,
-                    head: 0,
-                }),
-            };
-        }
+        // An ack registers the peer even before the first write (it then holds back
+        // compaction), so it goes to the actor; peers per collection and live actors are capped.
         self.call(c, || Ack {
             peer_id: peer_id.to_string(),
             synced_seq,

@@ -622,7 +622,11 @@ fn check_writes(
 ) -> Result<Checked> {
     let mut quarantined = Vec::new();
     let mut state = match cached {
+        // Measured over its budget by a rebuild: refused below without another rebuild, so a
+        // write to such a document costs nothing.
+        Some(state) if state.built_cost() > limits.doc_budget => state,
         Some(state) if state.cost() <= limits.doc_budget => state,
+        // Writes since the last rebuild pushed the estimate over: measure again.
         _ => {
             let built = build_doc(store, c, doc, limits)?;
             quarantined = built.quarantined;

@@ -90,6 +90,8 @@ pub struct Layout {
     pub delete_set_at: usize,
     /// Clock ranges in the delete set.
     pub delete_ranges: usize,
+    /// The delete set's non-empty ranges: (client, clock, len).
+    pub deletes: Vec<(u64, u32, u32)>,
 }
 
 struct Walker<'a> {
@@ -323,7 +325,7 @@ impl<'a> Walker<'a> {
         layout.delete_set_at = self.at;
         // Delete set: clients, then (clock, len) ranges per client.
         for _ in 0..self.count(2)? {
-            self.client()?;
+            let client = self.client()?;
             for _ in 0..self.count(2)? {
                 let clock = u64::from(self.var32()?);
                 let len = u64::from(self.var32()?);
@@ -334,6 +336,9 @@ impl<'a> Walker<'a> {
                     return Err("delete range overflows");
                 }
                 layout.delete_ranges += 1;
+                if len > 0 {
+                    layout.deletes.push((client, clock as u32, len as u32));
+                }
             }
         }
         if self.at != self.bytes.len() {

@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     /// Whole-collection `state` and recovery, on their own queue so per-document work never
     /// waits behind them.
     pub state_workers: Workers,
+    /// Per-document recovery, on its own queue so write checks never wait behind it.
+    pub recovery_workers: Workers,
     /// Documents kept built to check writes against.
     pub docs: DocCache,
     /// Merged whole-collection states by head seq.
@@ -120,6 +122,7 @@ impl Replicate {
         let workers = Workers::start("crdt", config.compactor_threads, config.worker_queue)?;
         let config_waiters = (config.max_waiters_per_collection, config.max_waiters);
         let state_workers = Workers::start("state", 1, 16)?;
+        let recovery_workers = Workers::start("recovery", 1, 64)?;
         let threads: Vec<Arbiter> = (0..config.collection_arbiters.max(1))
             .map(|_| Arbiter::new())
             .collect();
@@ -134,6 +137,7 @@ impl Replicate {
                 config,
                 workers,
                 state_workers,
+                recovery_workers,
                 registry: Mutex::default(),
             }),
             arbiters: Arc::new(arbiters),
@@ -464,7 +468,14 @@ impl Replicate {
                 let job = move || {
                     compactor::recover_document(&shared.store, &name, &doc, &state_vector, &limits)
                 };
-                self.shared.workers.run(job).await??
+                // Its own pool: writes are never checked behind a costly recovery.
+                let timeout = self.shared.config.state_timeout;
+                tokio::time::timeout(timeout, self.shared.recovery_workers.run(job))
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        what: "document recovery",
+                        millis: timeout.as_millis() as u64,
+                    })???
             }
             None => {
                 let cached = self.shared.states.get(c, cursor);

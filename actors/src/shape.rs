@@ -47,6 +47,8 @@ pub enum Refusal {
     /// origin (not the named parent) is what its encoding keeps, so a document rebuilt from a
     /// snapshot could place it elsewhere.
     PartlyKnown { client: u64, clock: u32 },
+    /// The delete set names ids the document does not have.
+    DeletesUnknown { client: u64, clock: u32 },
 }
 
 impl std::fmt::Display for Refusal {
@@ -67,6 +69,10 @@ impl std::fmt::Display for Refusal {
             Refusal::OverlapsPending { client, clock } => write!(
                 f,
                 "ids from <{client}#{clock}> are already held by an item waiting for its dependencies"
+            ),
+            Refusal::DeletesUnknown { client, clock } => write!(
+                f,
+                "the delete set names <{client}#{clock}>, which the document does not have"
             ),
             Refusal::PartlyKnown { client, clock } => write!(
                 f,
@@ -332,6 +338,19 @@ impl DocShape {
             }
         }
         self.check_pending_order(layout, &staged)?;
+        // yrs keeps deletes of ids a document lacks pending, without bound and forever: only
+        // ids the document has (or this update brings) may be deleted.
+        for &(client, clock, len) in &layout.deletes {
+            let mut missing = Vec::new();
+            gaps(self.runs.get(&client), clock, len, &mut missing);
+            for (start, len) in missing {
+                let mut still = Vec::new();
+                gaps(staged.runs.get(&client), start, len, &mut still);
+                if let Some(&(at, _)) = still.first() {
+                    return Err(Refusal::DeletesUnknown { client, clock: at });
+                }
+            }
+        }
         let pending = self.pending.len() - staged.resolved.len() + staged.new_pending.len();
         if pending > limits.max_pending {
             return Err(Refusal::TooManyPending {

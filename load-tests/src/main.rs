@@ -20,8 +20,8 @@ use replicate_load::server::Server;
     about = "Load scenarios for replicate: throughput, latency, correctness"
 )]
 struct Args {
-    /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, or all
-    /// (the default).
+    /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, hostile, or
+    /// all (the default).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Base URL of a running server (e.g. http://127.0.0.1:8080); default: start one in-process
@@ -117,7 +117,7 @@ async fn run(args: Args) -> Result<bool> {
         server.base_url,
         opts.seed
     );
-    let ctx = Ctx::new(opts, Backend::Http(http), config);
+    let ctx = Ctx::new(opts, Backend::Http(http), config).with_base_url(&server.base_url);
 
     let mut reports: Vec<Report> = Vec::new();
     let mut all_ok = true;
@@ -130,6 +130,7 @@ async fn run(args: Args) -> Result<bool> {
             "offline-peer" => scenarios::offline_peer::run(&ctx).await,
             "reconnect-storm" => scenarios::reconnect_storm::run(&ctx).await,
             "mixed" => scenarios::mixed::run(&ctx).await,
+            "hostile" => scenarios::hostile::run(&ctx).await,
             _ => unreachable!("names come from ALL"),
         };
         match result {

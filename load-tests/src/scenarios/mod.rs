@@ -9,6 +9,7 @@ pub mod append;
 pub mod catchup;
 pub mod common;
 pub mod fanout;
+pub mod hostile;
 pub mod mixed;
 pub mod offline_peer;
 pub mod reconnect_storm;
@@ -40,6 +41,7 @@ pub const ALL: &[&str] = &[
     "offline-peer",
     "reconnect-storm",
     "mixed",
+    "hostile",
 ];
 
 /// Options shared by the scenarios (each uses the ones that apply to it).
@@ -68,6 +70,8 @@ pub struct Ctx {
     pub backend: Backend,
     /// The config the in-process floors start their own actors with.
     pub floor_config: Config,
+    /// The service's base URL when it is reached over HTTP (`hostile` sends raw requests).
+    pub base_url: Option<String>,
     run_id: String,
     floor_actor: std::cell::RefCell<Option<(Replicate, tempfile::TempDir)>>,
 }
@@ -82,7 +86,16 @@ impl Ctx {
             opts,
             backend,
             floor_config,
+            base_url: None,
             floor_actor: Default::default(),
+        }
+    }
+
+    /// Records the service's base URL (see [`Ctx::base_url`]).
+    pub fn with_base_url(self, url: &str) -> Ctx {
+        Ctx {
+            base_url: Some(url.trim_end_matches('/').to_string()),
+            ..self
         }
     }
 

@@ -26,7 +26,7 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{b64, unb64, Client, Resp};
-use replicate_actors::craft::{self, Item, ItemContent, ItemId, ParentRef};
+use replicate_actors::craft::{self, Item, ItemContent, ParentRef};
 use serde_json::{json, Value};
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Transact, Update};
@@ -189,46 +189,12 @@ fn reads_work(s: &mut Server, coll: &str, doc: &str, after: &str) {
     s.assert_alive(after);
 }
 
-/// Maps `from..to` of `client`'s chain (see [`craft::nested_maps`]: map `i` is set at key
-/// "k" of map `i - 1`, map 0 in root map "m"), as one update.
 fn chain_part(client: u64, from: u32, to: u32) -> Vec<u8> {
-    let items = (from..to)
-        .map(|i| Item {
-            origin: None,
-            right_origin: None,
-            parent: match i.checked_sub(1) {
-                None => ParentRef::Root("m".into()),
-                Some(clock) => ParentRef::Id(ItemId { client, clock }),
-            },
-            parent_sub: Some("k".into()),
-            content: ItemContent::Map,
-        })
-        .collect();
-    craft::update(&[(client, from, items)], &[])
+    craft::nested_maps_part(client, from, to)
 }
 
-/// Items `from..to` of [`craft::quadratic`], as one update: each from its own client, all
-/// with left origin 1#0 and right origin 1#(i+1) (the attack spread over several writes).
 fn quadratic_part(from: u32, to: u32) -> Vec<u8> {
-    let sections: Vec<(u64, u32, Vec<Item>)> = (from..to)
-        .map(|i| {
-            let item = Item {
-                origin: Some(ItemId {
-                    client: 1,
-                    clock: 0,
-                }),
-                right_origin: Some(ItemId {
-                    client: 1,
-                    clock: i + 1,
-                }),
-                parent: ParentRef::Root("t".into()),
-                parent_sub: None,
-                content: ItemContent::Text("x".into()),
-            };
-            (1000 + u64::from(i), 0, vec![item])
-        })
-        .collect();
-    craft::update(&sections, &[])
+    craft::quadratic_part(from, to)
 }
 
 // ---- item 1: nested types without bound ----

@@ -15,6 +15,7 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
 use crate::compaction;
+use crate::compactor;
 use crate::crdt::{self, DocState, Merged, YjsLimits};
 use crate::error::{Error, Result};
 use crate::peers::PeerTable;
@@ -675,24 +676,9 @@ fn check_writes(
     })
 }
 
-/// Rebuilds one document from the store: its snapshot and retained deltas, without the
-/// updates quarantined before. Deltas are read before the snapshot (see
-/// [`crate::compactor`]), so a compaction committing in between loses nothing.
+/// Rebuilds one document from the store (see [`compactor::load_document`]).
 fn build_doc(store: &Store, c: &str, doc: &str, limits: &YjsLimits) -> Result<crdt::Built> {
-    let deltas = store.doc_deltas(c, doc, u64::MAX)?;
-    let snapshot = store.snapshot(c, doc)?;
-    let skip = store.quarantined(c, doc)?;
-    let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + 1);
-    if let Some(s) = snapshot.as_ref().filter(|_| !skip.contains(&0)) {
-        parts.push((0, &s.bytes));
-    }
-    parts.extend(
-        deltas
-            .iter()
-            .filter(|(seq, _)| !skip.contains(seq))
-            .map(|(seq, b)| (*seq, b.as_slice())),
-    );
-    Ok(DocState::build(parts.iter().copied(), limits))
+    compactor::load_document(store, c, doc, u64::MAX, limits).map(|l| l.built)
 }
 
 /// Read one stream page; also hands out a receiver of the durable seq for waiting.
@@ -961,8 +947,8 @@ impl CollectionActor {
     }
 }
 
-/// The compaction job: reads the document's durable deltas, then its snapshot, and merges
-/// them (leaving out quarantined and newly refused updates).
+/// The compaction job: the document through `upto`, merged (see
+/// [`compactor::load_document`]).
 fn merge_document(
     store: &Store,
     c: &str,
@@ -970,29 +956,11 @@ fn merge_document(
     upto: u64,
     limits: &YjsLimits,
 ) -> Result<MergedDoc> {
-    let deltas = store.doc_deltas(c, doc, upto)?;
-    let snapshot = store.snapshot(c, doc)?;
-    let skip = store.quarantined(c, doc)?;
-    let deltas: Vec<(u64, Vec<u8>)> = deltas
-        .into_iter()
-        .filter(|(seq, _)| !skip.contains(seq))
-        .collect();
-    let empty = snapshot.is_none() && deltas.is_empty();
-    let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + 1);
-    if let Some(s) = snapshot.as_ref().filter(|_| !skip.contains(&0)) {
-        parts.push((0, &s.bytes));
-    }
-    parts.extend(deltas.iter().map(|(seq, b)| (*seq, b.as_slice())));
-    let built = DocState::build(parts.iter().copied(), limits);
-    let merged_deltas = deltas
-        .iter()
-        .filter(|(seq, _)| !built.quarantined.iter().any(|(q, _)| q == seq))
-        .map(|(seq, b)| (*seq, b.len() as u64))
-        .collect();
+    let loaded = compactor::load_document(store, c, doc, upto, limits)?;
     Ok(MergedDoc {
-        merged: built.state.encode(),
-        merged_deltas,
-        quarantined: built.quarantined,
-        empty,
+        merged: loaded.built.state.encode(),
+        merged_deltas: loaded.merged,
+        quarantined: loaded.built.quarantined,
+        empty: loaded.empty,
     })
 }

@@ -5,15 +5,59 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::crdt::{DocState, YjsLimits};
+use crate::crdt::{Built, DocState, YjsLimits};
 use crate::error::Result;
 use crate::store::Store;
 
-/// The state of one document, as a diff against `state_vector` (the whole state if empty).
+/// One document rebuilt from the store, and what went into it.
+pub struct LoadedDoc {
+    pub built: Built,
+    /// (seq, byte length) of the deltas merged in, quarantined ones left out.
+    pub merged: Vec<(u64, u64)>,
+    /// Whether the document had neither a snapshot nor deltas.
+    pub empty: bool,
+}
+
+/// Rebuilds document `doc` from its snapshot and its retained deltas with seq ≤ `upto`,
+/// leaving out the updates quarantined before (and quarantining any that fail now).
 ///
 /// Reads deltas first and the snapshot second: a compaction that deletes a delta between the
 /// two reads wrote the snapshot holding it in the same atomic batch, so the second read sees
-/// it. Quarantined updates are left out, as in every merge.
+/// it.
+pub fn load_document(
+    store: &Store,
+    c: &str,
+    doc: &str,
+    upto: u64,
+    limits: &YjsLimits,
+) -> Result<LoadedDoc> {
+    let skip = store.quarantined(c, doc)?;
+    let deltas: Vec<(u64, Vec<u8>)> = store
+        .doc_deltas(c, doc, upto)?
+        .into_iter()
+        .filter(|(seq, _)| !skip.contains(seq))
+        .collect();
+    let snapshot = store.snapshot(c, doc)?;
+    let empty = snapshot.is_none() && deltas.is_empty();
+    let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + 1);
+    if let Some(s) = snapshot.as_ref().filter(|_| !skip.contains(&0)) {
+        parts.push((0, &s.bytes));
+    }
+    parts.extend(deltas.iter().map(|(seq, b)| (*seq, b.as_slice())));
+    let built = DocState::build(parts.iter().copied(), limits);
+    let merged = deltas
+        .iter()
+        .filter(|(seq, _)| !built.quarantined.iter().any(|(q, _)| q == seq))
+        .map(|(seq, b)| (*seq, b.len() as u64))
+        .collect();
+    Ok(LoadedDoc {
+        built,
+        merged,
+        empty,
+    })
+}
+
+/// The state of one document, as a diff against `state_vector` (the whole state if empty).
 pub fn recover_document(
     store: &Store,
     c: &str,
@@ -21,20 +65,8 @@ pub fn recover_document(
     state_vector: &[u8],
     limits: &YjsLimits,
 ) -> Result<Vec<u8>> {
-    let deltas = store.doc_deltas(c, doc, u64::MAX)?;
-    let snapshot = store.snapshot(c, doc)?;
-    let skip = store.quarantined(c, doc)?;
-    let mut parts: Vec<(u64, &[u8])> = Vec::new();
-    if let Some(s) = snapshot.as_ref().filter(|_| !skip.contains(&0)) {
-        parts.push((0, &s.bytes));
-    }
-    parts.extend(
-        deltas
-            .iter()
-            .filter(|(seq, _)| !skip.contains(seq))
-            .map(|(seq, b)| (*seq, b.as_slice())),
-    );
-    DocState::build(parts.iter().copied(), limits)
+    load_document(store, c, doc, u64::MAX, limits)?
+        .built
         .state
         .diff(state_vector)
 }

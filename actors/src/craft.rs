@@ -141,24 +141,28 @@ pub fn clock_len(items: &[Item]) -> u32 {
 /// "m"): types nested `n` deep. With `delete_root`, the same update also deletes the first map,
 /// which makes yrs delete the whole chain recursively.
 pub fn nested_maps(client: u64, n: u32, delete_root: bool) -> Vec<u8> {
-    let items: Vec<Item> = (0..n)
+    let deletes: &[(u64, u32, u32)] = if delete_root { &[(client, 0, 1)] } else { &[] };
+    update(&[(client, 0, nested_map_items(client, 0, n))], deletes)
+}
+
+/// Maps `from..to` of [`nested_maps`]'s chain, as one update (the chain sent in parts).
+pub fn nested_maps_part(client: u64, from: u32, to: u32) -> Vec<u8> {
+    update(&[(client, from, nested_map_items(client, from, to))], &[])
+}
+
+fn nested_map_items(client: u64, from: u32, to: u32) -> Vec<Item> {
+    (from..to)
         .map(|i| Item {
             origin: None,
             right_origin: None,
-            parent: if i == 0 {
-                ParentRef::Root("m".into())
-            } else {
-                ParentRef::Id(ItemId {
-                    client,
-                    clock: i - 1,
-                })
+            parent: match i.checked_sub(1) {
+                None => ParentRef::Root("m".into()),
+                Some(clock) => ParentRef::Id(ItemId { client, clock }),
             },
             parent_sub: Some("k".into()),
             content: ItemContent::Map,
         })
-        .collect();
-    let deletes: &[(u64, u32, u32)] = if delete_root { &[(client, 0, 1)] } else { &[] };
-    update(&[(client, 0, items)], deletes)
+        .collect()
 }
 
 /// An update that only deletes `len` ids of `client` from `clock`.
@@ -182,7 +186,12 @@ pub fn quadratic_base(n: u32) -> Vec<u8> {
 /// `n` one-character items, each from a different client, all with left origin 1#0 and
 /// each with a different right origin 1#(i+1): integrating them costs O(n²) in yrs.
 pub fn quadratic(n: u32) -> Vec<u8> {
-    let sections: Vec<(u64, u32, Vec<Item>)> = (0..n)
+    quadratic_part(0, n)
+}
+
+/// Items `from..to` of [`quadratic`], as one update (the attack spread over several writes).
+pub fn quadratic_part(from: u32, to: u32) -> Vec<u8> {
+    let sections: Vec<(u64, u32, Vec<Item>)> = (from..to)
         .map(|i| {
             let item = Item {
                 origin: Some(ItemId {

@@ -18,10 +18,12 @@ use crate::compaction;
 use crate::compactor;
 use crate::crdt::{self, DocState, Merged, YjsLimits};
 use crate::error::{Error, Result};
+use crate::paging::{self, DeletedEntry, PageBounds, PageSource};
 use crate::peers::PeerTable;
 use crate::runtime::Shared;
 use crate::store::{
-    CompactionWrite, DeltaRecord, DocStats, OpWrite, PreparedWrite, SnapshotRecord, Store,
+    CompactionWrite, DeletedEntries, DeltaRecord, DocStats, OpWrite, PreparedWrite, SnapshotRecord,
+    Store,
 };
 use crate::types::{
     Change, CollectionStats, CompactRequest, Compacted, OperationType, StreamPage, Write, Written,
@@ -29,6 +31,37 @@ use crate::types::{
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// What [`paging::walk`] reads for one page, from the store (see `read_page` for the order).
+struct StorePages<'a> {
+    store: &'a Store,
+    collection: &'a str,
+    /// The deleted-seq index from the look-back start; `None` when no entry was ever written.
+    entries: Option<DeletedEntries>,
+}
+
+impl PageSource for StorePages<'_> {
+    type Snapshot = SnapshotRecord;
+
+    fn next_entry(&mut self) -> Result<Option<DeletedEntry>> {
+        self.entries.as_mut().and_then(Iterator::next).transpose()
+    }
+
+    fn snapshot(&mut self, doc: &str) -> Result<Option<(SnapshotRecord, usize)>> {
+        let snapshot = self.store.snapshot(self.collection, doc)?;
+        Ok(snapshot.map(|s| {
+            let size = s.bytes.len();
+            (s, size)
+        }))
+    }
+
+    fn legacy_owners(&mut self, seq: u64) -> Result<Vec<String>> {
+        let owners =
+            self.store
+                .compacted_after(self.collection, seq.saturating_sub(1), usize::MAX)?;
+        Ok(owners.into_iter().map(|(_, doc)| doc).collect())
+    }
+}
 
 pub struct CollectionActor {
     name: String,
@@ -146,50 +179,77 @@ impl CollectionActor {
         }
     }
 
-    /// One stream page: the snapshot of *every* document compacted past `cursor`, then up to
-    /// `limit` deltas in seq order within about `Config::max_page_bytes` (at least one delta
-    /// when there is one, so every page makes progress).
+    /// One stream page from `cursor`: at most `limit` deltas within about
+    /// `Config::max_page_bytes` (the budget plus the first change), cut by [`paging::walk`]:
+    /// the snapshots of the documents whose deleted deltas lie in (cursor, page cursor], then
+    /// the retained deltas of that range in seq order.
     ///
     /// # Invariants
-    /// - Snapshots are never cut by `limit`: a document compacted past the cursor lacks deleted
-    ///   deltas anywhere in (cursor, its watermark], not only at the watermark, so no cursor
-    ///   above the request's would be safe while one such snapshot is left out, and repeating
-    ///   the request would return the same page forever. (A cut at "next watermark − 1" was
-    ///   tried and the concurrent model test showed a reader skipping updates.)
-    /// - Deltas are read *before* the watermarks and snapshots. Compactions commit on the
-    ///   committer thread concurrently with this read, each as one atomic batch that deletes
-    ///   deltas and writes the snapshot holding them; a delta missing from the first read was
-    ///   deleted by a batch the second read sees, so its snapshot is in the page.
+    /// - Invariant 3, per document: every seq up to the page's cursor is a delta of the page
+    ///   or a seq compaction deleted whose document's snapshot is in the page. The deleted-seq
+    ///   index says exactly which document each deleted seq belonged to, so a page may stop at
+    ///   any seq, and the next page, read from the answered cursor alone, carries on: the
+    ///   contract stays stateless. (Cutting the old list of documents compacted past the
+    ///   cursor was wrong: such a document lacks deltas anywhere below its highest deleted seq,
+    ///   so no cut of the list made a safe cursor; the concurrent model test caught it.)
+    /// - Bounded: the page holds at most the budget plus one change and always moves when the
+    ///   cursor is below the head (only deltas deleted before store format 2 can push a page
+    ///   past its budget; see [`paging`]).
+    /// - Read order. Compactions commit on the committer thread while this runs, each as one
+    ///   atomic batch that deletes some deltas of one document, writes its snapshot holding
+    ///   them and the index entries of the deleted seqs. This reads (1) the window's retained
+    ///   deltas, then (2) the largest bucket size, then (3) the index entries, lazily as the
+    ///   walk reaches deleted seqs, then (4) each snapshot after the entry that named it.
+    ///   Every seq up to the head was committed before (1). A seq of the window missing from
+    ///   (1) was deleted by a batch committed before (1); (2) and (3) start after (1), so they
+    ///   see that batch's bucket record and entry (entries are never removed), and (4) sees
+    ///   that batch's snapshot or a later one, which merges it. A delta deleted after (1) is
+    ///   sent as the delta (1) read: the walk goes by (1), and an entry for a seq (1) holds
+    ///   adds no snapshot. Reading the index or a snapshot before the deltas would let a batch
+    ///   land in between and leave a deleted delta with neither (the review test
+    ///   `stream_page_read_during_a_compaction_commit_skips_nothing` caught that order).
     fn read_page(&mut self, cursor: u64, limit: usize, threshold: u64) -> Result<StreamPage> {
         let head = self.durable;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
         let store = &self.shared.store;
-        let (deltas, more_deltas) = store.deltas_after(
-            &self.name,
-            cursor,
-            head,
-            limit,
-            self.shared.config.max_page_bytes,
-        )?;
-        let mut changes = Vec::with_capacity(deltas.len());
-        for (_, doc) in store.compacted_after(&self.name, cursor, usize::MAX)? {
-            if let Some(s) = store.snapshot(&self.name, &doc)? {
-                changes.push(Change {
-                    document_id: doc,
-                    seq: s.snapshot_seq,
-                    bytes: s.bytes,
-                    operation: OperationType::Snapshot,
-                });
-            }
-        }
-        let new_cursor = if more_deltas {
-            deltas.last().map(|(s, _)| *s).unwrap_or(cursor)
-        } else {
-            head
+        let max_bytes = self.shared.config.max_page_bytes;
+        // (1)
+        let (deltas, more) = store.deltas_after(&self.name, cursor, head, limit, max_bytes)?;
+        let window_end = match deltas.last() {
+            Some((seq, _)) if more => *seq,
+            _ => head,
         };
-        changes.extend(deltas.into_iter().map(|(seq, d)| Change {
+        // (2); (3) and (4) as the walk asks.
+        let span = store.deleted_span()?;
+        let mut source = StorePages {
+            store,
+            collection: &self.name,
+            entries: (span > 0).then(|| {
+                store.deleted_entries(&self.name, cursor.saturating_add(2).saturating_sub(span))
+            }),
+        };
+        let live = deltas
+            .into_iter()
+            .map(|(seq, d)| (seq, d.bytes.len(), d))
+            .collect();
+        let bounds = PageBounds {
+            cursor,
+            window_end,
+            limit,
+            max_bytes,
+            max_runs: paging::MAX_RUNS_PER_PAGE,
+        };
+        let walked = paging::walk(&bounds, live, &mut source)?;
+        let mut changes = Vec::with_capacity(walked.snapshots.len() + walked.deltas.len());
+        changes.extend(walked.snapshots.into_iter().map(|(doc, s)| Change {
+            document_id: doc,
+            seq: s.snapshot_seq,
+            bytes: s.bytes,
+            operation: OperationType::Snapshot,
+        }));
+        changes.extend(walked.deltas.into_iter().map(|(seq, d)| Change {
             document_id: d.document_id,
             seq,
             bytes: d.bytes,
@@ -198,8 +258,8 @@ impl CollectionActor {
         self.stats.stream_pages += 1;
         Ok(StreamPage {
             changes,
-            cursor: new_cursor,
-            has_more: more_deltas,
+            cursor: walked.cursor,
+            has_more: walked.cursor < head,
             compact: self.compaction_hint(threshold),
         })
     }
@@ -925,14 +985,16 @@ impl CollectionActor {
             snapshot_seq: plan.snapshot_seq,
             created_at: now,
         };
-        let prepared = Store::prepare_compaction(
+        // Reads and extends the document's deleted-seq index entries: safe, since this
+        // document's previous compaction has committed and the next waits for this one.
+        let prepared = self.shared.store.prepare_compaction(
             &self.name,
             &CompactionWrite {
                 document_id: doc,
                 snapshot: &snapshot,
                 deleted: &plan.delete,
                 stats: plan.stats,
-                old_watermark: previous.watermark,
+                bucket_seqs: self.shared.config.page_bucket_seqs,
             },
         )?;
         self.set_doc_stats(doc, plan.stats);

@@ -38,9 +38,16 @@ pub struct Config {
     pub max_wait: Duration,
     /// sled page cache size in bytes (default 256 MiB).
     pub cache_bytes: u64,
-    /// Soft cap on the update bytes of one stream page (default 16 MiB): a page stops adding
-    /// snapshots or deltas past it, but always carries at least one delta when there is one.
+    /// Cap on the update bytes of one stream page (default 16 MiB): a page holds at most this
+    /// plus one change (one snapshot or delta: the first, so every page moves), except for
+    /// deltas deleted before store format 2 (see [`crate::paging`]).
     pub max_page_bytes: usize,
+    /// Seqs per bucket of the index of deleted deltas that cuts stream pages (default 1,024;
+    /// 1 to [`crate::paging::MAX_BUCKET_SEQS`]). A compaction writes one small record per
+    /// bucket its deleted deltas fall in; a page reads the records of up to about two buckets
+    /// before its first step. Changing it on an existing store is safe: readers look back over
+    /// the largest bucket ever written.
+    pub page_bucket_seqs: u64,
     /// Bounds on "valid but hostile" Yjs updates: nesting, counts, CPU budgets (see
     /// [`YjsLimits`] for the defaults).
     pub yjs: YjsLimits,
@@ -85,6 +92,7 @@ impl Config {
             max_wait: Duration::from_secs(60),
             cache_bytes: 256 * 1024 * 1024,
             max_page_bytes: 16 * 1024 * 1024,
+            page_bucket_seqs: 1024,
             yjs: YjsLimits::default(),
             doc_cache_bytes: 64 * 1024 * 1024,
             op_id_ttl: Duration::from_secs(7 * 24 * 3600),

@@ -25,8 +25,13 @@ pub enum Tag {
     Snapshot = b'S',
     /// `DocStats` + c + doc → retained bytes / count and compaction watermark.
     DocStats = b'T',
-    /// `Watermark` + c + watermark seq + doc → () (documents by highest deleted seq).
+    /// `Watermark` + c + watermark seq + doc → () (documents by highest deleted seq). Format 1
+    /// only: still read, for the deltas deleted before format 2; no longer written.
     Watermark = b'W',
+    /// `DeletedSeqs` + c + bucket start seq + doc → the seqs of that document compaction
+    /// deleted within that bucket, as runs (see [`crate::paging`]): where stream pages need
+    /// snapshots.
+    DeletedSeqs = b'B',
     /// `Peer` + c + peer → acknowledgement state.
     Peer = b'P',
     /// `OpId` + c + op id → seq (format 1, before op ids were scoped by document; no longer
@@ -98,6 +103,27 @@ pub fn watermark(c: &str, seq: u64, doc: &str) -> Vec<u8> {
     let mut key = prefix(Tag::Watermark, c);
     key.extend_from_slice(&seq.to_be_bytes());
     push_str(&mut key, doc);
+    key
+}
+
+/// The key of one entry of the deleted-seq index: `start` is the first seq of its bucket.
+pub fn deleted_seqs(c: &str, start: u64, doc: &str) -> Vec<u8> {
+    let mut key = prefix(Tag::DeletedSeqs, c);
+    key.extend_from_slice(&start.to_be_bytes());
+    push_str(&mut key, doc);
+    key
+}
+
+/// Prefix of the store-wide records of the bucket sizes deleted-seq entries were written with.
+pub fn deleted_span_prefix() -> Vec<u8> {
+    vec![Tag::Meta as u8, b'b']
+}
+
+/// The record that some deleted-seq entry spans up to `seqs` seqs (its value is empty; the
+/// largest such key is what readers need).
+pub fn deleted_span(seqs: u64) -> Vec<u8> {
+    let mut key = deleted_span_prefix();
+    key.extend_from_slice(&seqs.to_be_bytes());
     key
 }
 
@@ -203,6 +229,19 @@ mod tests {
             if a != b {
                 prop_assert_eq!(a.cmp(&b), watermark("c", a, &d).cmp(&watermark("c", b, &e)));
             }
+        }
+
+        #[test]
+        fn deleted_seqs_keys_sort_by_bucket(a in any::<u64>(), b in any::<u64>(), d in ".{0,8}", e in ".{0,8}") {
+            if a != b {
+                prop_assert_eq!(a.cmp(&b), deleted_seqs("c", a, &d).cmp(&deleted_seqs("c", b, &e)));
+            }
+            let key = deleted_seqs("c", a, &d);
+            let base = prefix(Tag::DeletedSeqs, "c").len();
+            prop_assert_eq!(read_u64(&key, base), Some(a));
+            prop_assert_eq!(read_str(&key, base + 8), Some((d, key.len())));
+            prop_assert_eq!(a.cmp(&b), deleted_span(a).cmp(&deleted_span(b)));
+            prop_assert!(!deleted_span(a).starts_with(&format_version()));
         }
 
         #[test]

@@ -9,6 +9,8 @@
 //! - [`compactor`]: a `SyncArbiter` actor for merges and diffs, off the async threads.
 //! - [`durability`]: group commit, one flusher thread batching concurrent writes into one flush.
 //! - [`store`]: every record on sled, behind its own API; [`keys`]: its key encoding.
+//! - [`paging`]: bounded stream pages: the index of where compaction deleted deltas, and the
+//!   walk that cuts a page with it (pure; the collection actor reads the store for it).
 //! - [`crdt`]: the only user of yrs: validation, merge, state vectors, diffs; [`precheck`]: a
 //!   bounds check of the v1 layout that runs before yrs sees untrusted bytes.
 //! - [`clock`], [`config`], [`names`], [`error`], [`types`]: injected time, settings, the naming
@@ -18,7 +20,9 @@
 //! 1. Seqs of a collection are 1, 2, 3, … in commit order, never reused (not after compaction
 //!    deleted the newest deltas, not after a restart): the counter is persisted with each write.
 //! 2. A write is answered only once flushed; readers only see flushed seqs.
-//! 3. A stream page carries the snapshot of every document compacted past the reader's cursor.
+//! 3. A stream page carries the snapshot of every document whose deleted deltas lie between
+//!    the reader's cursor and the page's cursor; pages stay within the byte budget plus one
+//!    change, so a page's cursor may stop short of the head ([`paging`]).
 //! 4. A snapshot merges the previous snapshot, any client snapshot and every merged delta;
 //!    deltas are deleted only below the lowest ack of the active peers.
 //! 5. Invalid input is rejected before anything is stored.
@@ -48,6 +52,7 @@ pub mod durability;
 pub mod error;
 pub mod keys;
 pub mod names;
+pub mod paging;
 pub mod peers;
 pub mod precheck;
 pub mod runtime;

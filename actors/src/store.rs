@@ -13,10 +13,16 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::keys::{self, Tag};
+use crate::paging::{self, DeletedEntry};
 use crate::types::OperationType;
 
 /// Current on-disk format; bump when a record or key layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Format 2 added the deleted-seq index (`Tag::DeletedSeqs`) and stopped writing the
+/// `Tag::Watermark` records; a format-1 store is upgraded on open by recording the new version
+/// (its watermarks stay valid and are still read, see [`crate::paging`]). A binary that knows
+/// only format 1 refuses a format-2 store, since it would not read the new index.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One stored update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +95,8 @@ pub struct CompactionWrite<'a> {
     pub snapshot: &'a SnapshotRecord,
     pub deleted: &'a [u64],
     pub stats: DocStats,
-    pub old_watermark: u64,
+    /// Seqs per bucket of the deleted-seq index (`Config::page_bucket_seqs`).
+    pub bucket_seqs: u64,
 }
 
 /// Writes prepared by [`Store::prepare_append`], applied by [`Store::commit`].
@@ -156,6 +163,13 @@ impl Store {
                 Ok(())
             }
             Some(v) if v.as_ref() == FORMAT_VERSION.to_be_bytes() => Ok(()),
+            Some(v) if v.as_ref() == 1u32.to_be_bytes() => {
+                // Nothing to rewrite: format-1 watermarks are read as they are.
+                tracing::info!("upgrading the store from format 1 to {FORMAT_VERSION}");
+                self.db.insert(key, &FORMAT_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
             Some(v) => Err(Error::Storage(format!(
                 "store format {:?} is not the supported format {FORMAT_VERSION}",
                 v.as_ref()
@@ -410,8 +424,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` documents whose compaction watermark is above `after`, by watermark.
-    /// Watermarks are seqs, so no two documents share one.
+    /// Up to `limit` documents whose format-1 compaction watermark (highest deleted seq) is
+    /// above `after`, by watermark. Watermarks are seqs, so no two documents share one. Only
+    /// deletions made before format 2 are here; later ones are in [`Self::deleted_entries`].
     pub fn compacted_after(&self, c: &str, after: u64, limit: usize) -> Result<Vec<(u64, String)>> {
         let p = keys::prefix(Tag::Watermark, c);
         let start = keys::watermark(c, after.saturating_add(1), "");
@@ -432,31 +447,74 @@ impl Store {
         Ok(out)
     }
 
-    /// Prepares a compaction: the new snapshot, the deletions, the counters and the watermark
-    /// index, committed as one atomic batch (a reader or a crash sees all of it or none).
-    pub fn prepare_compaction(c: &str, w: &CompactionWrite<'_>) -> Result<PreparedWrite> {
-        let mut ops = Vec::with_capacity(4 + 2 * w.deleted.len());
+    /// Prepares a compaction: the new snapshot, the deletions, the counters and the entries
+    /// of the deleted-seq index (the document's entry of each bucket the deleted seqs fall in,
+    /// merged with what it held, plus the record of the bucket size), committed as one atomic
+    /// batch (a reader or a crash sees all of it or none). Stream pages rely on that: a delta
+    /// is gone only where its index entry and its document's snapshot are (see
+    /// `CollectionActor::read_page`).
+    ///
+    /// Reads the document's current entries: the caller must not prepare another compaction
+    /// of the same document until this one is committed (the collection actor runs one
+    /// document's compactions one after another), or one merge would lose the other's seqs.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if an entry cannot be read.
+    pub fn prepare_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<PreparedWrite> {
+        let mut ops = Vec::with_capacity(5 + 2 * w.deleted.len());
         ops.push((keys::snapshot(c, w.document_id), Some(encode(w.snapshot)?)));
         for &seq in w.deleted {
             ops.push((keys::delta(c, seq), None));
             ops.push((keys::doc_delta(c, w.document_id, seq), None));
         }
         ops.push((keys::doc_stats(c, w.document_id), Some(encode(&w.stats)?)));
-        if w.stats.watermark != w.old_watermark {
-            if w.old_watermark > 0 {
-                ops.push((keys::watermark(c, w.old_watermark, w.document_id), None));
-            }
-            ops.push((
-                keys::watermark(c, w.stats.watermark, w.document_id),
-                Some(Vec::new()),
-            ));
+        let bucket = w.bucket_seqs.clamp(1, paging::MAX_BUCKET_SEQS);
+        let buckets = paging::bucket_runs(w.deleted, bucket);
+        if !buckets.is_empty() {
+            ops.push((keys::deleted_span(bucket), Some(Vec::new())));
+        }
+        for (start, runs) in buckets {
+            let key = keys::deleted_seqs(c, start, w.document_id);
+            let runs = match self.db.get(&key)? {
+                Some(old) => {
+                    let old = paging::decode_runs(start, &old)
+                        .ok_or_else(|| corrupt("deleted seqs entry"))?;
+                    paging::merge_runs(&old, &runs)
+                }
+                None => runs,
+            };
+            ops.push((key, Some(paging::encode_runs(start, &runs))));
         }
         Ok(PreparedWrite { ops })
     }
 
+    /// The largest bucket, in seqs, any deleted-seq entry was written with (0: no entries).
+    pub fn deleted_span(&self) -> Result<u64> {
+        match self.db.scan_prefix(keys::deleted_span_prefix()).next_back() {
+            Some(entry) => {
+                let (k, _) = entry?;
+                keys::read_u64(&k, keys::deleted_span_prefix().len())
+                    .ok_or_else(|| corrupt("deleted span key"))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// The deleted-seq index of collection `c` from bucket start `from` on, ascending. Lazy:
+    /// each entry is read when the iterator reaches it.
+    pub fn deleted_entries(&self, c: &str, from: u64) -> DeletedEntries {
+        let prefix = keys::prefix(Tag::DeletedSeqs, c);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&from.to_be_bytes());
+        DeletedEntries {
+            iter: self.db.range(start..),
+            prefix,
+        }
+    }
+
     /// Prepares and commits a compaction (tests and tools).
     pub fn apply_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<()> {
-        self.commit(&[Self::prepare_compaction(c, w)?])
+        self.commit(&[self.prepare_compaction(c, w)?])
     }
 
     /// Prepares forgetting a peer's record.
@@ -479,6 +537,33 @@ impl Store {
 
 fn corrupt(what: &str) -> Error {
     Error::Storage(format!("corrupt {what}"))
+}
+
+/// Iterator over the deleted-seq index of one collection (see [`Store::deleted_entries`]).
+pub struct DeletedEntries {
+    iter: sled::Iter,
+    prefix: Vec<u8>,
+}
+
+impl Iterator for DeletedEntries {
+    type Item = Result<DeletedEntry>;
+
+    fn next(&mut self) -> Option<Result<DeletedEntry>> {
+        let (k, v) = match self.iter.next()? {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if !k.starts_with(&self.prefix) {
+            return None;
+        }
+        let entry = (|| {
+            let start = keys::read_u64(&k, self.prefix.len())?;
+            let (doc, _) = keys::read_str(&k, self.prefix.len() + 8)?;
+            let runs = paging::decode_runs(start, &v)?;
+            Some(DeletedEntry { start, doc, runs })
+        })();
+        Some(entry.ok_or_else(|| corrupt("deleted seqs entry")))
+    }
 }
 
 #[cfg(test)]
@@ -530,58 +615,115 @@ mod tests {
     }
 
     #[test]
-    fn compaction_write_moves_the_watermark_index() {
+    fn compaction_write_records_deleted_seqs_by_bucket() {
         let store = Store::temporary().unwrap();
-        for seq in 1..=3 {
+        for seq in 1..=20 {
+            let doc = if seq % 3 == 0 { "e" } else { "d" };
             store
-                .append("c", seq, &delta("d", &[1]), &DocStats::default(), None)
+                .append("c", seq, &delta(doc, &[1]), &DocStats::default(), None)
                 .unwrap();
         }
+        assert_eq!(store.deleted_span().unwrap(), 0);
         let snap = SnapshotRecord {
             bytes: vec![0, 0],
             state_vector: vec![0],
-            snapshot_seq: 3,
+            snapshot_seq: 11,
             created_at: 0,
         };
-        let stats = DocStats {
-            watermark: 2,
-            ..Default::default()
-        };
         let w = CompactionWrite {
             document_id: "d",
             snapshot: &snap,
-            deleted: &[1, 2],
-            stats,
-            old_watermark: 0,
+            deleted: &[1, 2, 4, 5, 7, 8, 10, 11],
+            stats: DocStats::default(),
+            bucket_seqs: 8,
         };
         store.apply_compaction("c", &w).unwrap();
-        assert_eq!(
-            store.compacted_after("c", 1, 10).unwrap(),
-            vec![(2, "d".to_string())]
-        );
-        assert!(store.compacted_after("c", 2, 10).unwrap().is_empty());
-        let stats = DocStats {
-            watermark: 3,
-            ..Default::default()
+        let entries = |from| {
+            store
+                .deleted_entries("c", from)
+                .map(|e| e.unwrap())
+                .map(|e| (e.start, e.doc, e.runs))
+                .collect::<Vec<_>>()
         };
+        assert_eq!(
+            entries(0),
+            vec![
+                (0, "d".to_string(), vec![(1, 2), (4, 5), (7, 7)]),
+                (8, "d".to_string(), vec![(8, 8), (10, 11)]),
+            ]
+        );
+        assert_eq!(entries(1).len(), 1);
+        assert_eq!(store.deleted_span().unwrap(), 8);
+        // A later compaction of the same document merges into its entry of the bucket.
         let w = CompactionWrite {
-            document_id: "d",
-            snapshot: &snap,
-            deleted: &[3],
-            stats,
-            old_watermark: 2,
+            deleted: &[13, 14],
+            ..w
         };
         store.apply_compaction("c", &w).unwrap();
         assert_eq!(
-            store.compacted_after("c", 0, 10).unwrap(),
-            vec![(3, "d".to_string())]
+            entries(1),
+            vec![(8, "d".to_string(), vec![(8, 8), (10, 11), (13, 14)])]
         );
+        // A bigger bucket is recorded.
+        let w = CompactionWrite {
+            deleted: &[3, 6],
+            document_id: "e",
+            bucket_seqs: 32,
+            ..w
+        };
+        store.apply_compaction("c", &w).unwrap();
+        assert_eq!(store.deleted_span().unwrap(), 32);
+        assert_eq!(entries(0)[1], (0, "e".to_string(), vec![(3, 3), (6, 6)]));
+        assert!(store.deleted_entries("other", 0).next().is_none());
+        // No watermark records any more.
+        assert!(store.compacted_after("c", 0, 10).unwrap().is_empty());
         // High water survives deleting the newest delta.
-        assert_eq!(store.load_collection("c").unwrap().high_water, 3);
-        assert!(store
-            .deltas_after("c", 0, 10, 10, usize::MAX)
-            .unwrap()
-            .0
-            .is_empty());
+        let w = CompactionWrite {
+            deleted: &[16, 17, 19, 20],
+            document_id: "d",
+            ..w
+        };
+        store.apply_compaction("c", &w).unwrap();
+        assert_eq!(store.load_collection("c").unwrap().high_water, 20);
+    }
+
+    #[test]
+    fn a_format_1_store_opens_and_keeps_its_watermarks() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            store
+                .db
+                .insert(keys::format_version(), &1u32.to_be_bytes())
+                .unwrap();
+            store
+                .db
+                .insert(keys::watermark("c", 7, "d"), Vec::new())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            store
+                .db
+                .get(keys::format_version())
+                .unwrap()
+                .unwrap()
+                .as_ref(),
+            FORMAT_VERSION.to_be_bytes()
+        );
+        assert_eq!(
+            store.compacted_after("c", 6, 10).unwrap(),
+            vec![(7, "d".to_string())]
+        );
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        store
+            .db
+            .insert(keys::format_version(), &9u32.to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        assert!(Store::open(dir.path(), 1 << 20).is_err());
     }
 }

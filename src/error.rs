@@ -5,6 +5,8 @@
 //! | status | codes |
 //! | --- | --- |
 //! | 400 | `invalid_json`, `invalid_base64`, `invalid_argument`, `invalid_name`, `invalid_query`, `invalid_body` |
+//! | 401 | `unauthenticated` (no token, or one that does not verify; with `WWW-Authenticate: Bearer`) |
+//! | 403 | `forbidden` (the token's grants lack the right the route needs, or an ack as another peer) |
 //! | 404 / 405 | `not_found`, `method_not_allowed` |
 //! | 408 | `request_timeout` (the body did not arrive within `body_timeout`) |
 //! | 409 | `conflict` (a compaction kept losing races, or an op id reused for other bytes) |
@@ -179,6 +181,9 @@ impl ResponseError for ApiError {
         }
         metrics::counter!(crate::metrics::ERRORS, "code" => self.code).increment(1);
         let mut res = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"replicate\""));
+        }
         // A storage failure lasts until an operator acts and restarts the server: retrying in
         // a second would only add load, so it gets no `Retry-After`.
         if self.status == StatusCode::SERVICE_UNAVAILABLE && !self.is_storage_failure() {

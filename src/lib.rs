@@ -2,6 +2,8 @@
 //! actors of [`replicate_actors`].
 //!
 //! # Layout
+//! - [`auth`]: who may do what: the [`auth::Authenticate`] trait, the JWT verifier, grants,
+//!   and the per-route extractors every route declares its access with.
 //! - [`server`]: [`run`] (serve on a listener until a shutdown future resolves),
 //!   [`spawn_in_thread`] / [`RunningServer`] (a whole server on its own thread).
 //! - [`routes`]: [`configure`] mounts one module per route; each parses its input once
@@ -24,10 +26,13 @@
 //! environment.
 //!
 //! # Invariants
+//! - Every route declares the access it needs through one extractor ([`auth::extract`]);
+//!   a route that answers without checking it answers 500 instead.
 //! - No handler unwraps anything a client sent: every bad input is an [`ApiError`] 4xx, and
 //!   nothing is stored for it (validation happens before the one actor call).
 //! - An SSE event id is always a cursor a client may resume from without a gap.
 
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod limits;
@@ -40,5 +45,5 @@ pub mod wire;
 
 pub use error::ApiError;
 pub use routes::{configure, AppState};
-pub use server::{run, spawn_in_thread, spawn_in_thread_with_clock, RunningServer};
+pub use server::{run, run_with_auth, spawn_in_thread, spawn_in_thread_with_clock, RunningServer};
 pub use settings::ServerSettings;

@@ -1,14 +1,20 @@
 //! `replicate-server`: the replicate sync backend as a service. The only place that reads
-//! flags and environment; everything else takes plain settings.
+//! flags, environment and signals; everything else takes plain settings.
+//!
+//! `replicate-server` serves; `replicate-server token …` mints an HS256 token and exits.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+use replicate::auth::jwt::{self, JwtVerifier, MintRequest};
+use replicate::auth::{AuthSettings, Choice, KeyFiles, Right};
 use replicate::ServerSettings;
-use replicate_actors::{Config, Replicate};
+use replicate_actors::{Clock, Config, Replicate, SystemClock};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -19,8 +25,30 @@ enum LogFormat {
 
 /// A durable, ordered, compacting sync log for Yjs documents, over HTTP.
 #[derive(Debug, Parser)]
-#[command(name = "replicate-server", version, about)]
+#[command(
+    name = "replicate-server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// HS256 shared secret for tokens: the file's bytes, trailing newline trimmed.
+    #[arg(long, env = "REPLICATE_AUTH_SECRET_FILE")]
+    auth_secret_file: Option<PathBuf>,
+    /// A JWKS file (RS256, ES256, EdDSA keys; the token's `kid` picks one); re-read on SIGHUP.
+    #[arg(long, env = "REPLICATE_AUTH_JWKS_FILE")]
+    auth_jwks_file: Option<PathBuf>,
+    /// Tokens must carry this `iss`.
+    #[arg(long, env = "REPLICATE_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+    /// Tokens must carry this `aud`.
+    #[arg(long, env = "REPLICATE_AUTH_AUDIENCE")]
+    auth_audience: Option<String>,
+    /// Without keys, serve everyone as admin even on a non-loopback --bind (refused otherwise).
+    #[arg(long, env = "REPLICATE_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
     /// Address to listen on (HOST:PORT; port 0 picks a free one).
     #[arg(long, env = "REPLICATE_BIND", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
@@ -166,9 +194,100 @@ impl Args {
             keep_alive: Duration::from_millis(self.keep_alive_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            auth: AuthSettings {
+                keys: KeyFiles {
+                    secret_file: self.auth_secret_file.clone(),
+                    jwks_file: self.auth_jwks_file.clone(),
+                    issuer: self.auth_issuer.clone(),
+                    audience: self.auth_audience.clone(),
+                },
+                allow_anonymous: self.allow_anonymous,
+            },
             ..ServerSettings::default()
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mint an HS256 token with the server's secret and print it (for operators and tests).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The HS256 secret file the server verifies with.
+    #[arg(long, env = "REPLICATE_AUTH_SECRET_FILE")]
+    secret_file: PathBuf,
+    /// The principal (`sub`); it acks as itself or as `SUB:device`.
+    #[arg(long)]
+    sub: String,
+    /// A grant PATTERN=RIGHT (repeatable): PATTERN is a collection or a prefix ending in `*`,
+    /// RIGHT is read, write or admin.
+    #[arg(long = "grant", value_parser = parse_grant)]
+    grants: Vec<(String, Right)>,
+    /// How long the token is valid: seconds, or a number with s, m, h or d.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+    /// `iss` to put in the token (for a server started with --auth-issuer).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// `aud` to put in the token (for a server started with --auth-audience).
+    #[arg(long)]
+    audience: Option<String>,
+}
+
+/// `PATTERN=RIGHT`; split at the last `=`, since a collection name may hold one.
+fn parse_grant(s: &str) -> Result<(String, Right), String> {
+    let (pattern, right) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?} is not PATTERN=RIGHT (e.g. todos=write)"))?;
+    if pattern.is_empty() {
+        return Err(format!("{s:?} has an empty pattern"));
+    }
+    Ok((pattern.to_string(), Right::parse(right)?))
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d`.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 3600, 90s, 15m, 1h or 7d"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    };
+    match secs {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "{s:?} is not a positive duration like 3600, 90s, 15m, 1h or 7d"
+        )),
+    }
+}
+
+fn mint(args: &TokenArgs) -> anyhow::Result<()> {
+    let secret = jwt::secret_from_file(&args.secret_file).map_err(anyhow::Error::msg)?;
+    let token = jwt::mint(
+        &secret,
+        &MintRequest {
+            subject: &args.sub,
+            grants: &args.grants,
+            ttl: args.ttl,
+            issuer: args.issuer.as_deref(),
+            audience: args.audience.as_deref(),
+        },
+        SystemClock.now_millis(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
 }
 
 /// The actors' defaults, for the flags' defaults.
@@ -217,8 +336,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// Re-reads the JWKS on every SIGHUP; a file that does not load leaves the keys as they were.
+async fn reload_on_sighup(verifier: Arc<JwtVerifier>) {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; keys will not reload without a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match verifier.reload() {
+            Ok(n) => tracing::info!(keys = n, "SIGHUP: JWKS reloaded"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: JWKS not reloaded; the old keys stay"),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Token(token)) = &args.command {
+        return mint(token);
+    }
     init_logging(args.log_format);
     let settings = args.settings();
     settings
@@ -229,13 +366,30 @@ fn main() -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(args.bind).with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr().context("listener has no address")?;
+    let choice = replicate::auth::choose(&settings.auth, addr)
+        .map_err(anyhow::Error::msg)
+        .context("authentication")?;
+    let authenticator = choice.authenticator();
     actix::System::new().block_on(async move {
         let replicate = Replicate::open(config)
             .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+        match choice {
+            Choice::Jwt(verifier) => {
+                actix_web::rt::spawn(reload_on_sighup(verifier));
+                tracing::info!("authentication on: requests need a token");
+            }
+            Choice::Anonymous => tracing::info!("anonymous mode: no key, everyone is admin"),
+        }
         tracing::info!(data = %args.data.display(), "listening on http://{addr}");
-        replicate::run(listener, replicate, settings, shutdown_signal())
-            .await
-            .context("server failed")
+        replicate::run_with_auth(
+            listener,
+            replicate,
+            settings,
+            authenticator,
+            shutdown_signal(),
+        )
+        .await
+        .context("server failed")
     })
 }
 
@@ -298,5 +452,68 @@ mod tests {
             zero.validate().is_err(),
             "a zero body timeout is refused at start"
         );
+    }
+
+    #[test]
+    fn token_flags_parse() {
+        for (ttl, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("15m", 900),
+            ("1h", 3600),
+            ("7d", 604_800),
+        ] {
+            assert_eq!(parse_ttl(ttl), Ok(Duration::from_secs(secs)), "{ttl}");
+        }
+        for bad in [
+            "",
+            "0",
+            "0h",
+            "h",
+            "1w",
+            "-1",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_grant("team-a/*=read"),
+            Ok(("team-a/*".to_string(), Right::Read))
+        );
+        assert_eq!(
+            parse_grant("a=b=write"),
+            Ok(("a=b".to_string(), Right::Write))
+        );
+        assert!(parse_grant("todos").is_err());
+        assert!(parse_grant("=read").is_err());
+        assert!(parse_grant("todos=owner").is_err());
+        let args = Args::try_parse_from([
+            "replicate-server",
+            "token",
+            "--secret-file",
+            "s",
+            "--sub",
+            "alice",
+            "--grant",
+            "todos=write",
+            "--grant",
+            "team-a/*=read",
+            "--ttl",
+            "1h",
+        ])
+        .expect("token flags parse");
+        match args.command {
+            Some(Command::Token(t)) => {
+                assert_eq!(t.sub, "alice");
+                assert_eq!(t.grants.len(), 2);
+                assert_eq!(t.ttl, Duration::from_secs(3600));
+            }
+            None => panic!("the token subcommand parses"),
+        }
+        let serve = Args::try_parse_from(["replicate-server", "--bind", "127.0.0.1:0"])
+            .expect("serving flags parse");
+        assert!(serve.command.is_none());
+        assert!(!serve.settings().auth.keys.any());
     }
 }

@@ -23,19 +23,23 @@ use actix_web::{App, HttpServer};
 use replicate_actors::{Clock, Config, Replicate, Store};
 use tokio::sync::{oneshot, watch};
 
+use crate::auth::{self, Auth, Authenticate};
 use crate::routes::{configure, AppState};
 use crate::settings::ServerSettings;
 
 /// How often histogram buffers are folded in between scrapes.
 const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-fn cors(settings: &ServerSettings) -> Cors {
+/// CORS: the origins `--cors-origin` lists; `*` or none given allows any origin, except (none
+/// given) when `default_any` is false (see [`auth::cors_any_origin_by_default`]): then no
+/// cross-origin request is allowed.
+fn cors(settings: &ServerSettings, default_any: bool) -> Cors {
     let cors = Cors::default()
         .allowed_methods(["GET", "POST", "OPTIONS"])
         .allow_any_header()
         .expose_any_header()
         .max_age(3600);
-    if settings.cors_any_origin() {
+    if settings.cors_any_origin() && (default_any || !settings.cors_origins.is_empty()) {
         cors.allow_any_origin()
     } else {
         settings
@@ -46,10 +50,12 @@ fn cors(settings: &ServerSettings) -> Cors {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then shuts down gracefully (see the
-/// module docs). Call it inside an actix `System`, where `replicate` was started.
+/// module docs). Call it inside an actix `System`, where `replicate` was started. Who may do
+/// what follows `settings.auth` (see [`auth::choose`]).
 ///
 /// # Errors
-/// `InvalidInput` for settings that fail [`ServerSettings::validate`]; any I/O error of the
+/// `InvalidInput` for settings that fail [`ServerSettings::validate`], keys that do not load,
+/// or no key on a non-loopback listener without `allow_anonymous`; any I/O error of the
 /// listener; a final store flush that failed.
 pub async fn run(
     listener: TcpListener,
@@ -57,12 +63,40 @@ pub async fn run(
     settings: ServerSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    settings
-        .validate()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let choice = auth::choose(&settings.auth, listener.local_addr()?).map_err(invalid_input)?;
+    run_with_auth(
+        listener,
+        replicate,
+        settings,
+        choice.authenticator(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with the authenticator given rather than chosen from `settings.auth`: the binary
+/// passes the JWT verifier it reloads on SIGHUP, an embedding application its own.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_auth(
+    listener: TcpListener,
+    replicate: Replicate,
+    settings: ServerSettings,
+    authenticator: Arc<dyn Authenticate>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    settings.validate().map_err(invalid_input)?;
+    let default_any =
+        auth::cors_any_origin_by_default(authenticator.is_anonymous(), listener.local_addr()?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = settings.shutdown_grace;
-    let state = AppState::new(replicate.clone(), settings.clone(), stop_rx);
+    let state = AppState::new(
+        replicate.clone(),
+        settings.clone(),
+        stop_rx,
+        Auth::new(authenticator),
+    );
     let cors_settings = Arc::new(settings.clone());
     let body_timeout = settings.body_timeout;
     let write_timeout = settings.write_timeout;
@@ -77,7 +111,7 @@ pub async fn run(
                 crate::limits::body_deadline(body_timeout, req, next)
             }))
             .wrap(from_fn(crate::health::note_storage_failures))
-            .wrap(cors(&cors_settings))
+            .wrap(cors(&cors_settings, default_any))
             .wrap(from_fn(crate::metrics::observe))
             .configure(|cfg| configure(cfg, &state))
     })
@@ -196,23 +230,32 @@ pub fn spawn_in_thread_with_clock(
     )
 }
 
+fn invalid_input(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
 fn spawn_with<F>(open: F, settings: ServerSettings) -> io::Result<RunningServer>
 where
     F: FnOnce() -> replicate_actors::Result<Replicate> + Send + 'static,
 {
-    settings
-        .validate()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    settings.validate().map_err(invalid_input)?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("replicate-server".into())
         .spawn(move || {
             actix::System::new().block_on(async move {
+                // Keys are checked before the store opens, so a refusal leaves it untouched.
                 let opened = TcpListener::bind(settings.bind)
                     .and_then(|l| Ok((l.local_addr()?, l)))
-                    .and_then(|(addr, l)| Ok((addr, l, open().map_err(io::Error::other)?)));
-                let (addr, listener, replicate) = match opened {
+                    .and_then(|(addr, l)| {
+                        let choice = auth::choose(&settings.auth, addr).map_err(invalid_input)?;
+                        Ok((addr, l, choice))
+                    })
+                    .and_then(|(addr, l, choice)| {
+                        Ok((addr, l, choice, open().map_err(io::Error::other)?))
+                    });
+                let (addr, listener, choice, replicate) = match opened {
                     Ok(opened) => opened,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -220,10 +263,12 @@ where
                     }
                 };
                 let _ = ready_tx.send(Ok(addr));
-                let result = run(listener, replicate, settings, async move {
+                let stop = async move {
                     let _ = stop_rx.await;
-                })
-                .await;
+                };
+                let result =
+                    run_with_auth(listener, replicate, settings, choice.authenticator(), stop)
+                        .await;
                 actix::System::current().stop();
                 result
             })

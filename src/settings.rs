@@ -4,6 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::auth::AuthSettings;
+
 /// Settings of the HTTP front. `ServerSettings::default()` gives the defaults listed per field.
 ///
 /// actix-web's own timers (`client_request_timeout`, `client_disconnect_timeout`,
@@ -18,8 +20,9 @@ pub struct ServerSettings {
     /// before they are parsed. Base64 makes bytes 4/3 larger, so keep this above
     /// `Config::max_update_bytes * 4 / 3` plus a little JSON, or big valid updates get 413.
     pub body_limit: usize,
-    /// Origins allowed by CORS, e.g. `https://app.example.com`. Empty (the default) or `*`
-    /// allows any origin.
+    /// Origins allowed by CORS, e.g. `https://app.example.com`. `*` allows any origin; so does
+    /// empty (the default), except on an anonymous server on a non-loopback address, which
+    /// then allows no cross-origin request (see [`crate::auth::cors_any_origin_by_default`]).
     pub cors_origins: Vec<String>,
     /// HTTP worker threads (default 2). The actors run on their own arbiters regardless.
     pub workers: usize,
@@ -57,6 +60,9 @@ pub struct ServerSettings {
     /// kernel checks at its window-probe times, which back off exponentially, so a stuck
     /// connection is reset between one and about two times this value.
     pub write_timeout: Duration,
+    /// Keys and anonymous mode (default: no key, so anonymous, which serves only on a
+    /// loopback address unless `allow_anonymous`).
+    pub auth: AuthSettings,
 }
 
 impl Default for ServerSettings {
@@ -74,12 +80,13 @@ impl Default for ServerSettings {
             keep_alive: Duration::from_secs(5),
             body_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
+            auth: AuthSettings::default(),
         }
     }
 }
 
 impl ServerSettings {
-    /// Whether CORS admits every origin.
+    /// Whether no CORS restriction was given (none, or `*`).
     pub fn cors_any_origin(&self) -> bool {
         self.cors_origins.is_empty() || self.cors_origins.iter().any(|o| o.trim() == "*")
     }

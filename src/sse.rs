@@ -22,6 +22,10 @@
 //! notice a client that disconnected: actix does not watch the socket while a streaming body
 //! is pending, so a gone client is seen when a write fails, within about two heartbeats. On shutdown the stream ends; on an error mid-stream an
 //! `event: error` with the usual error JSON is sent and the stream ends (the client reconnects).
+//!
+//! A stream opened with a token that expires ends when it expires, with an `event: error` whose
+//! code is `unauthenticated`: no wait runs past the expiry, so the event goes out at it, not a
+//! heartbeat later. The client reconnects with a fresh token and resumes by `Last-Event-ID`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -31,7 +35,9 @@ use actix_web::web::Bytes;
 use futures::Stream;
 use replicate_actors::{OperationType, Replicate, StreamPage, StreamRequest, MAX_STREAM_LIMIT};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::auth::Rejection;
 use crate::error::ApiError;
 use crate::metrics::{self, GaugeGuard};
 use crate::routes::until_shutdown;
@@ -82,6 +88,8 @@ struct Subscription {
     first: Option<StreamPage>,
     heartbeat: Duration,
     shutdown: watch::Receiver<bool>,
+    /// When the subscriber's credential expires; `None` if it does not.
+    expires: Option<Instant>,
     done: bool,
     _subscribed: GaugeGuard,
 }
@@ -95,11 +103,22 @@ impl Subscription {
         let page = match self.first.take() {
             Some(page) => Ok(page),
             None => {
+                let wait = match self.expires {
+                    Some(at) => {
+                        let now = Instant::now();
+                        if now >= at {
+                            self.done = true;
+                            return Some(error_event(Rejection::Expired.into()));
+                        }
+                        self.heartbeat.min(at - now)
+                    }
+                    None => self.heartbeat,
+                };
                 let req = StreamRequest {
                     cursor: self.cursor,
                     limit: MAX_STREAM_LIMIT,
                     size_threshold: None,
-                    wait: self.heartbeat,
+                    wait,
                 };
                 match until_shutdown(
                     self.shutdown.clone(),
@@ -136,7 +155,8 @@ impl Subscription {
 }
 
 /// The event stream for `collection` from `cursor`, starting with `first` (the page at
-/// `cursor`, already read). Dropping it (the client went away) cancels any wait in progress.
+/// `cursor`, already read), ending at `expires` if given. Dropping it (the client went away)
+/// cancels any wait in progress.
 pub fn events(
     replicate: Replicate,
     collection: String,
@@ -144,6 +164,7 @@ pub fn events(
     first: StreamPage,
     heartbeat: Duration,
     shutdown: watch::Receiver<bool>,
+    expires: Option<Instant>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let sub = Subscription {
         replicate,
@@ -152,6 +173,7 @@ pub fn events(
         first: Some(first),
         heartbeat,
         shutdown,
+        expires,
         done: false,
         _subscribed: GaugeGuard::new(metrics::SSE_SUBSCRIBERS),
     };

@@ -19,6 +19,8 @@ use replicate_actors::{CompactRequest, OperationType, Replicate, StreamRequest, 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::Credentials;
+
 /// One change as a peer sees it: the actors' own type, whichever backend delivered it.
 pub use replicate_actors::Change;
 
@@ -70,6 +72,8 @@ pub struct Http {
     client: awc::Client,
     base: Rc<str>,
     pub wire: WireCounters,
+    /// Sent as `Authorization: Bearer` on every request when the server wants a token.
+    credentials: Option<Rc<Credentials>>,
 }
 
 /// Longest answer body accepted (a catch-up page of 1000 changes, a whole-document state).
@@ -93,6 +97,32 @@ impl Http {
             client,
             base: base.trim_end_matches('/').into(),
             wire: WireCounters::default(),
+            credentials: None,
+        }
+    }
+
+    /// This client, sending `credentials` with every request (and acking as the token's
+    /// subject's devices).
+    pub fn with_credentials(self, credentials: Option<Credentials>) -> Http {
+        Http {
+            credentials: credentials.map(Rc::new),
+            ..self
+        }
+    }
+
+    /// `req` with the token, if any.
+    fn authorized(&self, req: awc::ClientRequest) -> awc::ClientRequest {
+        match &self.credentials {
+            Some(c) => req.insert_header(("authorization", c.header())),
+            None => req,
+        }
+    }
+
+    /// The peer id `peer` acks as: itself, or with a token one of its subject's devices.
+    fn peer_id(&self, peer: &str) -> String {
+        match &self.credentials {
+            Some(c) => c.peer_id(peer),
+            None => peer.to_string(),
         }
     }
 
@@ -104,8 +134,7 @@ impl Http {
         let body = serde_json::to_vec(body)?;
         self.wire.add_sent(body.len());
         let mut res = self
-            .client
-            .post(url)
+            .authorized(self.client.post(url))
             .insert_header(("content-type", "application/json"))
             .send_body(body)
             .await
@@ -121,8 +150,7 @@ impl Http {
 
     async fn get(&self, url: &str, timeout: Duration) -> Result<Value> {
         let mut res = self
-            .client
-            .get(url)
+            .authorized(self.client.get(url))
             .timeout(timeout)
             .send()
             .await
@@ -324,7 +352,7 @@ impl Backend {
                 let answer = h
                     .post(
                         &h.url(c, "ack"),
-                        &json!({ "peerId": peer, "syncedSeq": synced }),
+                        &json!({ "peerId": h.peer_id(peer), "syncedSeq": synced }),
                     )
                     .await?;
                 num(&answer, "lastSyncedSeq")
@@ -406,8 +434,7 @@ impl Backend {
             Backend::Http(h) => {
                 let url = format!("{}?cursor={cursor}", h.url(c, "events"));
                 let res = h
-                    .client
-                    .get(&url)
+                    .authorized(h.client.get(&url))
                     .insert_header(("accept", "text/event-stream"))
                     .timeout(Duration::from_secs(3600))
                     .send()

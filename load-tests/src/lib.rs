@@ -2,6 +2,7 @@
 //! correctness against floors measured in the same run.
 //!
 //! # Layout
+//! - [`auth`]: the run's bearer token (given or minted) and the measured cost of verifying it.
 //! - [`backend`]: how a peer reaches the service — the HTTP wire contract (awc) or the actors
 //!   in-process — behind one vocabulary, with wire-byte counters.
 //! - [`peer`]: the reusable client: yrs documents, edits, pushes with opIds, streaming
@@ -12,6 +13,7 @@
 //! - [`metrics`], [`report`]: latency samples and counters; the table, JSON and progress line.
 //! - [`server`]: the in-process server (the real service on a temp dir, port 0) or `--target`.
 
+pub mod auth;
 pub mod backend;
 pub mod floors;
 pub mod metrics;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Parser;
 use replicate_actors::Config;
+use replicate_load::auth::Credentials;
 use replicate_load::backend::{Backend, Http};
 use replicate_load::report::Report;
 use replicate_load::scenarios::{self, Ctx, Options, ALL};
@@ -28,6 +29,14 @@ struct Args {
     /// on a temporary directory and port 0.
     #[arg(long)]
     target: Option<String>,
+    /// Bearer token for --target (admin on `*`, or on `load-*`; peers ack as `<sub>:<peer>`).
+    /// Mint one with `replicate-server token --secret-file F --sub load --grant '*=admin'`.
+    #[arg(long, env = "REPLICATE_LOAD_TOKEN", requires = "target")]
+    token: Option<String>,
+    /// Run the in-process server anonymously (default: authentication on, a token minted for
+    /// the run).
+    #[arg(long, conflicts_with = "target")]
+    no_auth: bool,
     /// A few seconds per scenario with small sizes; fails only on a wrong verdict.
     #[arg(long)]
     quick: bool,
@@ -107,17 +116,28 @@ async fn run(args: Args) -> Result<bool> {
     let config = Config::new("unused");
     let server = match &args.target {
         Some(url) => Server::target(url),
-        None => Server::in_process(config.clone())?,
+        None => Server::in_process(config.clone(), !args.no_auth)?,
     };
-    let http = Http::new(&server.base_url);
+    let credentials = match &args.token {
+        Some(token) => Some(Credentials::given(token)?),
+        None => server.credentials.clone(),
+    };
+    let http = Http::new(&server.base_url).with_credentials(credentials.clone());
     server.wait_healthy(&http, Duration::from_secs(10)).await?;
     eprintln!(
-        "replicate-load: {} against {} (seed {})",
+        "replicate-load: {} against {} (seed {}, {})",
         names.join(", "),
         server.base_url,
-        opts.seed
+        opts.seed,
+        if credentials.is_some() {
+            "with a token"
+        } else {
+            "anonymous"
+        }
     );
-    let ctx = Ctx::new(opts, Backend::Http(http), config).with_base_url(&server.base_url);
+    let ctx = Ctx::new(opts, Backend::Http(http), config)
+        .with_base_url(&server.base_url)
+        .with_credentials(credentials);
 
     let mut reports: Vec<Report> = Vec::new();
     let mut all_ok = true;

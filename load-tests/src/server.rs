@@ -1,30 +1,47 @@
 //! The service under test: started in-process (the real HTTP front on a temporary sled
-//! directory, port 0, in its own thread) or reached at `--target URL`.
+//! directory, port 0, in its own thread; with authentication on unless asked otherwise, and
+//! a token minted for the run) or reached at `--target URL`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use replicate_actors::Config;
 
+use crate::auth::Credentials;
 use crate::backend::Http;
 
 /// The server a run talks to; stops the in-process one when dropped.
 pub struct Server {
     pub base_url: String,
+    /// The token minted for an in-process server with authentication on.
+    pub credentials: Option<Credentials>,
     running: Option<replicate::RunningServer>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
-    /// Starts the service in-process with `config` (its data dir is replaced by a temporary one).
+    /// Starts the service in-process with `config` (its data dir is replaced by a temporary
+    /// one). With `auth`, the server verifies HS256 tokens with a random secret and
+    /// [`Self::credentials`] holds an admin token for it; without, it is anonymous.
     ///
     /// # Errors
     /// If the directory or the server cannot be set up.
-    pub fn in_process(mut config: Config) -> Result<Server> {
+    pub fn in_process(mut config: Config, auth: bool) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         config.data_dir = dir.path().join("data");
-        let running = replicate::spawn_in_thread(config, replicate::ServerSettings::default())?;
+        let mut settings = replicate::ServerSettings::default();
+        let credentials = if auth {
+            let secret: [u8; 32] = rand::random();
+            let file = dir.path().join("secret");
+            std::fs::write(&file, secret)?;
+            settings.auth.keys.secret_file = Some(file);
+            Some(Credentials::mint(&secret)?)
+        } else {
+            None
+        };
+        let running = replicate::spawn_in_thread(config, settings)?;
         Ok(Server {
+            credentials,
             base_url: running.base_url(),
             running: Some(running),
             _dir: Some(dir),
@@ -34,6 +51,7 @@ impl Server {
     /// A server someone else runs.
     pub fn target(url: &str) -> Server {
         Server {
+            credentials: None,
             base_url: url.trim_end_matches('/').to_string(),
             running: None,
             _dir: None,

@@ -2,9 +2,10 @@
 
 use actix_web::web::{Data, Json};
 
+use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{AppState, Collection};
+use crate::routes::AppState;
 use crate::wire::{json_u64, AckAnswer, AckBody};
 
 /// The peer and its synced seq.
@@ -19,13 +20,19 @@ pub fn parse(body: &AckBody) -> Result<(&str, u64), ApiError> {
     ))
 }
 
+/// The principal must be the peer (see [`crate::auth::Principal::may_act_as`]): otherwise it
+/// could raise another peer's ack, or hold compaction back with made-up peers.
 pub async fn ack(
+    auth: Authorized<Read>,
     state: Data<AppState>,
-    c: Collection,
     body: Json<AckBody>,
 ) -> Result<Json<AckAnswer>, ApiError> {
     let (peer_id, synced_seq) = parse(&body)?;
-    let last_synced_seq = state.replicate.ack(&c, peer_id, synced_seq).await?;
+    auth.require_peer(peer_id)?;
+    let last_synced_seq = state
+        .replicate
+        .ack(auth.collection(), peer_id, synced_seq)
+        .await?;
     ::metrics::counter!(metrics::ACKS).increment(1);
     Ok(Json(AckAnswer { last_synced_seq }))
 }

@@ -6,9 +6,11 @@ use std::time::Duration;
 use actix_web::web::{Data, Json};
 use replicate_actors::CompactRequest;
 
+use crate::auth::extract::{Authorized, Write};
+use crate::auth::Right;
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{AppState, Collection};
+use crate::routes::AppState;
 use crate::wire::{decode, json_u64, CompactAnswer, CompactBody};
 
 /// # Errors
@@ -35,13 +37,18 @@ pub fn parse(body: CompactBody) -> Result<CompactRequest, ApiError> {
     })
 }
 
+/// `write` compacts as the server's peer timeout allows; choosing the peer timeout (which can
+/// delete deltas active peers still need) or offering a snapshot takes `admin`.
 pub async fn compact(
+    auth: Authorized<Write>,
     state: Data<AppState>,
-    c: Collection,
     body: Json<CompactBody>,
 ) -> Result<Json<CompactAnswer>, ApiError> {
+    if body.peer_timeout.is_some() || body.snapshot_bytes.is_some() {
+        auth.require(Right::Admin, "compact with peerTimeout or snapshotBytes")?;
+    }
     let req = parse(body.into_inner())?;
-    let done = state.replicate.compact(&c, req).await?;
+    let done = state.replicate.compact(auth.collection(), req).await?;
     ::metrics::counter!(metrics::COMPACTIONS).increment(1);
     ::metrics::counter!(metrics::DELTAS_REMOVED).increment(done.removed);
     Ok(Json(CompactAnswer {

@@ -8,8 +8,9 @@ use actix_web::web::{Data, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use replicate_actors::{StreamRequest, MAX_STREAM_LIMIT};
 
+use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
-use crate::routes::{AppState, Collection};
+use crate::routes::AppState;
 use crate::sse;
 use crate::wire::{query_param, query_u64};
 
@@ -30,14 +31,19 @@ pub fn parse(req: &HttpRequest, pairs: &[(String, String)]) -> Result<u64, ApiEr
     }
 }
 
+/// The stream ends with an `unauthenticated` error event when the token expires.
 pub async fn events(
+    auth: Authorized<Read>,
     state: Data<AppState>,
-    c: Collection,
     req: HttpRequest,
     query: Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
     let cursor = parse(&req, &query)?;
-    let Collection(c) = c;
+    let c = auth.collection().0.clone();
+    let expires = state
+        .auth
+        .remaining(&auth.principal)
+        .map(|left| tokio::time::Instant::now() + left);
     // The first page is read before answering, so a bad name or cursor gets its 4xx.
     let first_req = StreamRequest {
         cursor,
@@ -53,6 +59,7 @@ pub async fn events(
         first,
         state.settings.sse_heartbeat,
         state.shutdown.clone(),
+        expires,
     );
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

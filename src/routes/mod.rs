@@ -8,13 +8,16 @@ use std::future::Future;
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
+use actix_web::middleware::from_fn;
 use actix_web::web::{self, Data, JsonConfig, PathConfig, QueryConfig, ServiceConfig};
-use actix_web::{FromRequest, HttpRequest, HttpResponse, Route};
+use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, Route};
 use futures::future::{ready, Ready};
 use metrics_exporter_prometheus::PrometheusHandle;
 use replicate_actors::Replicate;
 use tokio::sync::watch;
 
+use crate::auth::extract::Access;
+use crate::auth::{self, Auth, Right};
 use crate::error::{self, ApiError};
 use crate::health::StorageHealth;
 use crate::settings::ServerSettings;
@@ -41,14 +44,19 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Whether storage has failed (for `/healthz` and `/metrics`); shared by every worker.
     pub storage: Arc<StorageHealth>,
+    /// Who may do what: every route's extractor asks it (see [`crate::auth::extract`]).
+    pub auth: Auth,
 }
 
 impl AppState {
-    /// Wraps the actors; installs the process's metrics recorder if nothing did yet.
+    /// Wraps the actors; installs the process's metrics recorder if nothing did yet. `auth`
+    /// is explicit so that an application mounting [`configure`] itself decides who may do
+    /// what ([`Auth::anonymous`] serves everyone as admin).
     pub fn new(
         replicate: Replicate,
         settings: ServerSettings,
         shutdown: watch::Receiver<bool>,
+        auth: Auth,
     ) -> Self {
         AppState {
             replicate,
@@ -56,6 +64,7 @@ impl AppState {
             shutdown,
             metrics: crate::metrics::install(),
             storage: Arc::new(StorageHealth::default()),
+            auth,
         }
     }
 
@@ -121,6 +130,65 @@ impl FromRequest for Collection {
 /// collection name reaches the naming rule and gets its 400 instead of a 404.
 const C: &str = "{c:[^/]*}";
 
+/// One route: method, path (`{c}` is the collection) and the access it declares. The route
+/// table ([`routes`]) is the one list the server mounts, and the list tests walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// A table entry: `method` (its name, and actix's route for it) on `path`, needing `access`.
+fn entry<F, Args>(
+    method: (&'static str, Route),
+    path: &'static str,
+    access: Access,
+    handler: F,
+) -> (RouteSpec, Route)
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let (name, route) = method;
+    let spec = RouteSpec {
+        method: name,
+        path,
+        access,
+    };
+    (spec, route.to(handler))
+}
+
+/// Every route with its handler. The access given here is what [`auth::extract::guard`]
+/// holds the handler's extractor to.
+fn table() -> Vec<(RouteSpec, Route)> {
+    use Right::*;
+    let c = Access::Collection;
+    let get = || ("GET", web::get());
+    let post = || ("POST", web::post());
+    vec![
+        entry(get(), "/healthz", Access::Open, ops::healthz),
+        entry(get(), "/metrics", Access::Service(Admin), ops::metrics),
+        entry(get(), "/stats", Access::Service(Admin), ops::stats),
+        entry(post(), "/v1/{c}/insert", c(Write), write::insert),
+        entry(post(), "/v1/{c}/update", c(Write), write::update),
+        entry(post(), "/v1/{c}/delete", c(Write), write::delete),
+        entry(get(), "/v1/{c}/stream", c(Read), stream::stream),
+        entry(post(), "/v1/{c}/ack", c(Read), ack::ack),
+        entry(post(), "/v1/{c}/compact", c(Write), compact::compact),
+        entry(post(), "/v1/{c}/recovery", c(Read), recovery::recovery),
+        entry(get(), "/v1/{c}/state", c(Read), state::state),
+        entry(get(), "/v1/{c}/events", c(Read), events::events),
+        entry(get(), "/v1/{c}/stats", c(Admin), ops::collection_stats),
+    ]
+}
+
+/// The route table: every route the front serves and the access it needs.
+pub fn routes() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}
+
 /// Mounts every route and the extractor configuration on `cfg`.
 pub fn configure(cfg: &mut ServiceConfig, state: &AppState) {
     let limit = state.settings.body_limit;
@@ -132,55 +200,21 @@ pub fn configure(cfg: &mut ServiceConfig, state: &AppState) {
                 .error_handler(error::json_error),
         )
         .app_data(QueryConfig::default().error_handler(error::query_error))
-        .app_data(PathConfig::default().error_handler(error::path_error))
-        .service(resource("/healthz", web::get().to(ops::healthz)))
-        .service(resource("/metrics", web::get().to(ops::metrics)))
-        .service(resource("/stats", web::get().to(ops::stats)))
-        .service(resource(
-            &format!("/v1/{C}/insert"),
-            web::post().to(write::insert),
-        ))
-        .service(resource(
-            &format!("/v1/{C}/update"),
-            web::post().to(write::update),
-        ))
-        .service(resource(
-            &format!("/v1/{C}/delete"),
-            web::post().to(write::delete),
-        ))
-        .service(resource(
-            &format!("/v1/{C}/stream"),
-            web::get().to(stream::stream),
-        ))
-        .service(resource(&format!("/v1/{C}/ack"), web::post().to(ack::ack)))
-        .service(resource(
-            &format!("/v1/{C}/compact"),
-            web::post().to(compact::compact),
-        ))
-        .service(resource(
-            &format!("/v1/{C}/recovery"),
-            web::post().to(recovery::recovery),
-        ))
-        .service(resource(
-            &format!("/v1/{C}/state"),
-            web::get().to(state::state),
-        ))
-        .service(resource(
-            &format!("/v1/{C}/events"),
-            web::get().to(events::events),
-        ))
-        .service(resource(
-            &format!("/v1/{C}/stats"),
-            web::get().to(ops::collection_stats),
-        ))
-        .default_service(web::to(not_found));
-}
-
-/// One path with one method; any other method is a JSON 405.
-fn resource(path: &str, route: Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
+        .app_data(PathConfig::default().error_handler(error::path_error));
+    // One path with one method, guarded by its declared access; any other method is a
+    // JSON 405.
+    for (spec, route) in table() {
+        let access = spec.access;
+        cfg.service(
+            web::resource(spec.path.replace("{c}", C))
+                .route(route)
+                .default_service(web::to(method_not_allowed))
+                .wrap(from_fn(move |req, next| {
+                    auth::extract::guard(access, req, next)
+                })),
+        );
+    }
+    cfg.default_service(web::to(not_found));
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

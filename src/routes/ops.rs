@@ -7,14 +7,15 @@ use actix_web::HttpResponse;
 use replicate_actors::{CollectionStats, ServiceStats};
 use serde_json::json;
 
+use crate::auth::extract::{Admin, Authorized, Operator, Public};
 use crate::error::ApiError;
-use crate::routes::{AppState, Collection};
+use crate::routes::AppState;
 
 /// 200 while serving (the store is open: the actors exist only once it opened); 503 once
 /// shutdown started, so a load balancer stops sending traffic; 503 `storage_full` or
 /// `storage_failed` once a commit has failed (writes are refused until restart), with what
 /// the operator must do.
-pub async fn healthz(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn healthz(_: Public, state: Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.shutting_down() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -28,7 +29,7 @@ pub async fn healthz(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({ "status": "ok" })))
 }
 
-pub async fn metrics(state: Data<AppState>) -> HttpResponse {
+pub async fn metrics(_: Operator, state: Data<AppState>) -> HttpResponse {
     let text = match &state.metrics {
         Some(handle) => crate::metrics::render(
             handle,
@@ -42,13 +43,15 @@ pub async fn metrics(state: Data<AppState>) -> HttpResponse {
         .body(text)
 }
 
-pub async fn stats(state: Data<AppState>) -> Json<ServiceStats> {
+pub async fn stats(_: Operator, state: Data<AppState>) -> Json<ServiceStats> {
     Json(state.replicate.stats().await)
 }
 
 pub async fn collection_stats(
+    auth: Authorized<Admin>,
     state: Data<AppState>,
-    c: Collection,
 ) -> Result<Json<CollectionStats>, ApiError> {
-    Ok(Json(state.replicate.collection_stats(&c).await?))
+    Ok(Json(
+        state.replicate.collection_stats(auth.collection()).await?,
+    ))
 }

@@ -3,8 +3,9 @@
 
 use actix_web::web::{Data, Json};
 
+use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
-use crate::routes::{AppState, Collection};
+use crate::routes::AppState;
 use crate::wire::{decode, encode, RecoveryAnswer, RecoveryBody};
 
 /// The decoded state vector and the optional document.
@@ -19,14 +20,14 @@ pub fn parse(body: &RecoveryBody) -> Result<(Vec<u8>, Option<&str>), ApiError> {
 }
 
 pub async fn recovery(
+    auth: Authorized<Read>,
     state: Data<AppState>,
-    c: Collection,
     body: Json<RecoveryBody>,
 ) -> Result<Json<RecoveryAnswer>, ApiError> {
     let (state_vector, document_id) = parse(&body)?;
     let at = state
         .replicate
-        .recovery(&c, &state_vector, document_id)
+        .recovery(auth.collection(), &state_vector, document_id)
         .await?;
     Ok(Json(RecoveryAnswer {
         diff: encode(&at.update),

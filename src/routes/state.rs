@@ -2,12 +2,16 @@
 
 use actix_web::web::{Data, Json};
 
+use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
-use crate::routes::{AppState, Collection};
+use crate::routes::AppState;
 use crate::wire::{encode, StateAnswer};
 
-pub async fn state(state: Data<AppState>, c: Collection) -> Result<Json<StateAnswer>, ApiError> {
-    let at = state.replicate.state(&c).await?;
+pub async fn state(
+    auth: Authorized<Read>,
+    state: Data<AppState>,
+) -> Result<Json<StateAnswer>, ApiError> {
+    let at = state.replicate.state(auth.collection()).await?;
     Ok(Json(StateAnswer {
         crdt_bytes: encode(&at.update),
         cursor: at.cursor,

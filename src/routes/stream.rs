@@ -6,9 +6,10 @@ use std::time::Duration;
 use actix_web::web::{Data, Json, Query};
 use replicate_actors::{StreamRequest, DEFAULT_STREAM_LIMIT, MAX_STREAM_LIMIT};
 
+use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
 use crate::metrics::{self, GaugeGuard};
-use crate::routes::{AppState, Collection};
+use crate::routes::AppState;
 use crate::wire::{query_param, query_u64, StreamAnswer};
 
 /// A query number, or `None` when absent or empty (`?cursor=` means the default).
@@ -46,15 +47,21 @@ pub fn parse(pairs: &[(String, String)]) -> Result<StreamRequest, ApiError> {
     })
 }
 
+/// A long poll waits at most until the token expires: it then answers what there is, and the
+/// client's next request meets the expiry.
 pub async fn stream(
+    auth: Authorized<Read>,
     state: Data<AppState>,
-    c: Collection,
     query: Query<Vec<(String, String)>>,
 ) -> Result<Json<StreamAnswer>, ApiError> {
-    let req = parse(&query)?;
+    let mut req = parse(&query)?;
+    if let Some(left) = state.auth.remaining(&auth.principal) {
+        req.wait = req.wait.min(left);
+    }
+    let c = auth.collection();
     let _waiting = (!req.wait.is_zero()).then(|| GaugeGuard::new(metrics::WAITERS));
     let page = match state
-        .until_shutdown(state.replicate.stream(&c, req.clone()))
+        .until_shutdown(state.replicate.stream(c, req.clone()))
         .await
     {
         Some(page) => page?,
@@ -63,7 +70,7 @@ pub async fn stream(
             state
                 .replicate
                 .stream(
-                    &c,
+                    c,
                     StreamRequest {
                         wait: Duration::ZERO,
                         ..req

@@ -4,9 +4,10 @@
 use actix_web::web::{Data, Json};
 use replicate_actors::{OperationType, Write};
 
+use crate::auth::extract::{Authorized, Write as NeedWrite};
 use crate::error::ApiError;
 use crate::metrics;
-use crate::routes::{AppState, Collection};
+use crate::routes::AppState;
 use crate::wire::{decode, WriteAnswer, WriteBody};
 
 /// Turns the wire body into a [`Write`]; names and bytes are then checked by the actors
@@ -23,14 +24,14 @@ pub fn parse(body: WriteBody) -> Result<Write, ApiError> {
 }
 
 async fn write(
+    auth: Authorized<NeedWrite>,
     state: Data<AppState>,
-    c: Collection,
     body: Json<WriteBody>,
     op: OperationType,
 ) -> Result<Json<WriteAnswer>, ApiError> {
     let write = parse(body.into_inner())?;
     let size = write.bytes.len() as u64;
-    let written = state.replicate.write(&c, op, write).await?;
+    let written = state.replicate.write(auth.collection(), op, write).await?;
     if written.duplicate {
         ::metrics::counter!(metrics::DUPLICATE_WRITES).increment(1);
     } else {
@@ -45,25 +46,25 @@ async fn write(
 }
 
 pub async fn insert(
+    auth: Authorized<NeedWrite>,
     state: Data<AppState>,
-    c: Collection,
     body: Json<WriteBody>,
 ) -> Result<Json<WriteAnswer>, ApiError> {
-    write(state, c, body, OperationType::Insert).await
+    write(auth, state, body, OperationType::Insert).await
 }
 
 pub async fn update(
+    auth: Authorized<NeedWrite>,
     state: Data<AppState>,
-    c: Collection,
     body: Json<WriteBody>,
 ) -> Result<Json<WriteAnswer>, ApiError> {
-    write(state, c, body, OperationType::Update).await
+    write(auth, state, body, OperationType::Update).await
 }
 
 pub async fn delete(
+    auth: Authorized<NeedWrite>,
     state: Data<AppState>,
-    c: Collection,
     body: Json<WriteBody>,
 ) -> Result<Json<WriteAnswer>, ApiError> {
-    write(state, c, body, OperationType::Delete).await
+    write(auth, state, body, OperationType::Delete).await
 }

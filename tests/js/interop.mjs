@@ -1,5 +1,11 @@
 // Real Yjs clients against a running replicate server, using only the `yjs` npm package and
-// Node's built-in fetch. Usage: node interop.mjs <base-url> [collection]
+// Node's built-in fetch. Usage: node interop.mjs <base-url> [collection] [token]
+//
+// With a token (a server with authentication on; the token's subject must be `interop` with
+// admin on the collection), every call sends `Authorization: Bearer`, except the event
+// stream, which carries it as `?token=` the way a browser's EventSource must (it cannot set
+// headers); peers ack as `interop:<name>`, and calls without a token or acking as someone
+// else are checked to be refused.
 //
 // Two peers edit one document concurrently and converge through insert/update/delete and
 // stream (including a long poll and the SSE endpoint); a third peer catches up from the
@@ -15,20 +21,24 @@ if (!base) {
   process.exit(2)
 }
 const collection = process.argv[3] ?? `js-interop-${process.pid}`
+const token = process.argv[4]
+const peerPrefix = token ? 'interop:' : ''
 const api = `${base.replace(/\/$/, '')}/v1/${encodeURIComponent(collection)}`
 const DOC = 'note-1'
 
 const b64 = (bytes) => Buffer.from(bytes).toString('base64')
 const unb64 = (s) => new Uint8Array(Buffer.from(s, 'base64'))
 
-async function call (method, path, body) {
+async function call (method, path, body, { auth = token } = {}) {
+  const headers = body === undefined ? {} : { 'content-type': 'application/json' }
+  if (auth) headers.authorization = `Bearer ${auth}`
   const res = await fetch(`${api}/${path}`, {
     method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body)
   })
   const json = await res.json()
-  return { status: res.status, json }
+  return { status: res.status, json, headers: res.headers }
 }
 
 async function ok (method, path, body) {
@@ -99,15 +109,17 @@ class Peer {
   }
 
   async ack () {
-    const a = await ok('POST', 'ack', { peerId: this.name, syncedSeq: this.cursor })
+    const a = await ok('POST', 'ack', { peerId: peerPrefix + this.name, syncedSeq: this.cursor })
     assert.equal(a.lastSyncedSeq, this.cursor)
   }
 }
 
-/** Reads `n` SSE events from the events endpoint with fetch, answering [id, change] pairs. */
+/** Reads `n` SSE events from the events endpoint with fetch, answering [id, change] pairs.
+ * Only the headers EventSource sends: the token, if any, rides in the query. */
 async function sseEvents (cursor, n) {
   const abort = new AbortController()
-  const res = await fetch(`${api}/events?cursor=${cursor}`, { signal: abort.signal, headers: { accept: 'text/event-stream' } })
+  const query = token ? `&token=${encodeURIComponent(token)}` : ''
+  const res = await fetch(`${api}/events?cursor=${cursor}${query}`, { signal: abort.signal, headers: { accept: 'text/event-stream' } })
   assert.equal(res.status, 200)
   assert.match(res.headers.get('content-type'), /^text\/event-stream/)
   const events = []
@@ -264,4 +276,20 @@ check('compaction answers its counters', () => {
   })
 }
 
-console.log(`interop: ${checks} checks passed against ${api}`)
+// With authentication on: no token is 401 (also for the event stream), acking as another
+// principal's peer is 403.
+if (token) {
+  const anonymous = await call('GET', 'state', undefined, { auth: null })
+  const sse = await fetch(`${api}/events?cursor=0`, { headers: { accept: 'text/event-stream' } })
+  const impostor = await call('POST', 'ack', { peerId: 'mallory', syncedSeq: 0 })
+  check('without a token 401, acking as another peer 403', () => {
+    assert.equal(anonymous.status, 401)
+    assert.equal(anonymous.json.error.code, 'unauthenticated')
+    assert.match(anonymous.headers.get('www-authenticate'), /^Bearer/)
+    assert.equal(sse.status, 401)
+    assert.equal(impostor.status, 403)
+    assert.equal(impostor.json.error.code, 'forbidden')
+  })
+}
+
+console.log(`interop: ${checks} checks passed against ${api}${token ? ' with a token' : ''}`)

@@ -3,6 +3,12 @@
 //!
 //! Floors: raw sled inserts with one flush per group of N (group commit with nothing around
 //! it), and the same workload through the in-process actors (no HTTP).
+//!
+//! Authentication: with a token (the default in-process server verifies one on every
+//! request), the cost of verification is measured in the same run, two ways: one verification
+//! of the run's token by the server's own verifier, timed over 20,000 calls and set against a
+//! push's p50; and the one-collection phase again against a second, anonymous in-process
+//! server, for the p50 and throughput with and without auth.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -15,11 +21,13 @@ use super::common::{
     Writes,
 };
 use super::{actor_floor, doc_names, params, writers, Ctx};
-use crate::backend::Backend;
+use crate::auth::{self, Credentials};
+use crate::backend::{Backend, Http};
 use crate::floors;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::report::{Floor, Report};
+use crate::server::Server;
 use crate::verify::{self, Ledger, Verdict};
 
 const DOCS: usize = 16;
@@ -69,8 +77,70 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
                 "same writers, no HTTP",
             );
         }
+        if let Some(creds) = &ctx.credentials {
+            auth_cost(ctx, creds, &mut report).await;
+        }
     }
     Ok(report)
+}
+
+/// Verifications timed to measure one.
+const VERIFICATIONS: u32 = 20_000;
+
+/// Adds the cost of token verification to `report` (see the module docs). Failures only
+/// print: they say nothing about replicate's correctness.
+async fn auth_cost(ctx: &Ctx, creds: &Credentials, report: &mut Report) {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => return eprintln!("append: no temp dir for the auth cost: {e}"),
+    };
+    let verify = match auth::verification_cost(creds, dir.path(), VERIFICATIONS) {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return eprintln!(
+                "append: token verification not timed (the secret of --target is unknown)"
+            )
+        }
+        Err(e) => return eprintln!("append: token verification not timed: {e:#}"),
+    };
+    let verify_ms = verify.as_secs_f64() * 1000.0;
+    let p50 = figure(report, ONE, |r| r.p50_ms);
+    report.floors.push(Floor::cost(
+        "push p50 vs the same less one token verification",
+        p50,
+        (p50 - verify_ms).max(0.0),
+        "ms",
+        &format!(
+            "one HS256 verification = {:.1} µs (mean of {VERIFICATIONS}, the server's verifier)",
+            verify.as_secs_f64() * 1e6
+        ),
+    ));
+    let anonymous = match Server::in_process(ctx.floor_config.clone(), false) {
+        Ok(server) => server,
+        Err(e) => return eprintln!("append: anonymous server did not start: {e:#}"),
+    };
+    let backend = Backend::Http(Http::new(&anonymous.base_url));
+    let phase = ctx.opts.duration / 2;
+    match workload(ctx, &backend, phase, false, "-anonymous").await {
+        Ok(without) => {
+            let note = "1 collection, same writers and phase length, same run; a second in-process server without keys";
+            report.floors.push(Floor::cost(
+                "push p50 with auth vs anonymous",
+                p50,
+                figure(&without, ONE, |r| r.p50_ms),
+                "ms",
+                note,
+            ));
+            report.floors.push(Floor::rate(
+                "appends/s with auth vs anonymous",
+                figure(report, ONE, |r| r.per_sec),
+                figure(&without, ONE, |r| r.per_sec),
+                "appends/s",
+                note,
+            ));
+        }
+        Err(e) => eprintln!("append: anonymous comparison did not run: {e:#}"),
+    }
 }
 
 async fn workload(

@@ -51,6 +51,7 @@ use yrs::{ReadTxn, Transact, Update};
 
 use super::common::{join, join_peers, spawn_reader, write_all, Run, Writes};
 use super::{compact_loop, doc_names, params, writers, CompactionRun, Ctx, ReadStyle, Target};
+use crate::auth::Credentials;
 use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
@@ -154,7 +155,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         (Backend::Http(_), Some(url)) => url.clone(),
         _ => bail!("hostile runs over HTTP only"),
     };
-    let raw = Raw::new(&base);
+    let raw = Raw::new(&base, ctx.credentials.as_ref());
     let metrics = Metrics::new();
     let sizes = Sizes::of(ctx);
     let mut run = Run::start("hostile".into(), &ctx.backend, &metrics, PROGRESS);
@@ -448,6 +449,8 @@ fn slowdown(metrics: &Metrics, judged: bool) -> Check {
 struct Raw {
     client: awc::Client,
     base: Rc<str>,
+    /// `Authorization` value, when the service wants a token.
+    authorization: Option<Rc<str>>,
 }
 
 /// An answer: status and body.
@@ -480,7 +483,7 @@ impl Answer {
 }
 
 impl Raw {
-    fn new(base: &str) -> Raw {
+    fn new(base: &str, credentials: Option<&Credentials>) -> Raw {
         let connector = awc::Connector::new()
             .limit(0)
             .timeout(Duration::from_secs(10))
@@ -491,12 +494,22 @@ impl Raw {
                 .timeout(Duration::from_secs(60))
                 .finish(),
             base: base.into(),
+            authorization: credentials.map(|c| c.header().into()),
+        }
+    }
+
+    /// `req` with the run's token, if any: attackers are clients with a valid token (an
+    /// unauthenticated one is refused before its body is read).
+    fn authorized(&self, req: awc::ClientRequest) -> awc::ClientRequest {
+        match &self.authorization {
+            Some(a) => req.insert_header(("authorization", &**a)),
+            None => req,
         }
     }
 
     async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer> {
         let url = format!("{}{path}", self.base);
-        let req = self.client.request(method.clone(), &url);
+        let req = self.authorized(self.client.request(method.clone(), &url));
         let sent = match body {
             Some(b) => {
                 req.insert_header(("content-type", "application/json"))
@@ -931,8 +944,7 @@ impl Attackers {
         let a = async {
             let mut res = self
                 .raw
-                .client
-                .post(&url)
+                .authorized(self.raw.client.post(&url))
                 .insert_header(("content-type", "application/json"))
                 .send_stream(stream)
                 .await

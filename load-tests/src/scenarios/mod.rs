@@ -25,6 +25,7 @@ use rand::{Rng, SeedableRng};
 use replicate_actors::{Config, OperationType, Replicate};
 use serde_json::Value;
 
+use crate::auth::Credentials;
 use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
@@ -72,6 +73,8 @@ pub struct Ctx {
     pub floor_config: Config,
     /// The service's base URL when it is reached over HTTP (`hostile` sends raw requests).
     pub base_url: Option<String>,
+    /// The token requests carry, if the service wants one.
+    pub credentials: Option<Credentials>,
     run_id: String,
     floor_actor: std::cell::RefCell<Option<(Replicate, tempfile::TempDir)>>,
 }
@@ -87,6 +90,7 @@ impl Ctx {
             backend,
             floor_config,
             base_url: None,
+            credentials: None,
             floor_actor: Default::default(),
         }
     }
@@ -95,6 +99,14 @@ impl Ctx {
     pub fn with_base_url(self, url: &str) -> Ctx {
         Ctx {
             base_url: Some(url.trim_end_matches('/').to_string()),
+            ..self
+        }
+    }
+
+    /// Records the token requests carry (see [`Ctx::credentials`]).
+    pub fn with_credentials(self, credentials: Option<Credentials>) -> Ctx {
+        Ctx {
+            credentials,
             ..self
         }
     }

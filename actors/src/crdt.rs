@@ -5,6 +5,7 @@
 //! Every call into yrs runs under `catch_unwind`: yrs is not written to be fed hostile bytes,
 //! and a panic there must become an error, not a dead actor.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use yrs::updates::decoder::Decode;
@@ -199,6 +200,24 @@ fn limit(field: &'static str, reason: impl ToString) -> Error {
     }
 }
 
+/// The ids yrs keeps pending in `txn`'s document, as [`crate::shape::clock_ranges`].
+fn waiting_in_yrs(txn: &impl ReadTxn) -> BTreeMap<u64, Vec<(u32, u32)>> {
+    let Some(pending) = txn.store().pending_update() else {
+        return BTreeMap::new();
+    };
+    let Ok(layout) = precheck::scan_update(&pending.update.encode_v1()) else {
+        // Unreadable: report something the model never answers, so the check refuses.
+        return BTreeMap::from([(u64::MAX, Vec::new())]);
+    };
+    crate::shape::clock_ranges(
+        layout
+            .structs
+            .iter()
+            .filter(|s| s.kind != precheck::Kind::Skip)
+            .map(|s| (s.id, s.len)),
+    )
+}
+
 /// v1 updates, each holding a few structs of `layout` (then its delete set), that applied in
 /// order give what applying `bytes` gives.
 fn chunks<'a>(bytes: &'a [u8], layout: &'a Layout) -> impl Iterator<Item = Vec<u8>> + 'a {
@@ -379,6 +398,34 @@ impl DocState {
                         ),
                     ));
                 }
+            }
+            // The shape model must agree with yrs on which ids are integrated (rather than
+            // pending): every other check relies on it, so where they part ways the update
+            // is refused instead of trusted.
+            let integrated = txn.state_vector();
+            for section in &layout.sections {
+                let client = section.client;
+                if integrated.get(&yrs::block::ClientID::new(client))
+                    != self.shape.integrated_prefix(&staged, client)
+                {
+                    return Err(limit(
+                        field,
+                        format!(
+                            "client {client}'s ids would integrate in an order the server \
+                             cannot check; send each client's ids in order"
+                        ),
+                    ));
+                }
+            }
+            // ... and on which ids wait for others (yrs integrates a block past its client's
+            // waiting ones when it depends on nothing missing; the model must know it did).
+            if waiting_in_yrs(&txn) != self.shape.pending_after(&staged) {
+                return Err(limit(
+                    field,
+                    "its ids would wait for dependencies in an order the server cannot check; \
+                     send each client's ids in order, after what they depend on"
+                        .to_string(),
+                ));
             }
             Ok(())
         }));

@@ -59,6 +59,8 @@ pub enum Kind {
         origin: Option<Id>,
         right_origin: Option<Id>,
         parent: Parent,
+        /// Whether the struct names a map key (`parentSub`): it is then one entry of a map.
+        keyed: bool,
         content: Content,
     },
 }
@@ -267,6 +269,7 @@ impl<'a> Walker<'a> {
                 let origin = (info & 0x80 != 0).then(|| self.id()).transpose()?;
                 let right_origin = (info & 0x40 != 0).then(|| self.id()).transpose()?;
                 let mut parent = Parent::Inherit;
+                let mut keyed = false;
                 if origin.is_none() && right_origin.is_none() {
                     parent = if self.var32()? == 1 {
                         self.str()?;
@@ -276,6 +279,7 @@ impl<'a> Walker<'a> {
                     };
                     if info & 0x20 != 0 {
                         self.str()?;
+                        keyed = true;
                     }
                 }
                 let (content, len) = self.content(info)?;
@@ -283,6 +287,7 @@ impl<'a> Walker<'a> {
                     origin,
                     right_origin,
                     parent,
+                    keyed,
                     content,
                 };
                 (kind, len)

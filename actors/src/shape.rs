@@ -49,6 +49,15 @@ pub enum Refusal {
     PartlyKnown { client: u64, clock: u32 },
     /// The delete set names ids the document does not have.
     DeletesUnknown { client: u64, clock: u32 },
+    /// An item depends (by origin, right origin or parent) on an id of its own client that it
+    /// comes before or holds: yrs integrates a client's ids in order, so a document rebuilt
+    /// from its own encoding could never integrate it.
+    ForwardReference { client: u64, clock: u32 },
+    /// A map entry (an item under a map key, named or inherited from its neighbour) holds more
+    /// than one live value. Yjs makes each `set` one item, so a map's earlier values are whole
+    /// items that the next value deletes; a longer entry's first values stay live when a later
+    /// item splits it, and a document rebuilt from a snapshot deletes them: peers diverge.
+    LongMapEntry { client: u64, clock: u32 },
 }
 
 impl std::fmt::Display for Refusal {
@@ -73,6 +82,16 @@ impl std::fmt::Display for Refusal {
             Refusal::DeletesUnknown { client, clock } => write!(
                 f,
                 "the delete set names <{client}#{clock}>, which the document does not have"
+            ),
+            Refusal::ForwardReference { client, clock } => write!(
+                f,
+                "the item at <{client}#{clock}> depends on an id of its own client that does \
+                 not come before it"
+            ),
+            Refusal::LongMapEntry { client, clock } => write!(
+                f,
+                "the map entry at <{client}#{clock}> holds more than one value; a map key takes \
+                 one value per item"
             ),
             Refusal::PartlyKnown { client, clock } => write!(
                 f,
@@ -103,6 +122,8 @@ enum What {
     Gc,
     Item {
         container: Container,
+        /// Whether the item is a map entry (under a key) rather than part of a sequence.
+        keyed: bool,
         content: Content,
     },
 }
@@ -125,6 +146,8 @@ struct Pending {
 #[derive(Debug, Clone, Default)]
 pub struct DocShape {
     runs: HashMap<u64, BTreeMap<u32, Run>>,
+    /// Per client, the end of its ids integrated from clock 0 without a gap.
+    prefix: HashMap<u64, u32>,
     pending: HashMap<u64, Pending>,
     /// Pending items by the id they wait for.
     waiting: HashMap<u64, BTreeMap<u32, Vec<u64>>>,
@@ -158,6 +181,37 @@ pub struct Staged {
 enum Work {
     New(Pending, Option<Id>),
     Old(u64, Pending),
+}
+
+/// Per client, the sorted clock ranges `(start, end)` that `ids` (first id, length) cover,
+/// with overlapping and touching ones joined.
+pub fn clock_ranges(ids: impl Iterator<Item = (Id, u32)>) -> BTreeMap<u64, Vec<(u32, u32)>> {
+    let mut by_client: BTreeMap<u64, Vec<(u32, u32)>> = BTreeMap::new();
+    for (id, len) in ids.filter(|(_, len)| *len > 0) {
+        by_client
+            .entry(id.client)
+            .or_default()
+            .push((id.clock, id.clock + len));
+    }
+    for ranges in by_client.values_mut() {
+        ranges.sort_unstable();
+        let mut joined: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for &(start, end) in ranges.iter() {
+            match joined.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => joined.push((start, end)),
+            }
+        }
+        *ranges = joined;
+    }
+    by_client
+}
+
+/// The clock after the run of `client` that holds `clock`, if any.
+fn run_end(runs: &HashMap<u64, BTreeMap<u32, Run>>, client: u64, clock: u32) -> Option<u32> {
+    let (start, run) = runs.get(&client)?.range(..=clock).next_back()?;
+    let end = start + run.len;
+    (clock < end).then_some(end)
 }
 
 fn find(runs: &HashMap<u64, BTreeMap<u32, Run>>, id: Id) -> Option<What> {
@@ -216,6 +270,32 @@ impl DocShape {
         // Items of this update waiting for an id: (client, clock) → works.
         let mut waiting: HashMap<u64, BTreeMap<u32, Vec<Work>>> = HashMap::new();
         let mut queue: VecDeque<Work> = VecDeque::with_capacity(layout.structs.len());
+        for s in &layout.structs {
+            if let Kind::Item {
+                origin,
+                right_origin,
+                parent,
+                ..
+            } = s.kind
+            {
+                let parent = match parent {
+                    Parent::Id(p) => Some(p),
+                    Parent::Root | Parent::Inherit => None,
+                };
+                let own_later =
+                    |id: &Id| id.client == s.id.client && id.clock >= s.id.clock && s.len > 0;
+                if [origin, right_origin, parent]
+                    .iter()
+                    .flatten()
+                    .any(own_later)
+                {
+                    return Err(Refusal::ForwardReference {
+                        client: s.id.client,
+                        clock: s.id.clock,
+                    });
+                }
+            }
+        }
         for section in &layout.sections {
             let mut previous = None;
             for s in &layout.structs[section.structs.clone()] {
@@ -266,6 +346,7 @@ impl DocShape {
             if let What::Item {
                 container: Container::Depth(d),
                 content,
+                ..
             } = what
             {
                 let made = d + u32::from(content == Content::Type);
@@ -298,6 +379,16 @@ impl DocShape {
                     } else {
                         what
                     };
+                    if let What::Item {
+                        keyed: true,
+                        content: Content::Type | Content::Other,
+                        ..
+                    } = what
+                    {
+                        if l > 1 {
+                            return Err(Refusal::LongMapEntry { client, clock: s });
+                        }
+                    }
                     staged
                         .runs
                         .entry(client)
@@ -429,12 +520,26 @@ impl DocShape {
             },
         );
         let right = right_origin.and_then(|r| self.lookup(staged, r));
-        let container = match (left, right) {
-            (Some(What::Item { container, .. }), _) => container,
-            (_, Some(What::Item { container, .. })) => container,
-            _ => Container::Dead,
+        let (container, keyed) = match (left, right) {
+            (
+                Some(What::Item {
+                    container, keyed, ..
+                }),
+                _,
+            ) => (container, keyed),
+            (
+                _,
+                Some(What::Item {
+                    container, keyed, ..
+                }),
+            ) => (container, keyed),
+            _ => (Container::Dead, false),
         };
-        What::Item { container, content }
+        What::Item {
+            container,
+            keyed,
+            content,
+        }
     }
 
     /// Where `item` lives: `Ok(Ok(what))`, or `Ok(Err(id))` while it waits for `id`.
@@ -444,15 +549,16 @@ impl DocShape {
         item: &Pending,
         limits: ShapeLimits,
     ) -> Result<Result<What, Id>, Refusal> {
-        let (origin, right_origin, parent, content) = match item.kind {
+        let (origin, right_origin, parent, keyed, content) = match item.kind {
             Kind::Gc => return Ok(Ok(What::Gc)),
             Kind::Skip => return Ok(Ok(What::Gc)),
             Kind::Item {
                 origin,
                 right_origin,
                 parent,
+                keyed,
                 content,
-            } => (origin, right_origin, parent, content),
+            } => (origin, right_origin, parent, keyed, content),
         };
         let mut neighbours = [None, None];
         for (slot, id) in neighbours.iter_mut().zip([origin, right_origin]) {
@@ -463,13 +569,21 @@ impl DocShape {
                 }
             }
         }
+        let mut keyed = keyed;
         let container = if origin.is_some() || right_origin.is_some() {
-            // As yrs: the left neighbour's parent if it is an item, else the right one's.
-            match neighbours {
-                [Some(What::Item { container, .. }), _] => container,
-                [_, Some(What::Item { container, .. })] => container,
-                _ => Container::Dead,
-            }
+            // As yrs: the left neighbour's parent (and key) if it is an item, else the right
+            // one's.
+            let (container, neighbour_keyed) = match neighbours {
+                [Some(What::Item {
+                    container, keyed, ..
+                }), _] => (container, keyed),
+                [_, Some(What::Item {
+                    container, keyed, ..
+                })] => (container, keyed),
+                _ => (Container::Dead, false),
+            };
+            keyed = neighbour_keyed;
+            container
         } else {
             match parent {
                 Parent::Root | Parent::Inherit => Container::Depth(1),
@@ -492,6 +606,7 @@ impl DocShape {
                     Some(What::Item {
                         content: Content::Type,
                         container,
+                        ..
                     }) => match container {
                         Container::Dead => Container::Dead,
                         Container::Depth(d) => {
@@ -517,7 +632,37 @@ impl DocShape {
                 });
             }
         }
-        Ok(Ok(What::Item { container, content }))
+        Ok(Ok(What::Item {
+            container,
+            keyed,
+            content,
+        }))
+    }
+
+    /// How many of `client`'s ids, from clock 0 without a gap, the document integrates once
+    /// `staged` is committed: what yrs's state vector must say for the model to be right.
+    /// (yrs also integrates a block past a gap when it depends on nothing missing, leaving a
+    /// skip; its state vector then stops at the gap, and so does this.)
+    pub fn integrated_prefix(&self, staged: &Staged, client: u64) -> u32 {
+        let mut at = self.prefix.get(&client).copied().unwrap_or(0);
+        while let Some(end) =
+            run_end(&staged.runs, client, at).or_else(|| run_end(&self.runs, client, at))
+        {
+            at = end;
+        }
+        at
+    }
+
+    /// The ids still waiting once `staged` is committed: per client, sorted clock ranges
+    /// `(start, end)` with touching ones joined. yrs's pending update must hold the same.
+    pub fn pending_after(&self, staged: &Staged) -> BTreeMap<u64, Vec<(u32, u32)>> {
+        let still = self
+            .pending
+            .iter()
+            .filter(|(pid, _)| !staged.resolved.contains(pid))
+            .map(|(_, p)| p)
+            .chain(staged.new_pending.iter().map(|(p, _)| p));
+        clock_ranges(still.map(|p| (p.id, p.len)))
     }
 
     /// Applies what [`Self::stage`] answered for an update that was then accepted.
@@ -526,6 +671,10 @@ impl DocShape {
             let mine = self.runs.entry(client).or_default();
             for (start, run) in runs {
                 insert_run(mine, start, run);
+            }
+            let prefix = self.prefix.entry(client).or_default();
+            while let Some(end) = run_end(&self.runs, client, *prefix) {
+                *prefix = end;
             }
         }
         for pid in &staged.resolved {
@@ -603,6 +752,7 @@ mod tests {
                 origin: None,
                 right_origin: None,
                 parent,
+                keyed: false,
                 content,
             },
             bytes: 0..0,
@@ -735,6 +885,7 @@ mod tests {
             origin: Some(id(1, 2)),
             right_origin: None,
             parent: Parent::Inherit,
+            keyed: false,
             content: Content::Type,
         };
         accept(&mut shape, vec![s]).unwrap();
@@ -753,6 +904,7 @@ mod tests {
                     origin: Some(id(1, clock - 1)),
                     right_origin: None,
                     parent: Parent::Inherit,
+                    keyed: false,
                     content: Content::Other,
                 };
             }
@@ -766,5 +918,86 @@ mod tests {
         )
         .unwrap();
         assert_eq!(shape.runs[&1].len(), 1);
+    }
+
+    fn keyed(at: Id, len: u32, origin: Option<Id>, content: Content) -> Struct {
+        Struct {
+            id: at,
+            len,
+            kind: Kind::Item {
+                origin,
+                right_origin: None,
+                parent: if origin.is_some() {
+                    Parent::Inherit
+                } else {
+                    Parent::Root
+                },
+                keyed: origin.is_none(),
+                content,
+            },
+            bytes: 0..0,
+        }
+    }
+
+    #[test]
+    fn a_map_entry_holds_one_live_value() {
+        let mut shape = DocShape::new();
+        // A named key with two values in one item.
+        let long = keyed(id(1, 0), 2, None, Content::Other);
+        assert_eq!(
+            shape.stage(&layout(vec![long]), LIMITS).err(),
+            Some(Refusal::LongMapEntry {
+                client: 1,
+                clock: 0
+            })
+        );
+        // Deleted values may come merged (yrs merges a key's deleted values in its encoding).
+        accept(&mut shape, vec![keyed(id(1, 0), 3, None, Content::Deleted)]).unwrap();
+        accept(&mut shape, vec![keyed(id(2, 0), 1, None, Content::Other)]).unwrap();
+        // An item after a map entry is an entry of the same key: one value at a time.
+        let after = keyed(id(3, 0), 2, Some(id(2, 0)), Content::Other);
+        assert_eq!(
+            shape.stage(&layout(vec![after]), LIMITS).err(),
+            Some(Refusal::LongMapEntry {
+                client: 3,
+                clock: 0
+            })
+        );
+        accept(
+            &mut shape,
+            vec![keyed(id(3, 0), 1, Some(id(2, 0)), Content::Type)],
+        )
+        .unwrap();
+        // In a sequence, long items are the norm.
+        let mut text = keyed(id(4, 0), 5, None, Content::Other);
+        text.kind = Kind::Item {
+            origin: None,
+            right_origin: None,
+            parent: Parent::Root,
+            keyed: false,
+            content: Content::Other,
+        };
+        accept(&mut shape, vec![text]).unwrap();
+        accept(
+            &mut shape,
+            vec![keyed(id(5, 0), 4, Some(id(4, 2)), Content::Other)],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_resent_tail_of_a_map_entry_holds_one_value() {
+        let mut shape = DocShape::new();
+        accept(&mut shape, vec![keyed(id(1, 0), 1, None, Content::Other)]).unwrap();
+        // Ids 0..3 again, inheriting: 1..3 are new, after <1#0>, so a two-value entry.
+        let resend = keyed(id(1, 0), 3, Some(id(7, 0)), Content::Other);
+        accept(&mut shape, vec![keyed(id(7, 0), 1, None, Content::Other)]).unwrap();
+        assert_eq!(
+            shape.stage(&layout(vec![resend]), LIMITS).err(),
+            Some(Refusal::LongMapEntry {
+                client: 1,
+                clock: 1
+            })
+        );
     }
 }

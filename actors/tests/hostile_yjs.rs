@@ -35,7 +35,7 @@ use replicate_actors::crdt::{thread_cpu, DocState, YjsLimits};
 use replicate_actors::shape::ShapeLimits;
 use replicate_actors::Error;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, Transact};
+use yrs::{Doc, ReadTxn, Transact};
 
 /// A budget no update in the properties gets near: refusals there must come from the rules,
 /// not from how busy the machine is.
@@ -1225,5 +1225,156 @@ fn bug_pending_duplicates_diverge_from_peers() {
     assert_eq!(
         server.units, peer.units,
         "the server and a peer that applied the same accepted updates differ"
+    );
+}
+
+/// Whether a plain yrs doc fed `updates` keeps what it integrated when rebuilt from its own
+/// encoding (what a compaction snapshot or `/state` gives a new peer).
+fn plain_yrs_snapshot_keeps_content(updates: &[Vec<u8>]) -> bool {
+    let live = harness::Mirror::of(updates);
+    let snapshot = live
+        .doc
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default());
+    let rebuilt = harness::Mirror::of(&[snapshot]);
+    harness::content_of_update(&live.integrated()).unwrap()
+        == harness::content_of_update(&rebuilt.integrated()).unwrap()
+}
+
+/// Runs `updates` through the property's checks and answers the refusals' messages.
+fn refusals_with_all_checks(updates: &[Vec<u8>]) -> Vec<String> {
+    let outcome = harness::run(updates, &YjsLimits::default(), NO_BUDGET, Checks::default())
+        .unwrap_or_else(|e| panic!("an invariant broke: {e}"));
+    outcome.reasons.into_keys().collect()
+}
+
+/// Bug "long map entry": a map entry holding two values (one item, `Any` of length 2, under a
+/// key), split by an item of another client placed after its first value. The live doc keeps
+/// the first value alive next to the second (yrs deletes only the value just left of a new
+/// one); a doc rebuilt from the encoding deletes it: peers given a snapshot diverge.
+fn long_map_entry() -> Vec<Vec<u8>> {
+    vec![Update::new(vec![
+        Section::items(9, 0, vec![Item::after(id(300, 0), Content::str("x"))]),
+        Section::items(
+            300,
+            0,
+            vec![Item::root(
+                "t",
+                Content::Any(vec![wire::Any::Int(1), wire::Any::Int(2)]),
+            )
+            .with_key("k0")],
+        ),
+    ])
+    .encode()]
+}
+
+#[test]
+fn control_plain_yrs_snapshot_loses_a_long_map_entry() {
+    assert!(!plain_yrs_snapshot_keeps_content(&long_map_entry()));
+}
+
+#[test]
+fn bug_long_map_entry_makes_snapshots_diverge() {
+    let reasons = refusals_with_all_checks(&long_map_entry());
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("holds more than one value")),
+        "{reasons:?}"
+    );
+}
+
+/// Bug "forward reference" (found by the property with the snapshot check): client 1 sends
+/// clock 1 (a root type) alone, which yrs integrates behind a skip; then clocks 0..2, a string
+/// whose parent is the type at clock 1. yrs integrates it, but the document's encoding lists
+/// clock 0 (which needs clock 1) first: a doc rebuilt from it integrates neither. An item may
+/// depend only on ids of its own client that come before it.
+fn forward_reference() -> Vec<Vec<u8>> {
+    use script::{Gen, Op, Pick, Place};
+    Script::updates(&[
+        Op::Item {
+            client: 84,
+            place: Place::Root(0),
+            content: Gen::Embed(0),
+        },
+        Op::Delete {
+            pick: Pick::Known(0),
+            len: 145,
+        },
+        Op::Replay(0),
+        Op::Item {
+            client: 126,
+            place: Place::Root(0),
+            content: Gen::Type(186),
+        },
+        Op::Cut,
+        Op::Resend {
+            pick: Pick::Known(31176),
+            extra: 42,
+            place: Place::Parent(Pick::Known(853)),
+        },
+        Op::Cut,
+    ])
+}
+
+#[test]
+fn control_plain_yrs_snapshot_loses_a_forward_reference() {
+    // The last two updates: the type at clock 1, then clocks 0..2 naming it as parent.
+    let updates = forward_reference();
+    assert_eq!(updates.len(), 4);
+    assert!(!plain_yrs_snapshot_keeps_content(&updates[2..]));
+}
+
+#[test]
+fn bug_forward_reference_makes_snapshots_lose_content() {
+    let reasons = refusals_with_all_checks(&forward_reference());
+    assert!(
+        reasons.iter().any(|r| r.contains("of its own client")),
+        "{reasons:?}"
+    );
+}
+
+/// Bug "past a waiting block" (found by the property with the snapshot check): one update
+/// holds a 64-deep chain of types of client 1 whose link at clock 52 names a parent that does
+/// not exist, then a sub-document at the root (clock 66). In one update yrs keeps clocks
+/// 52..67 waiting; applied in chunks (for the CPU budget) the chunk with clock 66 is integrated
+/// past the waiting ones behind a skip, and a doc rebuilt from the encoding (waiting blocks
+/// first) leaves it waiting: content gone from the snapshot. The model and yrs must agree on
+/// what waits, or the update is refused.
+fn integrated_past_a_waiting_block() -> Vec<Vec<u8>> {
+    use script::{Gen, Op, Pick, Place};
+    Script::updates(&[
+        Op::Skip { client: 0, len: 0 },
+        Op::Skip { client: 0, len: 0 },
+        Op::Chain {
+            client: 30,
+            place: Place::Root(0),
+            depth: 243,
+            type_ref: 0,
+            one_client_each: false,
+        },
+        Op::Item {
+            client: 156,
+            place: Place::Root(0),
+            content: Gen::Doc(0),
+        },
+        Op::Corrupt { at: 7956, xor: 1 },
+        Op::Chain {
+            client: 214,
+            place: Place::Parent(Pick::Known(0)),
+            depth: 180,
+            type_ref: 0,
+            one_client_each: false,
+        },
+        Op::DeleteChainRoot,
+    ])
+}
+
+#[test]
+fn bug_chunks_integrated_past_a_waiting_block_leave_the_snapshot() {
+    let reasons = refusals_with_all_checks(&integrated_past_a_waiting_block());
+    assert!(
+        reasons.iter().any(|r| r.contains("cannot check")),
+        "{reasons:?}"
     );
 }

@@ -56,16 +56,9 @@ impl Checks {
         let avoid = |w: &str| {
             std::env::var("HOSTILE_YJS_AVOID").is_ok_and(|v| v.split(',').any(|x| x.trim() == w))
         };
-        // The snapshot check is opt-in (`HOSTILE_YJS_CHECK=snapshot`): it still finds hostile
-        // structures (e.g. map entries on a root used as a sequence) that yrs encodes so that
-        // a document rebuilt from the encoding differs from the live one. Open; see the
-        // hardening issue's closing note. Every other check runs by default.
-        let check = |w: &str| {
-            std::env::var("HOSTILE_YJS_CHECK").is_ok_and(|v| v.split(',').any(|x| x.trim() == w))
-        };
         Checks {
             peer_view: !avoid("peer"),
-            snapshot_keeps: check("snapshot") && !avoid("snapshot"),
+            snapshot_keeps: !avoid("snapshot"),
         }
     }
 }

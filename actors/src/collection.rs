@@ -22,8 +22,7 @@ use crate::paging::{self, DeletedEntry, PageBounds, PageSource};
 use crate::peers::PeerTable;
 use crate::runtime::Shared;
 use crate::store::{
-    CompactionWrite, DeletedEntries, DeltaRecord, DocStats, OpWrite, PreparedWrite, SnapshotRecord,
-    Store,
+    Batch, CompactionWrite, DeletedEntries, DeltaRecord, DocStats, OpWrite, SnapshotRecord, Store,
 };
 use crate::types::{
     Change, CollectionStats, CompactRequest, Compacted, OperationType, StreamPage, Write, Written,
@@ -306,7 +305,7 @@ impl CollectionActor {
         const BATCH: usize = 1_000;
         let now = self.shared.clock.now_millis();
         let ttl = self.shared.config.op_id_ttl.as_millis() as u64;
-        let mut write = PreparedWrite::default();
+        let mut write = Batch::default();
         match self
             .shared
             .store
@@ -314,14 +313,14 @@ impl CollectionActor {
         {
             Ok(expired) => {
                 self.stats.expired_op_ids += expired.len() as u64;
-                write.extend(Store::prepare_forget_ops(&self.name, &expired));
+                write.extend(Batch::forget_ops(&self.name, &expired));
             }
             Err(e) => tracing::warn!(collection = %self.name, error = %e, "op id sweep failed"),
         }
         let retention = self.shared.config.peer_retention.as_millis() as u64;
         for peer in self.peers.forget_unseen(now, retention) {
             self.stats.forgotten_peers += 1;
-            write.extend(Store::prepare_forget_peer(&self.name, &peer));
+            write.extend(Batch::forget_peer(&self.name, &peer));
         }
         if !write.is_empty() {
             ctx.spawn(
@@ -572,9 +571,9 @@ impl CollectionActor {
         if parts.is_empty() {
             return;
         }
-        let mut write = PreparedWrite::default();
+        let mut write = Batch::default();
         for (seq, reason) in parts {
-            write.extend(Store::prepare_quarantine(&self.name, doc, *seq, reason));
+            write.extend(Batch::quarantine(&self.name, doc, *seq, reason));
         }
         self.stats.quarantined_updates += parts.len() as u64;
         // Best effort: a lost record only means the next rebuild finds the same part again.
@@ -639,7 +638,7 @@ impl CollectionActor {
         write: Write,
         hash: u64,
         ctx: &mut Context<Self>,
-    ) -> Result<(u64, PreparedWrite)> {
+    ) -> Result<(u64, Batch)> {
         let seq = self.assigned + 1;
         let mut stats = self
             .docs
@@ -656,7 +655,7 @@ impl CollectionActor {
             created_at: self.shared.clock.now_millis(),
         };
         let op = write.op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
-        let prepared = Store::prepare_append(&self.name, seq, &record, &stats, op)?;
+        let prepared = Batch::append(&self.name, seq, &record, &stats, op);
         self.assigned = seq;
         if let Some(op) = write.op_id {
             self.pending_ops
@@ -974,7 +973,7 @@ impl CollectionActor {
         merged: Merged,
         merged_deltas: &[(u64, u64)],
         peer_timeout_ms: u64,
-    ) -> Result<(Compacted, PreparedWrite)> {
+    ) -> Result<(Compacted, Batch)> {
         let previous = self.docs.get(doc).copied().unwrap_or_default();
         let now = self.shared.clock.now_millis();
         let min_active = self.peers.min_active_synced(now, peer_timeout_ms);
@@ -985,9 +984,9 @@ impl CollectionActor {
             snapshot_seq: plan.snapshot_seq,
             created_at: now,
         };
-        // Reads and extends the document's deleted-seq index entries: safe, since this
-        // document's previous compaction has committed and the next waits for this one.
-        let prepared = self.shared.store.prepare_compaction(
+        // The engine extends the document's deleted-seq index entries when it commits: safe,
+        // since this document's previous compaction has committed and the next waits for it.
+        let prepared = Batch::compaction(
             &self.name,
             &CompactionWrite {
                 document_id: doc,
@@ -996,7 +995,7 @@ impl CollectionActor {
                 stats: plan.stats,
                 bucket_seqs: self.shared.config.page_bucket_seqs,
             },
-        )?;
+        );
         self.set_doc_stats(doc, plan.stats);
         self.stats.compactions += 1;
         self.stats.deltas_removed += plan.delete.len() as u64;

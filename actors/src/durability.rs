@@ -24,11 +24,11 @@ use std::thread;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::store::{PreparedWrite, Store};
+use crate::store::{Batch, Store};
 
 #[derive(Default)]
 struct Queue {
-    writes: Vec<PreparedWrite>,
+    writes: Vec<Batch>,
     /// Ticket of the newest queued write.
     last_ticket: u64,
     stop: bool,
@@ -132,7 +132,7 @@ impl GroupCommit {
     /// them durable (tests pass one that fails).
     fn start_with<C>(commit: C) -> Result<GroupCommit>
     where
-        C: FnMut(&[PreparedWrite]) -> Result<()> + Send + 'static,
+        C: FnMut(&[Batch]) -> Result<()> + Send + 'static,
     {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
@@ -154,10 +154,7 @@ impl GroupCommit {
     /// Queues `write`; the returned future resolves once it (and everything queued or written
     /// before it) is on disk. The write is queued when this is called, not when it is polled,
     /// so callers' order is commit order.
-    pub fn submit(
-        &self,
-        write: PreparedWrite,
-    ) -> impl std::future::Future<Output = Result<()>> + 'static {
+    pub fn submit(&self, write: Batch) -> impl std::future::Future<Output = Result<()>> + 'static {
         let ticket = self.enqueue(write);
         let mut rx = self.rounds.clone();
         async move {
@@ -176,10 +173,10 @@ impl GroupCommit {
     /// Resolves once everything written or queued before this call is on disk (an empty
     /// [`Self::submit`]).
     pub fn durable(&self) -> impl std::future::Future<Output = Result<()>> + 'static {
-        self.submit(PreparedWrite::default())
+        self.submit(Batch::default())
     }
 
-    fn enqueue(&self, write: PreparedWrite) -> Result<u64> {
+    fn enqueue(&self, write: Batch) -> Result<u64> {
         let ticket = {
             let mut q = self
                 .shared
@@ -208,7 +205,7 @@ impl GroupCommit {
 
 fn committer_loop<C>(mut commit: C, shared: Arc<Shared>, tx: watch::Sender<Round>)
 where
-    C: FnMut(&[PreparedWrite]) -> Result<()>,
+    C: FnMut(&[Batch]) -> Result<()>,
 {
     let mut round = Round::default();
     loop {
@@ -321,11 +318,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(gc.failure(), None);
-        gc.submit(PreparedWrite::default()).await.unwrap();
-        gc.submit(PreparedWrite::default()).await.unwrap();
+        gc.submit(Batch::default()).await.unwrap();
+        gc.submit(Batch::default()).await.unwrap();
         assert_eq!(gc.failure(), None, "answered rounds leave no failure");
 
-        let err = gc.submit(PreparedWrite::default()).await.unwrap_err();
+        let err = gc.submit(Batch::default()).await.unwrap_err();
         assert_eq!(err.code(), "storage_full");
         assert!(err.to_string().contains("free"), "{err}");
         let failure = gc.failure().expect("the failure is visible");

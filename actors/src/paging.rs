@@ -12,7 +12,7 @@
 //! deleted deltas: key (collection, the bucket's first seq, document), value the exact deleted
 //! seqs of that document in that bucket as runs of consecutive seqs ([`encode_runs`]). Each
 //! compaction merges its deleted seqs into the entries of the buckets they fall in, in its own
-//! atomic batch (see `Store::prepare_compaction`; one document's compactions run one after
+//! atomic batch (see `Batch::compaction`; one document's compactions run one after
 //! another, so the read-merge-write of its entries has no rival). A delta is deleted once, so
 //! every deleted seq is in exactly one entry, and the entries say exactly whose snapshot each
 //! gap in the log needs. An entry spans one bucket, so the entries that can hold seq `s` start
@@ -475,7 +475,7 @@ mod tests {
                 *w = (*w).max(*seqs.last().unwrap());
             } else {
                 for (start, runs) in bucket_runs(&seqs, bucket) {
-                    // One entry per (bucket, document), merged like `Store::prepare_compaction`.
+                    // One entry per (bucket, document), merged like `Batch::compaction`.
                     match fake
                         .entries
                         .iter_mut()

@@ -1,20 +1,18 @@
-//! The durable store: every record of every collection, on sled, behind this module's own API.
-//!
-//! Nothing outside this module sees a sled type, so a second engine can replace it. All records
-//! live in one tree (see [`crate::keys`]); every write that must be all-or-nothing is one atomic
-//! `apply_batch`, which sled also recovers atomically after a crash.
-//!
-//! Writes here are not durable until [`Store::flush`]; the group-commit flusher
-//! ([`crate::durability`]) decides when that happens.
+//! The embedded engine: every record of every collection in one sled tree (see
+//! [`crate::keys`]); each commit is one atomic `apply_batch`, which sled also recovers
+//! atomically after a crash.
 
 use std::path::Path;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
+use super::{
+    Batch, DeletedEntries, DeltaRecord, Engine, LoadedCollection, Mutation, OpRecord,
+    SnapshotRecord,
+};
 use crate::error::{Error, Result};
 use crate::keys::{self, Tag};
 use crate::paging::{self, DeletedEntry};
-use crate::types::OperationType;
 
 /// Current on-disk format; bump when a record or key layout changes.
 ///
@@ -24,102 +22,8 @@ use crate::types::OperationType;
 /// only format 1 refuses a format-2 store, since it would not read the new index.
 pub const FORMAT_VERSION: u32 = 2;
 
-/// One stored update.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeltaRecord {
-    pub document_id: String,
-    pub operation: OperationType,
-    pub bytes: Vec<u8>,
-    pub created_at: u64,
-}
-
-/// A document's compacted state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotRecord {
-    pub bytes: Vec<u8>,
-    pub state_vector: Vec<u8>,
-    /// Highest seq of the document's deltas merged into this snapshot.
-    pub snapshot_seq: u64,
-    pub created_at: u64,
-}
-
-/// Running counters of one document, kept so no request has to scan.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DocStats {
-    pub retained_bytes: u64,
-    pub retained_count: u64,
-    /// Highest seq of this document that compaction deleted (0: none).
-    pub watermark: u64,
-    /// Compactions applied to this document.
-    pub generation: u64,
-    /// Whether a snapshot is stored.
-    pub has_snapshot: bool,
-    /// Highest seq the stored snapshot includes (0: none).
-    pub snapshot_seq: u64,
-}
-
-/// Acknowledgement state of one peer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerRecord {
-    pub synced_seq: u64,
-    pub last_seen_at: u64,
-}
-
-/// What an op id was first used for: its seq, a hash of its bytes and when it was written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpRecord {
-    pub seq: u64,
-    pub hash: u64,
-    pub created_at: u64,
-}
-
-/// A write's op id with what it answers to, for [`Store::prepare_append`].
-#[derive(Debug, Clone, Copy)]
-pub struct OpWrite<'a> {
-    pub op_id: &'a str,
-    pub hash: u64,
-}
-
-/// Everything a collection actor needs in memory, read once when it starts.
-#[derive(Debug, Default)]
-pub struct LoadedCollection {
-    pub high_water: u64,
-    pub docs: Vec<(String, DocStats)>,
-    pub peers: Vec<(String, PeerRecord)>,
-}
-
-/// What one compaction writes, applied atomically by [`Store::apply_compaction`].
-#[derive(Debug)]
-pub struct CompactionWrite<'a> {
-    pub document_id: &'a str,
-    pub snapshot: &'a SnapshotRecord,
-    pub deleted: &'a [u64],
-    pub stats: DocStats,
-    /// Seqs per bucket of the deleted-seq index (`Config::page_bucket_seqs`).
-    pub bucket_seqs: u64,
-}
-
-/// Writes prepared by [`Store::prepare_append`], applied by [`Store::commit`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PreparedWrite {
-    /// Key and new value, or `None` to remove the key.
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
-impl PreparedWrite {
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    /// Appends `other`'s writes after these (a later write of the same key wins).
-    pub fn extend(&mut self, other: PreparedWrite) {
-        self.ops.extend(other.ops);
-    }
-}
-
-/// A handle to the open store; clones share it.
-#[derive(Clone)]
-pub struct Store {
+/// The sled engine; see the module docs.
+pub struct SledEngine {
     db: sled::Db,
 }
 
@@ -131,25 +35,25 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     Ok(bincode::deserialize(bytes)?)
 }
 
-impl Store {
+impl SledEngine {
     /// Opens (or creates) the store in `dir`.
     ///
     /// # Errors
     /// [`Error::Storage`] if sled cannot open the directory or it holds another format version.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledEngine> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .open()?;
-        let store = Store { db };
+        let store = SledEngine { db };
         store.check_format()?;
         Ok(store)
     }
 
     /// A store in a temporary directory, deleted on drop (for tests and benchmarks).
-    pub fn temporary() -> Result<Store> {
+    pub fn temporary() -> Result<SledEngine> {
         let db = sled::Config::new().temporary(true).open()?;
-        let store = Store { db };
+        let store = SledEngine { db };
         store.check_format()?;
         Ok(store)
     }
@@ -177,26 +81,150 @@ impl Store {
         }
     }
 
-    /// Makes every write so far durable. Blocking: call it off async threads.
-    pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
-    }
-
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
         self.db.get(key)?.map(|v| decode(&v)).transpose()
     }
 
-    /// Whether collection `c` has ever been written.
-    pub fn collection_exists(&self, c: &str) -> Result<bool> {
+    /// The key writes of one mutation. A compaction reads the document's deleted-seq index
+    /// entries (through `written`, what this commit wrote before it) and merges into them.
+    fn key_ops(
+        &self,
+        m: &Mutation,
+        written: &std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+        ops: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        match m {
+            Mutation::Append {
+                collection: c,
+                seq,
+                delta,
+                stats,
+                op,
+            } => {
+                let seq = *seq;
+                ops.push((keys::delta(c, seq), Some(encode(delta)?)));
+                ops.push((
+                    keys::doc_delta(c, &delta.document_id, seq),
+                    Some((delta.bytes.len() as u64).to_be_bytes().to_vec()),
+                ));
+                ops.push((keys::doc_stats(c, &delta.document_id), Some(encode(stats)?)));
+                ops.push((keys::collection(c), Some(encode(&seq)?)));
+                if let Some((op_id, hash)) = op {
+                    let record = OpRecord {
+                        seq,
+                        hash: *hash,
+                        created_at: delta.created_at,
+                    };
+                    let doc = &delta.document_id;
+                    ops.push((keys::op_record(c, doc, op_id), Some(encode(&record)?)));
+                    ops.push((
+                        keys::op_expiry(c, delta.created_at, doc, op_id),
+                        Some(Vec::new()),
+                    ));
+                }
+            }
+            Mutation::Compaction {
+                collection: c,
+                document_id,
+                snapshot,
+                deleted,
+                stats,
+                bucket_seqs,
+            } => {
+                ops.push((keys::snapshot(c, document_id), Some(encode(snapshot)?)));
+                for &seq in deleted {
+                    ops.push((keys::delta(c, seq), None));
+                    ops.push((keys::doc_delta(c, document_id, seq), None));
+                }
+                ops.push((keys::doc_stats(c, document_id), Some(encode(stats)?)));
+                let bucket = (*bucket_seqs).clamp(1, paging::MAX_BUCKET_SEQS);
+                let buckets = paging::bucket_runs(deleted, bucket);
+                if !buckets.is_empty() {
+                    ops.push((keys::deleted_span(bucket), Some(Vec::new())));
+                }
+                for (start, runs) in buckets {
+                    let key = keys::deleted_seqs(c, start, document_id);
+                    let old = match written.get(&key) {
+                        Some(v) => v.clone(),
+                        None => self.db.get(&key)?.map(|v| v.to_vec()),
+                    };
+                    let runs = match old {
+                        Some(old) => {
+                            let old = paging::decode_runs(start, &old)
+                                .ok_or_else(|| corrupt("deleted seqs entry"))?;
+                            paging::merge_runs(&old, &runs)
+                        }
+                        None => runs,
+                    };
+                    ops.push((key, Some(paging::encode_runs(start, &runs))));
+                }
+            }
+            Mutation::PutPeer {
+                collection: c,
+                peer,
+                record,
+            } => ops.push((keys::peer(c, peer), Some(encode(record)?))),
+            Mutation::ForgetPeer {
+                collection: c,
+                peer,
+            } => ops.push((keys::peer(c, peer), None)),
+            Mutation::ForgetOps {
+                collection: c,
+                ops: forget,
+            } => {
+                for (at, doc, op) in forget {
+                    ops.push((keys::op_record(c, doc, op), None));
+                    ops.push((keys::op_expiry(c, *at, doc, op), None));
+                }
+            }
+            Mutation::Quarantine {
+                collection: c,
+                document_id,
+                seq,
+                reason,
+            } => ops.push((
+                keys::quarantine(c, document_id, *seq),
+                Some(reason.as_bytes().to_vec()),
+            )),
+        }
+        Ok(())
+    }
+}
+
+impl Engine for SledEngine {
+    /// Applies the batches as one sled batch, in order (a later write of the same key wins,
+    /// as if applied one by one).
+    fn commit(&self, batches: &[Batch]) -> Result<()> {
+        let mut written = std::collections::HashMap::new();
+        let mut batch = sled::Batch::default();
+        let mut ops = Vec::new();
+        for m in batches.iter().flat_map(|b| &b.mutations) {
+            ops.clear();
+            self.key_ops(m, &written, &mut ops)?;
+            for (k, v) in ops.drain(..) {
+                match &v {
+                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                    None => batch.remove(k.as_slice()),
+                }
+                if k.first() == Some(&(Tag::DeletedSeqs as u8)) {
+                    written.insert(k, v);
+                }
+            }
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn collection_exists(&self, c: &str) -> Result<bool> {
         Ok(self.db.contains_key(keys::collection(c))?)
     }
 
-    /// Loads a collection's high-water seq, document counters and peers.
-    ///
-    /// The high-water seq is the larger of the persisted counter and the newest delta key:
-    /// both are written in one batch, so they agree; taking the max costs one key read.
-    pub fn load_collection(&self, c: &str) -> Result<LoadedCollection> {
+    fn load_collection(&self, c: &str) -> Result<LoadedCollection> {
         let persisted: u64 = self.get(&keys::collection(c))?.unwrap_or(0);
         let newest = match self.db.scan_prefix(keys::prefix(Tag::Delta, c)).next_back() {
             Some(entry) => keys::trailing_seq(&entry?.0).unwrap_or(0),
@@ -223,80 +251,11 @@ impl Store {
         Ok(loaded)
     }
 
-    /// Prepares one delta with its index entry, the document's new counters, the collection's
-    /// new high-water seq and the op id; nothing is written until [`Store::commit`].
-    pub fn prepare_append(
-        c: &str,
-        seq: u64,
-        delta: &DeltaRecord,
-        stats: &DocStats,
-        op: Option<OpWrite<'_>>,
-    ) -> Result<PreparedWrite> {
-        let mut ops = Vec::with_capacity(6);
-        ops.push((keys::delta(c, seq), Some(encode(delta)?)));
-        ops.push((
-            keys::doc_delta(c, &delta.document_id, seq),
-            Some((delta.bytes.len() as u64).to_be_bytes().to_vec()),
-        ));
-        ops.push((keys::doc_stats(c, &delta.document_id), Some(encode(stats)?)));
-        ops.push((keys::collection(c), Some(encode(&seq)?)));
-        if let Some(op) = op {
-            let record = OpRecord {
-                seq,
-                hash: op.hash,
-                created_at: delta.created_at,
-            };
-            let doc = &delta.document_id;
-            ops.push((keys::op_record(c, doc, op.op_id), Some(encode(&record)?)));
-            ops.push((
-                keys::op_expiry(c, delta.created_at, doc, op.op_id),
-                Some(Vec::new()),
-            ));
-        }
-        Ok(PreparedWrite { ops })
-    }
-
-    /// Writes prepared writes, in order, as one atomic batch (a later write of the same key
-    /// wins, as if applied one by one).
-    pub fn commit(&self, writes: &[PreparedWrite]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for write in writes {
-            for (k, v) in &write.ops {
-                match v {
-                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                    None => batch.remove(k.as_slice()),
-                }
-            }
-        }
-        self.db.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Prepares and commits one append (tests and tools; the actors go through group commit).
-    pub fn append(
-        &self,
-        c: &str,
-        seq: u64,
-        delta: &DeltaRecord,
-        stats: &DocStats,
-        op: Option<OpWrite<'_>>,
-    ) -> Result<()> {
-        self.commit(&[Self::prepare_append(c, seq, delta, stats, op)?])
-    }
-
-    /// What op id `op` of document `doc` was first used for, if it is remembered.
-    pub fn op_record(&self, c: &str, doc: &str, op: &str) -> Result<Option<OpRecord>> {
+    fn op_record(&self, c: &str, doc: &str, op: &str) -> Result<Option<OpRecord>> {
         self.get(&keys::op_record(c, doc, op))
     }
 
-    /// Up to `limit` op ids written before `before` (millis), oldest first, as
-    /// (created_at, document, op id).
-    pub fn ops_before(
-        &self,
-        c: &str,
-        before: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, String, String)>> {
+    fn ops_before(&self, c: &str, before: u64, limit: usize) -> Result<Vec<(u64, String, String)>> {
         let p = keys::prefix(Tag::OpExpiry, c);
         let mut out = Vec::new();
         for entry in self
@@ -314,18 +273,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Prepares forgetting op ids listed by [`Self::ops_before`].
-    pub fn prepare_forget_ops(c: &str, ops: &[(u64, String, String)]) -> PreparedWrite {
-        let mut w = PreparedWrite::default();
-        for (at, doc, op) in ops {
-            w.ops.push((keys::op_record(c, doc, op), None));
-            w.ops.push((keys::op_expiry(c, *at, doc, op), None));
-        }
-        w
-    }
-
-    /// Seqs of one document's stored updates that merges leave out.
-    pub fn quarantined(&self, c: &str, doc: &str) -> Result<Vec<u64>> {
+    fn quarantined(&self, c: &str, doc: &str) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         for entry in self.db.scan_prefix(keys::quarantine_prefix(c, doc)) {
             let (k, _) = entry?;
@@ -334,20 +282,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Prepares marking stored update `seq` of `doc` as left out of merges, with why.
-    pub fn prepare_quarantine(c: &str, doc: &str, seq: u64, reason: &str) -> PreparedWrite {
-        PreparedWrite {
-            ops: vec![(
-                keys::quarantine(c, doc, seq),
-                Some(reason.as_bytes().to_vec()),
-            )],
-        }
-    }
-
-    /// Deltas with `after < seq <= upto` in seq order: at most `limit`, and no more once their
-    /// bytes would pass `max_bytes` (but always the first one). Also answers whether more
-    /// deltas were left out.
-    pub fn deltas_after(
+    fn deltas_after(
         &self,
         c: &str,
         after: u64,
@@ -376,8 +311,7 @@ impl Store {
         Ok((out, false))
     }
 
-    /// Seqs of one document's retained deltas with seq ≤ `upto`, in order.
-    pub fn doc_delta_seqs(&self, c: &str, doc: &str, upto: u64) -> Result<Vec<u64>> {
+    fn doc_delta_seqs(&self, c: &str, doc: &str, upto: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         for entry in self.db.scan_prefix(keys::doc_delta_prefix(c, doc)) {
             let (k, _) = entry?;
@@ -390,10 +324,7 @@ impl Store {
         Ok(out)
     }
 
-    /// One document's retained deltas with seq ≤ `upto`, in seq order. A delta deleted between
-    /// the index read and its own read is skipped: the snapshot that replaced it was written in
-    /// the same batch, so a caller that reads the snapshot afterwards still sees its content.
-    pub fn doc_deltas(&self, c: &str, doc: &str, upto: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    fn doc_deltas(&self, c: &str, doc: &str, upto: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
         for seq in self.doc_delta_seqs(c, doc, upto)? {
             if let Some(d) = self.get::<DeltaRecord>(&keys::delta(c, seq))? {
@@ -403,17 +334,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Every retained delta of the collection with seq ≤ `upto`, in seq order.
-    pub fn all_deltas(&self, c: &str, upto: u64) -> Result<Vec<(u64, DeltaRecord)>> {
-        Ok(self.deltas_after(c, 0, upto, usize::MAX, usize::MAX)?.0)
-    }
-
-    pub fn snapshot(&self, c: &str, doc: &str) -> Result<Option<SnapshotRecord>> {
+    fn snapshot(&self, c: &str, doc: &str) -> Result<Option<SnapshotRecord>> {
         self.get(&keys::snapshot(c, doc))
     }
 
-    /// Every snapshot of the collection, with its document id.
-    pub fn snapshots(&self, c: &str) -> Result<Vec<(String, SnapshotRecord)>> {
+    fn snapshots(&self, c: &str) -> Result<Vec<(String, SnapshotRecord)>> {
         let p = keys::prefix(Tag::Snapshot, c);
         let mut out = Vec::new();
         for entry in self.db.scan_prefix(&p) {
@@ -424,10 +349,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` documents whose format-1 compaction watermark (highest deleted seq) is
-    /// above `after`, by watermark. Watermarks are seqs, so no two documents share one. Only
-    /// deletions made before format 2 are here; later ones are in [`Self::deleted_entries`].
-    pub fn compacted_after(&self, c: &str, after: u64, limit: usize) -> Result<Vec<(u64, String)>> {
+    fn compacted_after(&self, c: &str, after: u64, limit: usize) -> Result<Vec<(u64, String)>> {
         let p = keys::prefix(Tag::Watermark, c);
         let start = keys::watermark(c, after.saturating_add(1), "");
         let mut out = Vec::new();
@@ -447,49 +369,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Prepares a compaction: the new snapshot, the deletions, the counters and the entries
-    /// of the deleted-seq index (the document's entry of each bucket the deleted seqs fall in,
-    /// merged with what it held, plus the record of the bucket size), committed as one atomic
-    /// batch (a reader or a crash sees all of it or none). Stream pages rely on that: a delta
-    /// is gone only where its index entry and its document's snapshot are (see
-    /// `CollectionActor::read_page`).
-    ///
-    /// Reads the document's current entries: the caller must not prepare another compaction
-    /// of the same document until this one is committed (the collection actor runs one
-    /// document's compactions one after another), or one merge would lose the other's seqs.
-    ///
-    /// # Errors
-    /// [`Error::Storage`] if an entry cannot be read.
-    pub fn prepare_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<PreparedWrite> {
-        let mut ops = Vec::with_capacity(5 + 2 * w.deleted.len());
-        ops.push((keys::snapshot(c, w.document_id), Some(encode(w.snapshot)?)));
-        for &seq in w.deleted {
-            ops.push((keys::delta(c, seq), None));
-            ops.push((keys::doc_delta(c, w.document_id, seq), None));
-        }
-        ops.push((keys::doc_stats(c, w.document_id), Some(encode(&w.stats)?)));
-        let bucket = w.bucket_seqs.clamp(1, paging::MAX_BUCKET_SEQS);
-        let buckets = paging::bucket_runs(w.deleted, bucket);
-        if !buckets.is_empty() {
-            ops.push((keys::deleted_span(bucket), Some(Vec::new())));
-        }
-        for (start, runs) in buckets {
-            let key = keys::deleted_seqs(c, start, w.document_id);
-            let runs = match self.db.get(&key)? {
-                Some(old) => {
-                    let old = paging::decode_runs(start, &old)
-                        .ok_or_else(|| corrupt("deleted seqs entry"))?;
-                    paging::merge_runs(&old, &runs)
-                }
-                None => runs,
-            };
-            ops.push((key, Some(paging::encode_runs(start, &runs))));
-        }
-        Ok(PreparedWrite { ops })
-    }
-
-    /// The largest bucket, in seqs, any deleted-seq entry was written with (0: no entries).
-    pub fn deleted_span(&self) -> Result<u64> {
+    fn deleted_span(&self) -> Result<u64> {
         match self.db.scan_prefix(keys::deleted_span_prefix()).next_back() {
             Some(entry) => {
                 let (k, _) = entry?;
@@ -500,37 +380,17 @@ impl Store {
         }
     }
 
-    /// The deleted-seq index of collection `c` from bucket start `from` on, ascending. Lazy:
-    /// each entry is read when the iterator reaches it.
-    pub fn deleted_entries(&self, c: &str, from: u64) -> DeletedEntries {
+    fn deleted_entries(&self, c: &str, from: u64) -> DeletedEntries {
         let prefix = keys::prefix(Tag::DeletedSeqs, c);
         let mut start = prefix.clone();
         start.extend_from_slice(&from.to_be_bytes());
-        DeletedEntries {
+        Box::new(SledDeletedEntries {
             iter: self.db.range(start..),
             prefix,
-        }
+        })
     }
 
-    /// Prepares and commits a compaction (tests and tools).
-    pub fn apply_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<()> {
-        self.commit(&[self.prepare_compaction(c, w)?])
-    }
-
-    /// Prepares forgetting a peer's record.
-    pub fn prepare_forget_peer(c: &str, peer: &str) -> PreparedWrite {
-        PreparedWrite {
-            ops: vec![(keys::peer(c, peer), None)],
-        }
-    }
-
-    pub fn put_peer(&self, c: &str, peer: &str, record: &PeerRecord) -> Result<()> {
-        self.db.insert(keys::peer(c, peer), encode(record)?)?;
-        Ok(())
-    }
-
-    /// Bytes sled reports on disk.
-    pub fn size_on_disk(&self) -> Result<u64> {
+    fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
     }
 }
@@ -539,13 +399,13 @@ fn corrupt(what: &str) -> Error {
     Error::Storage(format!("corrupt {what}"))
 }
 
-/// Iterator over the deleted-seq index of one collection (see [`Store::deleted_entries`]).
-pub struct DeletedEntries {
+/// Iterator over the deleted-seq index of one collection (see [`Engine::deleted_entries`]).
+struct SledDeletedEntries {
     iter: sled::Iter,
     prefix: Vec<u8>,
 }
 
-impl Iterator for DeletedEntries {
+impl Iterator for SledDeletedEntries {
     type Item = Result<DeletedEntry>;
 
     fn next(&mut self) -> Option<Result<DeletedEntry>> {
@@ -568,7 +428,9 @@ impl Iterator for DeletedEntries {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{CompactionWrite, DocStats, Store};
     use super::*;
+    use crate::types::OperationType;
 
     fn delta(doc: &str, bytes: &[u8]) -> DeltaRecord {
         DeltaRecord {
@@ -689,23 +551,23 @@ mod tests {
 
     /// Opens the store in `dir`, retrying while the last one's background thread still holds
     /// sled's lock (released a moment after the drop); any other error is answered.
-    fn reopen(dir: &std::path::Path) -> Result<Store> {
+    fn reopen(dir: &std::path::Path) -> Result<SledEngine> {
         for _ in 0..200 {
-            match Store::open(dir, 1 << 20) {
+            match SledEngine::open(dir, 1 << 20) {
                 Err(Error::Storage(e)) if !e.contains("format") => {
                     std::thread::sleep(std::time::Duration::from_millis(25))
                 }
                 other => return other,
             }
         }
-        Store::open(dir, 1 << 20)
+        SledEngine::open(dir, 1 << 20)
     }
 
     #[test]
     fn a_format_1_store_opens_and_keeps_its_watermarks() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let store = SledEngine::open(dir.path(), 1 << 20).unwrap();
             store
                 .db
                 .insert(keys::format_version(), &1u32.to_be_bytes())

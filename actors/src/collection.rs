@@ -6,7 +6,7 @@
 //! crash and issued again. Stream pages, acks and compaction applies also run here, so each
 //! sees a consistent view of the collection.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 use crate::compaction;
 use crate::compactor;
 use crate::crdt::{self, DocState, Merged, YjsLimits};
+use crate::doc_counters::{self, DocCounters};
 use crate::error::{Error, Result};
 use crate::paging::{self, DeletedEntry, PageBounds, PageSource};
 use crate::peers::PeerTable;
@@ -72,9 +73,7 @@ pub struct CollectionActor {
     assigned: u64,
     durable: u64,
     durable_tx: watch::Sender<u64>,
-    docs: HashMap<String, DocStats>,
-    /// (retained bytes, document) for the compaction hint without a scan.
-    by_size: BTreeSet<(u64, String)>,
+    docs: DocCounters,
     peers: PeerTable,
     /// (document, op id) → (seq, bytes hash) of writes queued for commit but not yet on disk
     /// (the store cannot answer for them).
@@ -104,12 +103,15 @@ impl CollectionActor {
         shared: Arc<Shared>,
         in_flight: Arc<AtomicUsize>,
     ) -> Result<Self> {
-        let loaded = shared.store.load_collection(&name)?;
-        let by_size = loaded
-            .docs
-            .iter()
-            .map(|(d, s)| (s.retained_bytes, d.clone()))
-            .collect();
+        let loaded = shared.store.load_collection(&name, LARGEST_TRACKED)?;
+        let mut docs = DocCounters::new(
+            loaded.documents,
+            loaded.retained_bytes,
+            loaded.largest,
+            shared.config.doc_counters_cached,
+            LARGEST_TRACKED,
+        );
+        docs.mark_durable(loaded.high_water);
         let now = shared.clock.now_millis();
         Ok(CollectionActor {
             stats: CollectionStats {
@@ -124,8 +126,7 @@ impl CollectionActor {
             // a previous incarnation in this process that stopped with nothing pending.
             durable: loaded.high_water,
             durable_tx: watch::channel(loaded.high_water).0,
-            docs: loaded.docs.into_iter().collect(),
-            by_size,
+            docs,
             peers: PeerTable::from_records(loaded.peers),
             pending_ops: HashMap::new(),
             checking: HashMap::new(),
@@ -144,26 +145,27 @@ impl CollectionActor {
         Ok(())
     }
 
-    fn set_doc_stats(&mut self, doc: &str, new: DocStats) {
-        if let Some(old) = self.docs.insert(doc.to_string(), new) {
-            self.by_size.remove(&(old.retained_bytes, doc.to_string()));
-        }
-        self.by_size.insert((new.retained_bytes, doc.to_string()));
+    /// Records `doc`'s new counters, changed by a write marked `dirty` (see
+    /// [`DocCounters::set`]).
+    fn set_doc_stats(&mut self, doc: &str, new: DocStats, dirty: u64) -> Result<()> {
+        self.docs
+            .set(&self.shared.store, &self.name, doc, new, dirty)
     }
 
     fn mark_durable(&mut self, seq: u64) {
         if seq > self.durable {
             self.durable = seq;
+            self.docs.mark_durable(seq);
             self.durable_tx.send_replace(seq);
         }
     }
 
     /// The document with the most retained bytes, if above `threshold`.
     fn compaction_hint(&self, threshold: u64) -> Option<String> {
-        self.by_size
-            .last()
+        self.docs
+            .largest()
             .filter(|(bytes, _)| *bytes > threshold)
-            .map(|(_, d)| d.clone())
+            .map(|(_, d)| d.to_string())
     }
 
     fn snapshot_stats(&self) -> CollectionStats {
@@ -171,8 +173,8 @@ impl CollectionActor {
             assigned_seq: self.assigned,
             durable_seq: self.durable,
             waiters: self.durable_tx.receiver_count() as u64,
-            documents: self.docs.len() as u64,
-            retained_bytes: self.docs.values().map(|d| d.retained_bytes).sum(),
+            documents: self.docs.documents(),
+            retained_bytes: self.docs.retained_bytes(),
             peers: self.peers.len() as u64,
             ..self.stats.clone()
         }
@@ -266,10 +268,11 @@ impl CollectionActor {
     /// Queues a compaction of `doc` once it passes the size threshold (if enabled and none is
     /// queued or running for it already).
     fn auto_compact(&mut self, doc: &str, ctx: &mut Context<Self>) {
+        let threshold = self.shared.config.size_threshold;
         let over = self
             .docs
-            .get(doc)
-            .is_some_and(|s| s.retained_bytes > self.shared.config.size_threshold);
+            .get(&self.shared.store, &self.name, doc)
+            .is_ok_and(|s| s.retained_bytes > threshold);
         if !self.shared.config.auto_compact || !over || self.compactions.contains_key(doc) {
             return;
         }
@@ -381,6 +384,8 @@ struct QueuedWrite {
 
 /// Most writes of one document checked in one worker job.
 const CHECK_BATCH: usize = 256;
+/// Documents with the most retained bytes a collection actor tracks for the compaction hint.
+const LARGEST_TRACKED: usize = 1024;
 
 /// What a check job answers: the document's state to keep (if still good), one outcome per
 /// write (`None`: not checked, queue it again), and stored updates a rebuild left out.
@@ -642,9 +647,7 @@ impl CollectionActor {
         let seq = self.assigned + 1;
         let mut stats = self
             .docs
-            .get(&write.document_id)
-            .copied()
-            .unwrap_or_default();
+            .get(&self.shared.store, &self.name, &write.document_id)?;
         let len = write.bytes.len() as u64;
         stats.retained_bytes += len;
         stats.retained_count += 1;
@@ -656,12 +659,13 @@ impl CollectionActor {
         };
         let op = write.op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
         let prepared = Batch::append(&self.name, seq, &record, &stats, op);
+        // Cannot fail now: the counters were just read into memory.
+        self.set_doc_stats(&record.document_id, stats, seq)?;
         self.assigned = seq;
         if let Some(op) = write.op_id {
             self.pending_ops
                 .insert((record.document_id.clone(), op), (seq, hash));
         }
-        self.set_doc_stats(&record.document_id, stats);
         self.stats.appends += 1;
         self.stats.appended_bytes += len;
         self.stats.pending_writes += 1;
@@ -956,6 +960,8 @@ impl CollectionActor {
             }
             .into_actor(act)
             .map(move |result: Result<Compacted>, act, ctx| {
+                // Its counters are in the store now (or the store failed for good).
+                act.docs.settle(&doc);
                 for answer in answers {
                     let _ = answer.send(result.clone());
                 }
@@ -974,7 +980,7 @@ impl CollectionActor {
         merged_deltas: &[(u64, u64)],
         peer_timeout_ms: u64,
     ) -> Result<(Compacted, Batch)> {
-        let previous = self.docs.get(doc).copied().unwrap_or_default();
+        let previous = self.docs.get(&self.shared.store, &self.name, doc)?;
         let now = self.shared.clock.now_millis();
         let min_active = self.peers.min_active_synced(now, peer_timeout_ms);
         let plan = compaction::plan(merged_deltas, previous, min_active);
@@ -996,7 +1002,7 @@ impl CollectionActor {
                 bucket_seqs: self.shared.config.page_bucket_seqs,
             },
         );
-        self.set_doc_stats(doc, plan.stats);
+        self.set_doc_stats(doc, plan.stats, doc_counters::IN_FLIGHT)?;
         self.stats.compactions += 1;
         self.stats.deltas_removed += plan.delete.len() as u64;
         let compacted = Compacted {

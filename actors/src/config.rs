@@ -74,6 +74,9 @@ pub struct Config {
     /// Peers one collection tracks at most (default 10,000); acks of new peers past it get
     /// 503 `overloaded` until old ones are forgotten.
     pub max_peers_per_collection: usize,
+    /// Documents whose counters one collection actor keeps in memory (default 10,000); the
+    /// others' are read from the store when needed.
+    pub doc_counters_cached: usize,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             max_live_collections: 10_000,
             peer_retention: Duration::from_secs(30 * 24 * 3600),
             max_peers_per_collection: 10_000,
+            doc_counters_cached: 10_000,
         }
     }
 }

@@ -48,6 +48,7 @@ pub mod config;
 pub mod craft;
 pub mod crdt;
 pub mod doc_cache;
+pub mod doc_counters;
 pub mod durability;
 pub mod error;
 pub mod keys;

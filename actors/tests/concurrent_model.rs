@@ -112,6 +112,8 @@ async fn run(s: Schedule) {
     let mut config = config(dir.path());
     config.max_page_bytes = s.max_page_bytes;
     config.page_bucket_seqs = s.bucket;
+    // Two documents' counters in memory: the rest come back from the store.
+    config.doc_counters_cached = 2;
     let budget = s.max_page_bytes;
     let r = open_with(config, &clock).await;
     let log: Log = Rc::default();

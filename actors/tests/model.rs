@@ -319,6 +319,8 @@ async fn run(ops: Vec<Op>, max_page_bytes: usize, bucket: u64) {
     // bucket boundaries of the deleted-seq index.
     config.max_page_bytes = max_page_bytes;
     config.page_bucket_seqs = bucket;
+    // Two documents' counters in memory: the rest come back from the store.
+    config.doc_counters_cached = 2;
     let mut r = open_with(config.clone(), &clock).await;
     let mut peers: Vec<Peer> = (0..PEERS)
         .map(|p| Peer::new(&format!("peer-{p}"), 1 + 100 * p as u64))

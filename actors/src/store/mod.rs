@@ -41,7 +41,7 @@ pub struct SnapshotRecord {
 }
 
 /// Running counters of one document, kept so no request has to scan.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DocStats {
     pub retained_bytes: u64,
     pub retained_count: u64,
@@ -77,11 +77,17 @@ pub struct OpWrite<'a> {
     pub hash: u64,
 }
 
-/// Everything a collection actor needs in memory, read once when it starts.
+/// What a collection actor starts from: its head, totals over its documents' counters, the
+/// documents with the most retained bytes, and its peers (bounded by the peer limit).
 #[derive(Debug, Default)]
 pub struct LoadedCollection {
     pub high_water: u64,
-    pub docs: Vec<(String, DocStats)>,
+    /// Documents with counters.
+    pub documents: u64,
+    /// Sum of the documents' retained bytes.
+    pub retained_bytes: u64,
+    /// Up to the asked number of documents with the most retained bytes (any order).
+    pub largest: Vec<(String, DocStats)>,
     pub peers: Vec<(String, PeerRecord)>,
 }
 
@@ -242,8 +248,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Whether collection `c` has ever been written.
     fn collection_exists(&self, c: &str) -> Result<bool>;
 
-    /// A collection's high-water seq, document counters and peers.
-    fn load_collection(&self, c: &str) -> Result<LoadedCollection>;
+    /// A collection's high-water seq, counter totals, its `largest` documents by retained
+    /// bytes, and its peers.
+    fn load_collection(&self, c: &str, largest: usize) -> Result<LoadedCollection>;
+
+    /// One document's counters, if it has any.
+    fn doc_stats(&self, c: &str, doc: &str) -> Result<Option<DocStats>>;
 
     /// What op id `op` of document `doc` was first used for, if it is remembered.
     fn op_record(&self, c: &str, doc: &str, op: &str) -> Result<Option<OpRecord>>;

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    Batch, DeletedEntries, DeltaRecord, Engine, LoadedCollection, Mutation, OpRecord,
+    Batch, DeletedEntries, DeltaRecord, DocStats, Engine, LoadedCollection, Mutation, OpRecord,
     SnapshotRecord,
 };
 use crate::error::{Error, Result};
@@ -224,7 +224,7 @@ impl Engine for SledEngine {
         Ok(self.db.contains_key(keys::collection(c))?)
     }
 
-    fn load_collection(&self, c: &str) -> Result<LoadedCollection> {
+    fn load_collection(&self, c: &str, largest: usize) -> Result<LoadedCollection> {
         let persisted: u64 = self.get(&keys::collection(c))?.unwrap_or(0);
         let newest = match self.db.scan_prefix(keys::prefix(Tag::Delta, c)).next_back() {
             Some(entry) => keys::trailing_seq(&entry?.0).unwrap_or(0),
@@ -234,13 +234,24 @@ impl Engine for SledEngine {
             high_water: persisted.max(newest),
             ..Default::default()
         };
+        // One pass over the counters, holding only the largest documents.
+        let mut top: std::collections::BTreeSet<(u64, String, DocStats)> = Default::default();
         let stats_prefix = keys::prefix(Tag::DocStats, c);
         for entry in self.db.scan_prefix(&stats_prefix) {
             let (k, v) = entry?;
             let (doc, _) =
                 keys::read_str(&k, stats_prefix.len()).ok_or_else(|| corrupt("doc stats key"))?;
-            loaded.docs.push((doc, decode(&v)?));
+            let stats: DocStats = decode(&v)?;
+            loaded.documents += 1;
+            loaded.retained_bytes += stats.retained_bytes;
+            if largest > 0 {
+                top.insert((stats.retained_bytes, doc, stats));
+                if top.len() > largest {
+                    top.pop_first();
+                }
+            }
         }
+        loaded.largest = top.into_iter().map(|(_, d, s)| (d, s)).collect();
         let peer_prefix = keys::prefix(Tag::Peer, c);
         for entry in self.db.scan_prefix(&peer_prefix) {
             let (k, v) = entry?;
@@ -249,6 +260,10 @@ impl Engine for SledEngine {
             loaded.peers.push((peer, decode(&v)?));
         }
         Ok(loaded)
+    }
+
+    fn doc_stats(&self, c: &str, doc: &str) -> Result<Option<DocStats>> {
+        self.get(&keys::doc_stats(c, doc))
     }
 
     fn op_record(&self, c: &str, doc: &str, op: &str) -> Result<Option<OpRecord>> {
@@ -428,7 +443,7 @@ impl Iterator for SledDeletedEntries {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{CompactionWrite, DocStats, Store};
+    use super::super::{CompactionWrite, Store};
     use super::*;
     use crate::types::OperationType;
 
@@ -468,7 +483,7 @@ mod tests {
         let (page, more) = store.deltas_after("c", 0, 5, 10, 1).unwrap();
         assert_eq!((page.len(), more), (1, true));
         assert_eq!(store.doc_delta_seqs("c", "odd", 10).unwrap(), vec![1, 3, 5]);
-        assert_eq!(store.load_collection("c").unwrap().high_water, 5);
+        assert_eq!(store.load_collection("c", 0).unwrap().high_water, 5);
         assert!(store
             .deltas_after("other", 0, 10, 10, usize::MAX)
             .unwrap()
@@ -546,7 +561,7 @@ mod tests {
             ..w
         };
         store.apply_compaction("c", &w).unwrap();
-        assert_eq!(store.load_collection("c").unwrap().high_water, 20);
+        assert_eq!(store.load_collection("c", 0).unwrap().high_water, 20);
     }
 
     /// Opens the store in `dir`, retrying while the last one's background thread still holds

@@ -21,8 +21,8 @@ use replicate_load::server::Server;
     about = "Load scenarios for replicate: throughput, latency, correctness"
 )]
 struct Args {
-    /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, hostile, or
-    /// all (the default).
+    /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, hostile,
+    /// storage, or all (the default).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Base URL of a running server (e.g. http://127.0.0.1:8080); default: start one in-process
@@ -151,6 +151,7 @@ async fn run(args: Args) -> Result<bool> {
             "reconnect-storm" => scenarios::reconnect_storm::run(&ctx).await,
             "mixed" => scenarios::mixed::run(&ctx).await,
             "hostile" => scenarios::hostile::run(&ctx).await,
+            "storage" => scenarios::storage::run(&ctx).await,
             _ => unreachable!("names come from ALL"),
         };
         match result {

@@ -14,6 +14,7 @@ pub mod mixed;
 pub mod offline_peer;
 pub mod reconnect_storm;
 pub mod slow_peer;
+pub mod storage;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -43,6 +44,7 @@ pub const ALL: &[&str] = &[
     "reconnect-storm",
     "mixed",
     "hostile",
+    "storage",
 ];
 
 /// Options shared by the scenarios (each uses the ones that apply to it).

@@ -163,7 +163,8 @@ impl DocCounters {
 
     /// Marks `doc`'s counters committed (a compaction's commit answered).
     pub fn settle(&mut self, doc: &str) {
-        if let Some(e) = self.entries.get_mut(doc) {
+        // (An append since the compaction marked it with its own seq: that one decides.)
+        if let Some(e) = self.entries.get_mut(doc).filter(|e| e.dirty == IN_FLIGHT) {
             e.dirty = 0;
         }
     }

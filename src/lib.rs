@@ -14,6 +14,8 @@
 //! - [`error`]: [`ApiError`], the one `ResponseError`: status mapping and the
 //!   `{"error":{"code","message"}}` body, also for actix's own extractor errors.
 //! - [`sse`]: the Server-Sent Events body and its resume-safe event ids.
+//! - [`ws`]: the y-websocket endpoint: rooms per document, the y-protocols messages, and
+//!   connections with bounded queues.
 //! - [`health`]: storage health: `/healthz` and the `replicate_storage_failed` gauge turn
 //!   loud once a commit failed.
 //! - [`limits`]: transport limits: the request-body deadline middleware and the write timeout
@@ -42,6 +44,7 @@ pub mod server;
 pub mod settings;
 pub mod sse;
 pub mod wire;
+pub mod ws;
 
 pub use error::ApiError;
 pub use routes::{configure, AppState};

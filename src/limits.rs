@@ -91,14 +91,16 @@ impl Stream for Deadline {
 }
 
 /// Middleware: the request body must arrive within `timeout` of the end of its headers.
-/// Requests without a body pass untouched (no timer).
+/// Requests without a body, and WebSocket upgrades, pass untouched (no timer).
 pub async fn body_deadline(
     timeout: Duration,
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let payload = req.take_payload();
-    if matches!(payload, Payload::None) {
+    // A WebSocket's payload is the socket itself, open for as long as the connection lives;
+    // `crate::ws` bounds it instead (message size, pings, queues).
+    if matches!(payload, Payload::None) || is_websocket_upgrade(&req) {
         req.set_payload(payload);
     } else {
         let stream = Deadline {
@@ -112,6 +114,14 @@ pub async fn body_deadline(
         });
     }
     next.call(req).await
+}
+
+/// Whether `req` asks to become a WebSocket (`Upgrade: websocket`).
+fn is_websocket_upgrade(req: &ServiceRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// `HttpServer::on_connect` callback: sets `TCP_USER_TIMEOUT` on a plain TCP connection, so

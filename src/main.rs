@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use replicate::auth::jwt::{self, JwtVerifier, MintRequest};
 use replicate::auth::{AuthSettings, Choice, KeyFiles, Right};
+use replicate::ws::WsSettings;
 use replicate::ServerSettings;
 use replicate_actors::{Clock, Config, Replicate, SystemClock};
 use tracing_subscriber::EnvFilter;
@@ -149,6 +150,21 @@ struct Args {
     /// Peers tracked per collection; acks of new peers past it get 503 `overloaded`.
     #[arg(long, env = "REPLICATE_MAX_PEERS_PER_COLLECTION", default_value_t = actor_defaults().max_peers_per_collection)]
     max_peers_per_collection: usize,
+    /// Open websocket connections (`/v1/{c}/ws/{documentId}`); more get 503 `overloaded`.
+    #[arg(long, env = "REPLICATE_WS_MAX_CONNECTIONS", default_value_t = ws_defaults().max_connections)]
+    ws_max_connections: usize,
+    /// Documents with websocket connections at once; more get 503 `overloaded`.
+    #[arg(long, env = "REPLICATE_WS_MAX_ROOMS", default_value_t = ws_defaults().max_rooms)]
+    ws_max_rooms: usize,
+    /// Largest websocket message a client may send; past it the connection closes (4413).
+    #[arg(long, env = "REPLICATE_WS_MAX_MESSAGE_BYTES", default_value_t = ws_defaults().max_message_bytes)]
+    ws_max_message_bytes: usize,
+    /// Messages queued for one websocket connection; a client that lets it fill is closed (1013).
+    #[arg(long, env = "REPLICATE_WS_SEND_QUEUE", default_value_t = ws_defaults().send_queue)]
+    ws_send_queue: usize,
+    /// Milliseconds between websocket pings; silent for two of them, a connection closes.
+    #[arg(long, env = "REPLICATE_WS_PING_MS", default_value_t = millis(ws_defaults().ping_interval))]
+    ws_ping_ms: u64,
     /// Milliseconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "REPLICATE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
@@ -202,6 +218,13 @@ impl Args {
                     audience: self.auth_audience.clone(),
                 },
                 allow_anonymous: self.allow_anonymous,
+            },
+            ws: WsSettings {
+                max_connections: self.ws_max_connections,
+                max_rooms: self.ws_max_rooms,
+                max_message_bytes: self.ws_max_message_bytes,
+                send_queue: self.ws_send_queue.max(1),
+                ping_interval: Duration::from_millis(self.ws_ping_ms.max(1)),
             },
             ..ServerSettings::default()
         }
@@ -298,6 +321,10 @@ fn actor_defaults() -> Config {
 /// The front's defaults, for the flags' defaults.
 fn defaults() -> ServerSettings {
     ServerSettings::default()
+}
+
+fn ws_defaults() -> WsSettings {
+    WsSettings::default()
 }
 
 /// A default duration as a flag's millisecond default.

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::auth::AuthSettings;
+use crate::ws::WsSettings;
 
 /// Settings of the HTTP front. `ServerSettings::default()` gives the defaults listed per field.
 ///
@@ -63,6 +64,8 @@ pub struct ServerSettings {
     /// Keys and anonymous mode (default: no key, so anonymous, which serves only on a
     /// loopback address unless `allow_anonymous`).
     pub auth: AuthSettings,
+    /// Limits of the websocket endpoint (see [`WsSettings`]).
+    pub ws: WsSettings,
 }
 
 impl Default for ServerSettings {
@@ -81,6 +84,7 @@ impl Default for ServerSettings {
             body_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             auth: AuthSettings::default(),
+            ws: WsSettings::default(),
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod recovery;
 pub mod state;
 pub mod stream;
 pub mod write;
+pub mod ws;
 
 /// What every handler can reach: the actors, the settings, the shutdown signal and metrics.
 #[derive(Clone)]
@@ -46,6 +47,8 @@ pub struct AppState {
     pub storage: Arc<StorageHealth>,
     /// Who may do what: every route's extractor asks it (see [`crate::auth::extract`]).
     pub auth: Auth,
+    /// The websocket rooms (`/v1/{c}/ws/{documentId}`), shared by every worker.
+    pub ws: Arc<crate::ws::Hub>,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
     ) -> Self {
         AppState {
             replicate,
+            ws: Arc::new(crate::ws::Hub::new(settings.ws.clone())),
             settings: Arc::new(settings),
             shutdown,
             metrics: crate::metrics::install(),
@@ -112,12 +116,13 @@ impl FromRequest for Collection {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        // The raw path is `/v1/{c}/{route}`: the routes only match that shape.
+        // The raw path is `/v1/{c}/{route}` (or `/v1/{c}/ws/{documentId}`): the routes only
+        // match that shape, and a raw (still percent-encoded) `{c}` holds no `/`.
         let raw = req
             .uri()
             .path()
             .strip_prefix("/v1/")
-            .and_then(|rest| rest.rsplit_once('/'))
+            .and_then(|rest| rest.split_once('/'))
             .map(|(c, _)| c);
         ready(match raw {
             Some(raw) => path_segment("collection", raw).map(Collection),
@@ -181,6 +186,7 @@ fn table() -> Vec<(RouteSpec, Route)> {
         entry(get(), "/v1/{c}/state", c(Read), state::state),
         entry(get(), "/v1/{c}/events", c(Read), events::events),
         entry(get(), "/v1/{c}/stats", c(Admin), ops::collection_stats),
+        entry(get(), "/v1/{c}/ws/{documentId}", c(Read), ws::ws),
     ]
 }
 

@@ -1,0 +1,96 @@
+//! `GET /v1/{c}/ws/{documentId}`: the y-websocket endpoint (see [`crate::ws`]). Needs `read`
+//! on the collection to connect; updates also need `write` (checked per update, so a reader
+//! can still sync and share awareness).
+
+use actix_web::web::{Data, Payload};
+use actix_web::{HttpRequest, HttpResponse};
+use tokio::sync::mpsc;
+
+use crate::auth::extract::{Access, Authorized, Read};
+use crate::auth::Right;
+use crate::error::ApiError;
+use crate::routes::AppState;
+use crate::wire::path_segment;
+use crate::ws::close::Closer;
+use crate::ws::connection::{self, Connection};
+use crate::ws::room::Link;
+
+/// The document named in the path's last segment, decoded strictly (the naming rule itself
+/// is checked by the actors when the room loads).
+fn document_id(req: &HttpRequest) -> Result<String, ApiError> {
+    let raw = req
+        .uri()
+        .path()
+        .rsplit_once('/')
+        .map(|(_, d)| d)
+        .unwrap_or_default();
+    path_segment("documentId", raw)
+}
+
+pub async fn ws(
+    auth: Authorized<Read>,
+    state: Data<AppState>,
+    req: HttpRequest,
+    body: Payload,
+) -> Result<HttpResponse, ApiError> {
+    let document = document_id(&req)?;
+    let collection = auth.collection().0.clone();
+    let can_write = Access::Collection(Right::Write).allows(&auth.principal, Some(&collection));
+    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        let status = e.error_response().status();
+        ApiError::new(
+            status,
+            "not_websocket",
+            format!("expected a WebSocket upgrade: {e}"),
+        )
+    })?;
+    let hub = &state.ws;
+    let settings = &hub.settings;
+    let (tx, rx) = mpsc::channel(settings.send_queue.max(1));
+    let closer = Closer::default();
+    let link = Link {
+        tx: tx.clone(),
+        closer: closer.clone(),
+    };
+    let member = hub
+        .join(
+            &state.replicate,
+            &state.shutdown,
+            &collection,
+            &document,
+            link,
+        )
+        .await?;
+    let expires = state
+        .auth
+        .remaining(&auth.principal)
+        .map(|left| tokio::time::Instant::now() + left);
+    let conn = Connection {
+        member,
+        replicate: state.replicate.clone(),
+        can_write,
+        tx,
+        closer,
+        expires,
+        shutdown: state.shutdown.clone(),
+        stats: hub.stats.clone(),
+        max_message_bytes: settings.max_message_bytes,
+    };
+    // The server speaks first: its step 1, then the awareness states already known.
+    let sv = conn.member.room.state_vector().await?;
+    let hello = conn.send(crate::ws::protocol::step1(sv));
+    let states = conn.member.room.awareness_now();
+    if let Some(close) = hello
+        .err()
+        .or_else(|| states.and_then(|s| conn.send(s).err()))
+    {
+        conn.closer.close(close);
+    }
+    let max = settings.max_message_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    connection::spawn(conn, rx, session, stream, settings.ping_interval);
+    Ok(response)
+}

@@ -1,0 +1,436 @@
+//! The y-websocket endpoint against the real server, byte by byte: a blocking WebSocket client
+//! over `TcpStream` (so tests send frames no real client would) speaking y-protocols with
+//! yrs's own message types.
+//!
+//! - hostile frames (truncated, oversized, unknown types, text, an update failing
+//!   validation) close the connection with a code and reason, store nothing, and the server
+//!   keeps serving;
+//! - a client that stops reading is dropped as a slow consumer while its queue stays within
+//!   its bound;
+//! - a server restart mid-session converges once the clients reconnect.
+
+mod common;
+
+use std::io::{self, BufRead, BufReader, Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Peer, TestServer};
+use replicate::ws::WsSettings;
+use replicate::ServerSettings;
+use yrs::sync::{Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, MapPrelim, MapRef, ReadTxn, StateVector, Transact, WriteTxn};
+
+const TEXT: &str = "content";
+
+/// What a read of the socket gave.
+#[derive(Debug)]
+enum Got {
+    Binary(Vec<u8>),
+    Close(u16, String),
+    /// The connection ended without a close frame.
+    Eof,
+}
+
+/// A minimal blocking WebSocket client (RFC 6455, client frames masked).
+struct RawWs {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl RawWs {
+    fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut writer = stream.try_clone().expect("clone");
+        write!(
+            writer,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .expect("handshake");
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status line");
+        assert!(status.contains(" 101 "), "upgrade refused: {status}");
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
+        }
+        RawWs { reader, writer }
+    }
+
+    fn frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) -> io::Result<()> {
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= u16::MAX as usize => {
+                out.push(0x80 | 126);
+                out.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend((n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        out.extend(mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.writer.write_all(&out)
+    }
+
+    fn binary(&mut self, payload: &[u8]) {
+        self.frame(0x2, true, payload).expect("send");
+    }
+
+    fn send(&mut self, message: Message) {
+        self.binary(&message.encode_v1());
+    }
+
+    /// The next data or close frame; pings are answered.
+    fn recv(&mut self) -> Got {
+        loop {
+            let mut head = [0u8; 2];
+            if self.reader.read_exact(&mut head).is_err() {
+                return Got::Eof;
+            }
+            let opcode = head[0] & 0x0f;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.reader.read_exact(&mut b).expect("len");
+                    u16::from_be_bytes(b) as usize
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.reader.read_exact(&mut b).expect("len");
+                    u64::from_be_bytes(b) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            if self.reader.read_exact(&mut payload).is_err() {
+                return Got::Eof;
+            }
+            match opcode {
+                0x2 => return Got::Binary(payload),
+                0x8 => {
+                    let code = payload
+                        .get(..2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                        .unwrap_or(1005);
+                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+                    return Got::Close(code, reason.into_owned());
+                }
+                0x9 => {
+                    let _ = self.frame(0xA, true, &payload);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until the server closes; answers its close code and reason.
+    fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.recv() {
+                Got::Binary(_) => continue,
+                Got::Close(code, reason) => return (code, reason),
+                Got::Eof => panic!("the connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+fn decode(frame: &[u8]) -> Message {
+    Message::decode_v1(frame).expect("the server sends y-protocols messages")
+}
+
+/// A y-websocket-like client: a yrs doc synced over a [`RawWs`].
+struct WsPeer {
+    ws: RawWs,
+    peer: Peer,
+}
+
+impl WsPeer {
+    /// Connects and syncs both ways: answers the server's step 1 with what the server lacks,
+    /// and applies the server's step 2 to its own step 1.
+    fn join(addr: SocketAddr, c: &str, doc: &str, peer: Peer) -> WsPeer {
+        let mut me = WsPeer {
+            ws: RawWs::connect(addr, &format!("/v1/{c}/ws/{doc}")),
+            peer,
+        };
+        let sv = me.peer.doc.transact().state_vector();
+        me.ws.send(Message::Sync(SyncMessage::SyncStep1(sv)));
+        let mut answered = false;
+        let mut synced = false;
+        while !(answered && synced) {
+            match me.ws.recv() {
+                Got::Binary(frame) => match decode(&frame) {
+                    Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                        let diff = me.peer.doc.transact().encode_state_as_update_v1(&sv);
+                        me.ws.send(Message::Sync(SyncMessage::SyncStep2(diff)));
+                        answered = true;
+                    }
+                    Message::Sync(SyncMessage::SyncStep2(u)) => {
+                        me.peer.apply(&u);
+                        synced = true;
+                    }
+                    Message::Sync(SyncMessage::Update(u)) => me.peer.apply(&u),
+                    _ => {}
+                },
+                other => panic!("closed while syncing: {other:?}"),
+            }
+        }
+        me
+    }
+
+    fn edit(&mut self, s: &str) {
+        let update = self.peer.append(TEXT, s);
+        self.ws.send(Message::Sync(SyncMessage::Update(update)));
+    }
+
+    /// Applies what arrives until the text is `expected`.
+    fn wait_for_text(&mut self, expected: &str) {
+        self.wait_for(TEXT, expected);
+    }
+
+    /// Applies what arrives until text root `root` is `expected`.
+    fn wait_for(&mut self, root: &str, expected: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.peer.text(root) != expected {
+            assert!(
+                Instant::now() < deadline,
+                "{root} stayed {:?}",
+                self.peer.text(root)
+            );
+            match self.ws.recv() {
+                Got::Binary(frame) => {
+                    if let Message::Sync(SyncMessage::Update(u) | SyncMessage::SyncStep2(u)) =
+                        decode(&frame)
+                    {
+                        self.peer.apply(&u);
+                    }
+                }
+                other => panic!("closed while waiting: {other:?}"),
+            }
+        }
+    }
+}
+
+/// An update nesting maps 80 deep: valid Yjs, past the default depth limit of 64.
+fn too_deep() -> Vec<u8> {
+    let doc = Doc::with_client_id(9);
+    let mut txn = doc.transact_mut();
+    let mut map: MapRef = txn.get_or_insert_map("root");
+    for _ in 0..80 {
+        map = yrs::Map::insert(&map, &mut txn, "k", MapPrelim::default());
+    }
+    txn.encode_state_as_update_v1(&StateVector::default())
+}
+
+fn sync_update(bytes: Vec<u8>) -> Vec<u8> {
+    Message::Sync(SyncMessage::Update(bytes)).encode_v1()
+}
+
+fn ws_settings(tweak: impl FnOnce(&mut WsSettings)) -> ServerSettings {
+    let mut settings = ServerSettings::default();
+    tweak(&mut settings.ws);
+    settings
+}
+
+#[test]
+fn hostile_frames_close_with_a_reason_and_store_nothing() {
+    const MAX: usize = 64 * 1024;
+    let ts = TestServer::start_with(|_| {}, ws_settings(|ws| ws.max_message_bytes = MAX));
+    let c = "hostile";
+    let big = vec![0u8; MAX + 1];
+    let junk = sync_update(vec![1, 2, 3, 4, 5]);
+    let deep = sync_update(too_deep());
+    // (what, frames as (opcode, fin, payload), close code, reason contains)
+    type Case<'a> = (&'a str, Vec<(u8, bool, &'a [u8])>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "truncated",
+            vec![(2, true, &[0, 1, 50, 1, 2])],
+            4400,
+            "truncated",
+        ),
+        (
+            "unknown type",
+            vec![(2, true, &[9])],
+            4400,
+            "unknown message type 9",
+        ),
+        (
+            "unknown sync type",
+            vec![(2, true, &[0, 7, 0])],
+            4400,
+            "unknown sync message type 7",
+        ),
+        (
+            "auth from a client",
+            vec![(2, true, &[2, 0])],
+            4400,
+            "server only",
+        ),
+        ("empty", vec![(2, true, &[])], 4400, "empty frame"),
+        ("text", vec![(1, true, b"hello")], 4400, "text frame"),
+        (
+            "oversized",
+            vec![(2, true, &big)],
+            4413,
+            "message over 65536 bytes",
+        ),
+        (
+            "oversized in continuations",
+            vec![
+                (2, false, &big[..MAX / 2 + 1]),
+                (0, true, &big[..MAX / 2 + 1]),
+            ],
+            4413,
+            "message over",
+        ),
+        (
+            "update that is not Yjs",
+            vec![(2, true, &junk)],
+            4422,
+            "invalid_yjs",
+        ),
+        (
+            "update nested too deep",
+            vec![(2, true, &deep)],
+            4422,
+            "yjs_limit",
+        ),
+    ];
+    for (what, frames, code, reason) in cases {
+        let mut ws = RawWs::connect(ts.client.addr, &format!("/v1/{c}/ws/doc"));
+        match ws.recv() {
+            Got::Binary(frame) => assert!(matches!(
+                decode(&frame),
+                Message::Sync(SyncMessage::SyncStep1(_))
+            )),
+            other => panic!("{what}: no step 1 first: {other:?}"),
+        }
+        for (opcode, fin, payload) in frames {
+            // The server may close before a large frame is fully written.
+            let _ = ws.frame(opcode, fin, payload);
+        }
+        let (got_code, got_reason) = ws.closed();
+        assert_eq!(got_code, code, "{what}: {got_reason}");
+        assert!(
+            got_reason.contains(reason),
+            "{what}: {got_reason:?} lacks {reason:?}"
+        );
+    }
+    let (changes, head) = ts.client.stream_all(c, 0);
+    assert_eq!((changes.len(), head), (0, 0), "nothing was stored");
+    // The server keeps serving: a good client still writes.
+    let mut good = WsPeer::join(ts.client.addr, c, "doc", Peer::new(1));
+    good.edit("fine");
+    let mut other = WsPeer::join(ts.client.addr, c, "doc", Peer::new(2));
+    other.wait_for_text("fine");
+    assert_eq!(ts.client.stream_all(c, 0).1, 1);
+}
+
+/// Sums the values of a Prometheus metric (every label set) in `/metrics`.
+fn metric(ts: &TestServer, name: &str) -> f64 {
+    ts.client
+        .get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_slow_consumer_is_dropped_and_its_queue_stays_bounded() {
+    const QUEUE: usize = 4;
+    const WRITES: usize = 400;
+    let ts = TestServer::start_with(|_| {}, ws_settings(|ws| ws.send_queue = QUEUE));
+    let c = "slow";
+    let slow_before = metric(&ts, replicate::ws::METRIC_SLOW_CONSUMERS);
+    // Syncs, then never reads again.
+    let mut slow = WsPeer::join(ts.client.addr, c, "doc", Peer::new(1));
+    let writer = Peer::new(2);
+    let chunk = "x".repeat(32 * 1024);
+    let mut most_queued = 0f64;
+    for i in 0..WRITES {
+        ts.client
+            .write(c, "update", "doc", &writer.append(TEXT, &chunk));
+        if i % 25 == 0 {
+            most_queued = most_queued.max(metric(&ts, replicate::ws::METRIC_QUEUED_BYTES));
+        }
+    }
+    // The queue never held more than its bound of these updates (plus other tests' small
+    // messages: the gauge is process-wide).
+    let bound = (QUEUE * (chunk.len() + 64)) as f64 + 256.0 * 1024.0;
+    assert!(
+        most_queued <= bound,
+        "{most_queued} bytes queued, bound {bound}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&ts, replicate::ws::METRIC_SLOW_CONSUMERS) <= slow_before {
+        assert!(
+            Instant::now() < deadline,
+            "the slow consumer was never dropped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Reading again, it finds fewer updates than were written, then the end.
+    let mut updates = 0;
+    while let Got::Binary(_) = slow.ws.recv() {
+        updates += 1;
+    }
+    assert!(
+        updates < WRITES,
+        "got all {updates} updates: it was not dropped"
+    );
+    // It resyncs on reconnect.
+    let mut again = WsPeer::join(ts.client.addr, c, "doc", slow.peer);
+    assert_eq!(again.peer.text(TEXT).len(), WRITES * chunk.len());
+    again.edit("!");
+    let fresh = WsPeer::join(ts.client.addr, c, "doc", Peer::new(3));
+    assert!(fresh.peer.text(TEXT).len() >= WRITES * chunk.len());
+}
+
+#[test]
+fn a_server_restart_mid_session_converges_after_reconnect() {
+    let mut ts = TestServer::start();
+    let c = "restart";
+    let mut a = WsPeer::join(ts.client.addr, c, "doc", Peer::new(1));
+    let mut b = WsPeer::join(ts.client.addr, c, "doc", Peer::new(2));
+    a.edit("one ");
+    b.wait_for_text("one ");
+    ts.stop();
+    // Both are told the server is going away (or simply lose the connection).
+    for p in [&mut a, &mut b] {
+        match p.ws.recv() {
+            Got::Close(code, _) => assert_eq!(code, 1001),
+            Got::Eof => {}
+            Got::Binary(frame) => panic!("unexpected message {:?}", decode(&frame)),
+        }
+    }
+    // Edits made while the server is down.
+    let _ = a.peer.append(TEXT, "two ");
+    let _ = b.peer.append("other", "three");
+    let server = common::restart_in_thread(&ts.dir.path().join("data"));
+    let mut a = WsPeer::join(server.addr, c, "doc", a.peer);
+    let mut b = WsPeer::join(server.addr, c, "doc", b.peer);
+    // Each offline edit reaches the other through the store.
+    b.wait_for_text("one two ");
+    a.wait_for("other", "three");
+    let fresh = WsPeer::join(server.addr, c, "doc", Peer::new(3));
+    assert_eq!(fresh.peer.text(TEXT), "one two ");
+    assert_eq!(fresh.peer.text("other"), "three");
+    server.shutdown().expect("graceful shutdown");
+}

@@ -11,6 +11,8 @@
 //!   handlers share.
 //! - [`wire`]: the JSON of the wire contract (camelCase, standard padded base64) and the
 //!   parsers for base64, JSON numbers and query numbers.
+//! - [`wire_binary`]: the binary form of `stream` and `events` (length-prefixed records of raw
+//!   bytes, chosen by `Accept`): its byte layout, encoder, decoder and negotiation.
 //! - [`error`]: [`ApiError`], the one `ResponseError`: status mapping and the
 //!   `{"error":{"code","message"}}` body, also for actix's own extractor errors.
 //! - [`sse`]: the Server-Sent Events body and its resume-safe event ids.
@@ -44,6 +46,7 @@ pub mod server;
 pub mod settings;
 pub mod sse;
 pub mod wire;
+pub mod wire_binary;
 pub mod ws;
 
 pub use error::ApiError;

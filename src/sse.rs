@@ -26,13 +26,19 @@
 //! A stream opened with a token that expires ends when it expires, with an `event: error` whose
 //! code is `unauthenticated`: no wait runs past the expiry, so the event goes out at it, not a
 //! heartbeat later. The client reconnects with a fresh token and resumes by `Last-Event-ID`.
+//!
+//! # The binary feed
+//! The same loop writes [`FeedFormat::Binary`] when the client asked for it: the records of
+//! [`crate::wire_binary`] (a PAGE and its CHANGEs per page, an empty PAGE as the heartbeat, an
+//! ERROR record where SSE sends `event: error`); on shutdown the body just ends. Its resume
+//! point is simpler than SSE ids: the cursor of the last PAGE whose changes were applied.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use replicate_actors::{OperationType, Replicate, StreamPage, StreamRequest, MAX_STREAM_LIMIT};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -42,6 +48,53 @@ use crate::error::ApiError;
 use crate::metrics::{self, GaugeGuard};
 use crate::routes::until_shutdown;
 use crate::wire::WireChange;
+use crate::wire_binary;
+
+/// How a feed is written: Server-Sent Events (the default) or binary records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedFormat {
+    Sse,
+    Binary,
+}
+
+impl FeedFormat {
+    /// What a page read from `from` is written as.
+    ///
+    /// # Errors
+    /// A page the binary layout cannot carry (see [`wire_binary::write_page`]).
+    fn page(self, from: u64, page: &StreamPage) -> Result<Bytes, ApiError> {
+        Ok(match self {
+            FeedFormat::Sse => {
+                let text = encode_page(from, page);
+                Bytes::from(if text.is_empty() {
+                    KEEPALIVE.to_string()
+                } else {
+                    text
+                })
+            }
+            FeedFormat::Binary => {
+                let mut out = Vec::new();
+                wire_binary::write_page(&mut out, page)?;
+                Bytes::from(out)
+            }
+        })
+    }
+
+    fn error(self, e: ApiError) -> Bytes {
+        match self {
+            FeedFormat::Sse => Bytes::from(error_event(e)),
+            FeedFormat::Binary => Bytes::from(wire_binary::error_record(&e)),
+        }
+    }
+
+    /// The last chunk on shutdown, if the format has one.
+    fn shutdown(self) -> Option<Bytes> {
+        match self {
+            FeedFormat::Sse => Some(Bytes::from_static(b": replicate is shutting down\n\n")),
+            FeedFormat::Binary => None,
+        }
+    }
+}
 
 /// The comment sent while idle.
 pub const KEEPALIVE: &str = ": keepalive\n\n";
@@ -90,13 +143,14 @@ struct Subscription {
     shutdown: watch::Receiver<bool>,
     /// When the subscriber's credential expires; `None` if it does not.
     expires: Option<Instant>,
+    format: FeedFormat,
     done: bool,
     _subscribed: GaugeGuard,
 }
 
 impl Subscription {
     /// The next chunk of the body, or `None` when the stream ends.
-    async fn next_chunk(&mut self) -> Option<String> {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
@@ -108,7 +162,7 @@ impl Subscription {
                         let now = Instant::now();
                         if now >= at {
                             self.done = true;
-                            return Some(error_event(Rejection::Expired.into()));
+                            return Some(self.format.error(Rejection::Expired.into()));
                         }
                         self.heartbeat.min(at - now)
                     }
@@ -129,7 +183,7 @@ impl Subscription {
                     Some(page) => page,
                     None => {
                         self.done = true;
-                        return Some(": replicate is shutting down\n\n".to_string());
+                        return self.format.shutdown();
                     }
                 }
             }
@@ -138,25 +192,29 @@ impl Subscription {
             Ok(page) => {
                 ::metrics::counter!(metrics::STREAM_REQUESTS).increment(1);
                 ::metrics::counter!(metrics::STREAM_CHANGES).increment(page.changes.len() as u64);
-                let text = encode_page(self.cursor, &page);
-                self.cursor = self.cursor.max(page.cursor);
-                Some(if text.is_empty() {
-                    KEEPALIVE.to_string()
-                } else {
-                    text
-                })
+                match self.format.page(self.cursor, &page) {
+                    Ok(chunk) => {
+                        self.cursor = self.cursor.max(page.cursor);
+                        Some(chunk)
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        Some(self.format.error(e))
+                    }
+                }
             }
             Err(e) => {
                 self.done = true;
-                Some(error_event(e.into()))
+                Some(self.format.error(e.into()))
             }
         }
     }
 }
 
 /// The event stream for `collection` from `cursor`, starting with `first` (the page at
-/// `cursor`, already read), ending at `expires` if given. Dropping it (the client went away)
-/// cancels any wait in progress.
+/// `cursor`, already read), ending at `expires` if given, written as `format` (a binary feed
+/// starts with the preamble). Dropping it (the client went away) cancels any wait in progress.
+#[allow(clippy::too_many_arguments)]
 pub fn events(
     replicate: Replicate,
     collection: String,
@@ -165,6 +223,7 @@ pub fn events(
     heartbeat: Duration,
     shutdown: watch::Receiver<bool>,
     expires: Option<Instant>,
+    format: FeedFormat,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let sub = Subscription {
         replicate,
@@ -174,13 +233,17 @@ pub fn events(
         heartbeat,
         shutdown,
         expires,
+        format,
         done: false,
         _subscribed: GaugeGuard::new(metrics::SSE_SUBSCRIBERS),
     };
-    futures::stream::unfold(sub, |mut sub| async move {
+    let preamble =
+        (format == FeedFormat::Binary).then(|| Ok(Bytes::from_static(&wire_binary::PREAMBLE)));
+    let pages = futures::stream::unfold(sub, |mut sub| async move {
         let chunk = sub.next_chunk().await?;
-        Some((Ok(Bytes::from(chunk)), sub))
-    })
+        Some((Ok(chunk), sub))
+    });
+    futures::stream::iter(preamble).chain(pages)
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //! the HTTP run is measured against.
 //!
 //! HTTP body bytes are counted in both directions ([`WireCounters`]); headers are not.
+//!
+//! An HTTP client reads `stream` and `events` as JSON/SSE (the default) or in the binary form
+//! of [`replicate::wire_binary`] ([`Backend::with_binary_wire`]), so a scenario can report
+//! both.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -15,6 +19,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use futures::{Stream, StreamExt};
+use replicate::wire_binary::{self, Decoder, Record};
 use replicate_actors::{CompactRequest, OperationType, Replicate, StreamRequest, Write};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -74,6 +79,8 @@ pub struct Http {
     pub wire: WireCounters,
     /// Sent as `Authorization: Bearer` on every request when the server wants a token.
     credentials: Option<Rc<Credentials>>,
+    /// Read `stream` and `events` in the binary form instead of JSON/SSE.
+    binary: bool,
 }
 
 /// Longest answer body accepted (a catch-up page of 1000 changes, a whole-document state).
@@ -98,6 +105,7 @@ impl Http {
             base: base.trim_end_matches('/').into(),
             wire: WireCounters::default(),
             credentials: None,
+            binary: false,
         }
     }
 
@@ -149,8 +157,20 @@ impl Http {
     }
 
     async fn get(&self, url: &str, timeout: Duration) -> Result<Value> {
+        let (status, bytes) = self.get_raw(url, timeout, "application/json").await?;
+        decode_answer(status, &bytes, url)
+    }
+
+    /// A GET answer's status and body, as `accept` asked for.
+    async fn get_raw(
+        &self,
+        url: &str,
+        timeout: Duration,
+        accept: &str,
+    ) -> Result<(awc::http::StatusCode, bytes::Bytes)> {
         let mut res = self
             .authorized(self.client.get(url))
+            .insert_header(("accept", accept))
             .timeout(timeout)
             .send()
             .await
@@ -161,7 +181,7 @@ impl Http {
             .await
             .map_err(|e| anyhow!("GET {url}: body: {e}"))?;
         self.wire.add_received(bytes.len());
-        decode_answer(res.status(), &bytes, url)
+        Ok((res.status(), bytes))
     }
 
     /// `GET /healthz` answers 200.
@@ -259,6 +279,23 @@ impl Backend {
         }
     }
 
+    /// This backend reading `stream` and `events` in the binary form (in-process: unchanged,
+    /// there is no wire).
+    pub fn with_binary_wire(&self) -> Backend {
+        match self {
+            Backend::Http(h) => Backend::Http(Http {
+                binary: true,
+                ..h.clone()
+            }),
+            other => other.clone(),
+        }
+    }
+
+    /// Whether `stream` and `events` are read in the binary form.
+    pub fn binary_wire(&self) -> bool {
+        matches!(self, Backend::Http(h) if h.binary)
+    }
+
     /// HTTP body bytes so far (0 in-process).
     pub fn wire_bytes(&self) -> u64 {
         match self {
@@ -306,7 +343,21 @@ impl Backend {
                     h.url(c, "stream"),
                     wait.as_millis()
                 );
-                let answer = h.get(&url, wait + Duration::from_secs(30)).await?;
+                let timeout = wait + Duration::from_secs(30);
+                if h.binary {
+                    let (status, body) = h.get_raw(&url, timeout, wire_binary::MEDIA_TYPE).await?;
+                    if !status.is_success() {
+                        decode_answer(status, &body, &url)?;
+                    }
+                    let page = wire_binary::decode_page(&body)
+                        .with_context(|| format!("{url}: binary page"))?;
+                    return Ok(Page {
+                        changes: page.changes,
+                        cursor: page.cursor,
+                        has_more: page.has_more,
+                    });
+                }
+                let answer = h.get(&url, timeout).await?;
                 let page: WirePage = serde_json::from_value(answer).context("stream answer")?;
                 Ok(Page {
                     changes: page
@@ -433,9 +484,14 @@ impl Backend {
         match self {
             Backend::Http(h) => {
                 let url = format!("{}?cursor={cursor}", h.url(c, "events"));
+                let accept = if h.binary {
+                    wire_binary::MEDIA_TYPE
+                } else {
+                    "text/event-stream"
+                };
                 let res = h
                     .authorized(h.client.get(&url))
-                    .insert_header(("accept", "text/event-stream"))
+                    .insert_header(("accept", accept))
                     .timeout(Duration::from_secs(3600))
                     .send()
                     .await
@@ -444,9 +500,17 @@ impl Backend {
                     bail!("GET {url}: {}", res.status());
                 }
                 let body: SseBody = Box::pin(res.map(|chunk| chunk.map(|b| b.to_vec())));
+                if h.binary {
+                    return Ok(Events::Binary {
+                        body,
+                        decoder: Decoder::new(MAX_BODY),
+                        wire: h.wire.clone(),
+                    });
+                }
                 Ok(Events::Sse {
                     body,
                     buf: Vec::new(),
+                    at: 0,
                     wire: h.wire.clone(),
                 })
             }
@@ -470,6 +534,15 @@ pub enum Events {
     Sse {
         body: SseBody,
         buf: Vec<u8>,
+        /// Where the next event starts in `buf`.
+        at: usize,
+        wire: WireCounters,
+    },
+    /// The binary feed: PAGE records are skipped (a peer's cursor follows the deltas it
+    /// applies, as with SSE), CHANGE records are the changes.
+    Binary {
+        body: SseBody,
+        decoder: Decoder,
         wire: WireCounters,
     },
     Poll {
@@ -481,52 +554,114 @@ pub enum Events {
 }
 
 impl Events {
-    /// The next change, or `None` when `wait` passes first (or the feed ended).
-    pub async fn next(&mut self, wait: Duration) -> Result<Option<Change>> {
+    /// A change already received and buffered, without waiting for more bytes.
+    fn buffered(&mut self) -> Result<Option<Change>> {
         match self {
-            Events::Sse { body, buf, wire } => loop {
-                if let Some(event) = take_event(buf) {
+            Events::Sse { buf, at, .. } => {
+                while let Some(event) = take_event(buf, at) {
                     if let Some(data) = event {
                         let change: WireChange =
                             serde_json::from_str(&data).context("SSE data is not a change")?;
                         return change.into_change().map(Some);
                     }
-                    continue;
                 }
-                match tokio::time::timeout(wait, body.next()).await {
-                    Err(_) => return Ok(None),
-                    Ok(None) => return Ok(None),
-                    Ok(Some(chunk)) => {
-                        let chunk = chunk.map_err(|e| anyhow!("SSE body: {e}"))?;
-                        wire.add_received(chunk.len());
-                        buf.extend(chunk.iter().copied().filter(|b| *b != b'\r'));
-                    }
+                Ok(None)
+            }
+            Events::Binary { decoder, .. } => loop {
+                match decoder.next_record().context("binary feed")? {
+                    Some(Record::Change(change)) => return Ok(Some(change)),
+                    Some(Record::Page(_)) => continue,
+                    Some(Record::Error(e)) => bail!("binary feed ended with {e}"),
+                    None => return Ok(None),
                 }
             },
-            Events::Poll {
-                backend,
-                collection,
-                cursor,
-                ready,
-            } => {
-                if ready.is_empty() {
+            Events::Poll { ready, .. } => Ok(ready.pop_front()),
+        }
+    }
+
+    /// The next change, or `None` when `wait` passes first (or the feed ended).
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<Change>> {
+        loop {
+            if let Some(change) = self.buffered()? {
+                return Ok(Some(change));
+            }
+            match self {
+                Events::Sse {
+                    body,
+                    buf,
+                    at,
+                    wire,
+                } => {
+                    let Some(chunk) = next_chunk(body, wire, wait).await? else {
+                        return Ok(None);
+                    };
+                    // Drop what was consumed before appending, so the buffer stays one event
+                    // plus one chunk and taking an event never moves the rest.
+                    buf.drain(..*at);
+                    *at = 0;
+                    buf.extend(chunk.iter().copied().filter(|b| *b != b'\r'));
+                }
+                Events::Binary {
+                    body,
+                    decoder,
+                    wire,
+                } => match next_chunk(body, wire, wait).await? {
+                    Some(chunk) => decoder.push(&chunk),
+                    None => return Ok(None),
+                },
+                Events::Poll {
+                    backend,
+                    collection,
+                    cursor,
+                    ready,
+                } => {
                     let page = backend.stream(collection, *cursor, 1000, wait).await?;
                     *cursor = page.cursor;
                     ready.extend(page.changes);
+                    return Ok(ready.pop_front());
                 }
-                Ok(ready.pop_front())
             }
+        }
+    }
+
+    /// The next change and every other one already received (at most `max`), so a client can
+    /// apply what arrived together in one go; empty when `wait` passes first.
+    pub async fn next_batch(&mut self, wait: Duration, max: usize) -> Result<Vec<Change>> {
+        let mut batch: Vec<Change> = self.next(wait).await?.into_iter().collect();
+        while batch.len() < max {
+            match self.buffered()? {
+                Some(change) => batch.push(change),
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// The next chunk of a feed body, counted; `None` when `wait` passes or the body ends.
+async fn next_chunk(
+    body: &mut SseBody,
+    wire: &WireCounters,
+    wait: Duration,
+) -> Result<Option<Vec<u8>>> {
+    match tokio::time::timeout(wait, body.next()).await {
+        Err(_) | Ok(None) => Ok(None),
+        Ok(Some(chunk)) => {
+            let chunk = chunk.map_err(|e| anyhow!("feed body: {e}"))?;
+            wire.add_received(chunk.len());
+            Ok(Some(chunk))
         }
     }
 }
 
-/// Takes one complete SSE event off the front of `buf`: `Some(Some(data))` for an event with
-/// data, `Some(None)` for one without (a comment or keep-alive), `None` if none is complete.
-/// Carriage returns were dropped on the way in, so `\r\n` line ends work too.
-fn take_event(buf: &mut Vec<u8>) -> Option<Option<String>> {
-    let end = buf.windows(2).position(|w| w == b"\n\n")?;
-    let raw: Vec<u8> = buf.drain(..end + 2).collect();
-    let text = String::from_utf8_lossy(&raw);
+/// Takes one complete SSE event from `buf` at `at` (moving `at` past it): `Some(Some(data))`
+/// for an event with data, `Some(None)` for one without (a comment or keep-alive), `None` if
+/// none is complete. Carriage returns were dropped on the way in, so `\r\n` line ends work too.
+fn take_event(buf: &[u8], at: &mut usize) -> Option<Option<String>> {
+    let rest = &buf[*at..];
+    let end = rest.windows(2).position(|w| w == b"\n\n")?;
+    *at += end + 2;
+    let text = String::from_utf8_lossy(&rest[..end + 2]);
     let mut data: Option<String> = None;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("data:") {
@@ -550,10 +685,15 @@ mod tests {
     #[test]
     fn sse_events_are_split_on_blank_lines() {
         let mut buf = b": keep-alive\n\nid: 3\ndata: {\"a\":1}\n\nid: 4\ndata: {".to_vec();
-        assert_eq!(take_event(&mut buf), Some(None));
-        assert_eq!(take_event(&mut buf), Some(Some("{\"a\":1}".to_string())));
-        assert_eq!(take_event(&mut buf), None);
+        let mut at = 0;
+        assert_eq!(take_event(&buf, &mut at), Some(None));
+        assert_eq!(
+            take_event(&buf, &mut at),
+            Some(Some("{\"a\":1}".to_string()))
+        );
+        assert_eq!(take_event(&buf, &mut at), None);
         buf.extend_from_slice(b"}\n\n");
-        assert_eq!(take_event(&mut buf), Some(Some("{".to_string() + "}")));
+        assert_eq!(take_event(&buf, &mut at), Some(Some("{".to_string() + "}")));
+        assert_eq!(at, buf.len());
     }
 }

@@ -1,5 +1,7 @@
 //! `GET /v1/{c}/events?cursor=` (or `Last-Event-ID`): Server-Sent Events, one change per
 //! event, same order and snapshot-on-gap guarantee as `stream`. See [`crate::sse`] for ids.
+//! With `Accept: application/vnd.replicate.changes`, the same feed as binary records in a
+//! streaming body instead (see [`crate::wire_binary`]).
 
 use std::time::Duration;
 
@@ -11,8 +13,9 @@ use replicate_actors::{StreamRequest, MAX_STREAM_LIMIT};
 use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
 use crate::routes::AppState;
-use crate::sse;
+use crate::sse::{self, FeedFormat};
 use crate::wire::{query_param, query_u64};
+use crate::wire_binary;
 
 /// The starting cursor: `Last-Event-ID` when present (a reconnect), else `?cursor=`, else 0.
 ///
@@ -52,6 +55,11 @@ pub async fn events(
         wait: Duration::ZERO,
     };
     let first = state.replicate.stream(&c, first_req).await?;
+    let (format, content_type) = if wire_binary::wants_binary(req.headers()) {
+        (FeedFormat::Binary, wire_binary::MEDIA_TYPE)
+    } else {
+        (FeedFormat::Sse, "text/event-stream")
+    };
     let body = sse::events(
         state.replicate.clone(),
         c,
@@ -60,10 +68,12 @@ pub async fn events(
         state.settings.sse_heartbeat,
         state.shutdown.clone(),
         expires,
+        format,
     );
     Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
+        .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::VARY, "Accept"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body))
 }

@@ -1,9 +1,11 @@
 //! `GET /v1/{c}/stream?cursor=&limit=&sizeThreshold=&waitMs=`: one page of changes after the
 //! cursor; with `waitMs` > 0 and nothing new, a long poll until a commit or the time ends.
+//! JSON by default; the binary form of [`crate::wire_binary`] when `Accept` asks for it.
 
 use std::time::Duration;
 
-use actix_web::web::{Data, Json, Query};
+use actix_web::web::{Data, Query};
+use actix_web::{HttpRequest, HttpResponse};
 use replicate_actors::{StreamRequest, DEFAULT_STREAM_LIMIT, MAX_STREAM_LIMIT};
 
 use crate::auth::extract::{Authorized, Read};
@@ -11,6 +13,7 @@ use crate::error::ApiError;
 use crate::metrics::{self, GaugeGuard};
 use crate::routes::AppState;
 use crate::wire::{query_param, query_u64, StreamAnswer};
+use crate::wire_binary;
 
 /// A query number, or `None` when absent or empty (`?cursor=` means the default).
 fn number(pairs: &[(String, String)], name: &str) -> Result<Option<u64>, ApiError> {
@@ -52,8 +55,9 @@ pub fn parse(pairs: &[(String, String)]) -> Result<StreamRequest, ApiError> {
 pub async fn stream(
     auth: Authorized<Read>,
     state: Data<AppState>,
+    http: HttpRequest,
     query: Query<Vec<(String, String)>>,
-) -> Result<Json<StreamAnswer>, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let mut req = parse(&query)?;
     if let Some(left) = state.auth.remaining(&auth.principal) {
         req.wait = req.wait.min(left);
@@ -81,5 +85,12 @@ pub async fn stream(
     };
     ::metrics::counter!(metrics::STREAM_REQUESTS).increment(1);
     ::metrics::counter!(metrics::STREAM_CHANGES).increment(page.changes.len() as u64);
-    Ok(Json(StreamAnswer::from(&page)))
+    // The answer varies by `Accept`: caches must not hand one form to a client of the other.
+    let mut answer = HttpResponse::Ok();
+    answer.insert_header((actix_web::http::header::VARY, "Accept"));
+    if wire_binary::wants_binary(http.headers()) {
+        let body = wire_binary::encode_page(&page)?;
+        return Ok(answer.content_type(wire_binary::MEDIA_TYPE).body(body));
+    }
+    Ok(answer.json(StreamAnswer::from(&page)))
 }

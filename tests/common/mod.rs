@@ -262,25 +262,58 @@ impl Client {
 
     /// Opens an SSE stream.
     pub fn events(&self, path: &str, last_event_id: Option<u64>) -> SseReader {
+        let id = last_event_id.map(|id| id.to_string());
+        let mut headers = vec![("Accept", "text/event-stream")];
+        if let Some(id) = &id {
+            headers.push(("Last-Event-ID", id.as_str()));
+        }
+        let body = self.open_chunked(path, &headers);
+        SseReader {
+            status: body.status,
+            headers: body.headers,
+            reader: body.reader,
+            buffer: String::new(),
+            last_id: last_event_id,
+        }
+    }
+
+    /// Sends a GET and reads the answer's head, leaving a streaming body to read chunk by chunk.
+    pub fn open_chunked(&self, path: &str, headers: &[(&str, &str)]) -> ChunkedBody {
         let stream = self.connect().expect("connect");
-        let mut head = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
-            self.addr
-        );
-        if let Some(id) = last_event_id {
-            head.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
         (&stream).write_all(head.as_bytes()).expect("send");
         let mut reader = BufReader::new(stream);
-        let (status, headers) = read_head(&mut reader).expect("SSE head");
-        SseReader {
+        let (status, headers) = read_head(&mut reader).expect("streaming head");
+        ChunkedBody {
             status,
             headers,
             reader,
-            buffer: String::new(),
-            last_id: last_event_id,
         }
+    }
+}
+
+/// A streaming (chunked) answer whose head has been read.
+pub struct ChunkedBody {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+}
+
+impl ChunkedBody {
+    /// The next chunk, `None` at the end of the body.
+    pub fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        read_chunk(&mut self.reader)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -9,7 +9,9 @@
 //
 // Two peers edit one document concurrently and converge through insert/update/delete and
 // stream (including a long poll and the SSE endpoint); a third peer catches up from the
-// server's recovery diff (from its state vector) and from the whole-collection state.
+// server's recovery diff (from its state vector) and from the whole-collection state. The
+// binary form of `stream` (Accept: application/vnd.replicate.changes) is decoded here from the
+// README's byte layout and must equal the JSON page, snapshot included.
 // Exits non-zero on the first failed check.
 
 import * as Y from 'yjs'
@@ -45,6 +47,46 @@ async function ok (method, path, body) {
   const { status, json } = await call(method, path, body)
   assert.equal(status, 200, `${method} ${path}: ${status} ${JSON.stringify(json)}`)
   return json
+}
+
+const BINARY = 'application/vnd.replicate.changes'
+const OPERATIONS = ['insert', 'update', 'delete', 'snapshot']
+
+/** Decodes a binary `stream` answer: preamble "RPLC" 1, a PAGE record, its CHANGE records. */
+function decodeBinaryPage (buf) {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+  const utf8 = new TextDecoder('utf-8', { fatal: true })
+  assert.deepEqual([...buf.subarray(0, 5)], [0x52, 0x50, 0x4c, 0x43, 1], 'preamble')
+  const records = []
+  for (let at = 5; at < buf.length;) {
+    const len = view.getUint32(at)
+    const end = at + 4 + len
+    assert.ok(len >= 1 && end <= buf.length, 'a record fits the body')
+    const kind = buf[at + 4]
+    const p = at + 5
+    if (kind === 1) {
+      const flags = buf[p + 12]
+      const n = flags & 2 ? view.getUint16(p + 13) : 0
+      records.push({
+        cursor: Number(view.getBigUint64(p)),
+        count: view.getUint32(p + 8),
+        hasMore: (flags & 1) !== 0,
+        compact: flags & 2 ? utf8.decode(buf.subarray(p + 15, p + 15 + n)) : null
+      })
+    } else if (kind === 2) {
+      const n = view.getUint16(p + 9)
+      records.push({
+        documentId: utf8.decode(buf.subarray(p + 11, p + 11 + n)),
+        seq: Number(view.getBigUint64(p)),
+        crdtBytes: buf.slice(p + 11 + n, end),
+        operationType: OPERATIONS[buf[p + 8]]
+      })
+    }
+    at = end
+  }
+  const [{ count, ...page }, ...changes] = records
+  assert.equal(changes.length, count)
+  return { changes, ...page }
 }
 
 let checks = 0
@@ -261,6 +303,21 @@ check('compaction answers its counters', () => {
   await late.pull()
   check('a peer behind a compaction converges through the snapshot', () => {
     assert.equal(late.text.toString(), alice.text.toString())
+  })
+}
+
+// The binary page (README, "Binary stream and events") decodes to the JSON page's changes.
+{
+  const json = await ok('GET', 'stream?cursor=0&limit=1000&sizeThreshold=1')
+  const headers = { accept: BINARY }
+  if (token) headers.authorization = `Bearer ${token}`
+  const res = await fetch(`${api}/stream?cursor=0&limit=1000&sizeThreshold=1`, { headers })
+  assert.equal(res.status, 200)
+  assert.equal(res.headers.get('content-type'), BINARY)
+  const binary = decodeBinaryPage(new Uint8Array(await res.arrayBuffer()))
+  check('the binary page decodes to the same changes as the JSON page', () => {
+    assert.ok(json.changes.some((c) => c.operationType === 'snapshot'), 'the page has a snapshot')
+    assert.deepEqual(binary, { ...json, changes: json.changes.map((c) => ({ ...c, crdtBytes: unb64(c.crdtBytes) })) })
   })
 }
 

@@ -1,7 +1,9 @@
 //! `catchup`: a collection is filled with many deltas (default 1,000,000), then peers that have
 //! nothing catch up to the head, one at a time so each has the machine: by long-poll pages of
-//! 1000, by the SSE feed, and by recovery (a state-vector diff per document) followed by
-//! streaming what is left.
+//! 1000, by the SSE feed, by both again in the binary form (`Accept:
+//! application/vnd.replicate.changes`), and by recovery (a state-vector diff per document)
+//! followed by streaming what is left. Each peer applies what arrived together (a page) in one
+//! yrs transaction per document, as a client would.
 //!
 //! Floors: the long-poll catch-up through the in-process actors (on a smaller fill), and raw
 //! yrs build+diff of one document's deltas against the recovery of that document.
@@ -23,6 +25,10 @@ use crate::verify::Verdict;
 const DOCS: usize = 16;
 const PAGES: &str = "catch-up: stream page (1000)";
 const SSE: &str = "catch-up: SSE";
+const PAGES_BIN: &str = "catch-up: binary page (1000)";
+const FEED_BIN: &str = "catch-up: binary feed";
+const WHOLE_POLL_BIN: &str = "time to head: binary long-poll";
+const WHOLE_FEED_BIN: &str = "time to head: binary feed";
 const RECOVER: &str = "catch-up: recovery (per doc)";
 const RECOVER_REST: &str = "catch-up: stream after recovery";
 const WHOLE_POLL: &str = "time to head: long-poll";
@@ -70,6 +76,14 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
             &[Latency::P50],
             "the request alone: O(page), not O(collection)",
         );
+        // The binary page against the same in-process page (target: ratio ≥ 0.5).
+        report.floors.push(Floor::cost(
+            &format!("{PAGES_BIN} p50 vs in-process page"),
+            figure(&report, PAGES_BIN, |r| Latency::P50.of(r)),
+            figure(&floor, PAGES, |r| Latency::P50.of(r)),
+            "ms",
+            "request + decode, no applies; target ratio >= 0.5",
+        ));
     }
     Ok(report)
 }
@@ -102,7 +116,7 @@ async fn workload(
         format!("catchup{suffix}"),
         backend,
         &metrics,
-        &[PAGES, SSE, RECOVER],
+        &[PAGES, PAGES_BIN, SSE, FEED_BIN, RECOVER],
     );
     let deadline = run.started + ctx.drain() * 4;
     let mut verdict = Verdict::default();
@@ -119,20 +133,38 @@ async fn workload(
     );
     metrics.record(WHOLE_POLL, t.elapsed());
     peers.push(poller);
+    let mut to_head = vec![(WHOLE_POLL, t.elapsed())];
 
     if all_ways {
-        let mut sse = ctx.peer(2, &c, backend, &metrics);
+        let binary = backend.with_binary_wire();
+        let mut poller = ctx.peer(4, &c, &binary, &metrics);
         let t = Instant::now();
-        let mut events = backend.events(&c, 0).await?;
-        sse.follow(&mut events, Some(head), deadline, SSE).await?;
-        drop(events);
-        verdict.check(
-            "SSE peer reached the head",
-            sse.cursor >= head,
-            format!("cursor {} of {head}", sse.cursor),
+        let r = poller.catch_up(head, deadline, PAGES_BIN).await;
+        verdict.result(
+            "binary long-poll peer reached the head",
+            &r,
+            format!("{head} deltas"),
         );
-        metrics.record(WHOLE_SSE, t.elapsed());
-        peers.push(sse);
+        metrics.record(WHOLE_POLL_BIN, t.elapsed());
+        to_head.push((WHOLE_POLL_BIN, t.elapsed()));
+        peers.push(poller);
+
+        let feeds = [
+            (5, &binary, FEED_BIN, WHOLE_FEED_BIN, "binary feed"),
+            (2, backend, SSE, WHOLE_SSE, "SSE"),
+        ];
+        for (index, way, op, whole, name) in feeds {
+            let (peer, took) =
+                follow_to_head(ctx, index, &c, way, &metrics, head, deadline, op).await?;
+            verdict.check(
+                &format!("{name} peer reached the head"),
+                peer.cursor >= head,
+                format!("cursor {} of {head}", peer.cursor),
+            );
+            metrics.record(whole, took);
+            to_head.push((whole, took));
+            peers.push(peer);
+        }
 
         let mut recovering = ctx.peer(3, &c, backend, &metrics);
         recovering.know_all(&docs);
@@ -146,6 +178,7 @@ async fn workload(
             format!("{head} deltas"),
         );
         metrics.record(WHOLE_RECOVERY, t.elapsed());
+        to_head.push((WHOLE_RECOVERY, t.elapsed()));
         peers.push(recovering);
 
         time_recovery(
@@ -162,10 +195,20 @@ async fn workload(
 
     let refs: Vec<&Peer> = peers.iter().collect();
     verdict.standard(backend, &c, &refs, &ledger, "fill").await;
+    // Deltas per second from nothing to the head, each way (target: ≥ 300,000/s by the
+    // fastest, in full runs).
+    let rates: serde_json::Map<String, serde_json::Value> = to_head
+        .iter()
+        .map(|(way, took)| {
+            let way = way.trim_start_matches("time to head: ").to_string();
+            (way, json!((head as f64 / took.as_secs_f64()).round()))
+        })
+        .collect();
     let p = params(&[
         ("deltas", json!(head)),
         ("documents", json!(DOCS)),
         ("fillSeconds", json!(fill_secs)),
+        ("toHeadDeltasPerSec", json!(rates)),
     ]);
     let mut report = run.report(p, verdict);
     if all_ways && !ctx.opts.no_floors {
@@ -180,4 +223,27 @@ async fn workload(
         }
     }
     Ok(report)
+}
+
+/// A peer with nothing follows `backend`'s feed (SSE or binary) from 0 to `head`, timed as
+/// `op`; answers it and how long it took.
+///
+/// # Errors
+/// If the feed does not open or a change does not apply.
+#[allow(clippy::too_many_arguments)]
+async fn follow_to_head(
+    ctx: &Ctx,
+    index: u64,
+    c: &str,
+    backend: &Backend,
+    metrics: &Metrics,
+    head: u64,
+    deadline: Instant,
+    op: &str,
+) -> Result<(Peer, Duration)> {
+    let mut peer = ctx.peer(index, c, backend, metrics);
+    let t = Instant::now();
+    let mut events = backend.events(c, 0).await?;
+    peer.follow(&mut events, Some(head), deadline, op).await?;
+    Ok((peer, t.elapsed()))
 }

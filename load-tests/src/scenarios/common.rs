@@ -211,7 +211,7 @@ pub enum Latency {
 }
 
 impl Latency {
-    fn of(self, row: &OpRow) -> f64 {
+    pub fn of(self, row: &OpRow) -> f64 {
         match self {
             Latency::P50 => row.p50_ms,
             Latency::P99 => row.p99_ms,

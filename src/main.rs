@@ -53,9 +53,19 @@ struct Args {
     /// Address to listen on (HOST:PORT; port 0 picks a free one).
     #[arg(long, env = "REPLICATE_BIND", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
-    /// The sled data directory (created if missing).
+    /// The sled data directory (created if missing); unused with `--store`.
     #[arg(long, env = "REPLICATE_DATA", default_value = "./data")]
     data: PathBuf,
+    /// Store everything in PostgreSQL instead of sled: `postgres://user:password@host/db`.
+    /// The schema is created and migrated on start.
+    #[arg(long, env = "REPLICATE_STORE")]
+    store: Option<String>,
+    /// PostgreSQL schema for the tables (one process per schema in this version).
+    #[arg(long, env = "REPLICATE_STORE_SCHEMA", default_value = "replicate")]
+    store_schema: String,
+    /// PostgreSQL connections in the pool.
+    #[arg(long, env = "REPLICATE_STORE_POOL", default_value_t = 8)]
+    store_pool: usize,
     /// Retained delta bytes of a document above which `stream` names it in `compact` (and,
     /// with --auto-compact, compacts it).
     #[arg(long, env = "REPLICATE_SIZE_THRESHOLD", default_value_t = 5_000_000)]
@@ -176,6 +186,9 @@ struct Args {
 impl Args {
     fn config(&self) -> Config {
         let mut config = Config::new(&self.data);
+        config.postgres = self.store.clone();
+        config.postgres_options.schema = self.store_schema.clone();
+        config.postgres_options.pool_size = self.store_pool;
         config.size_threshold = self.size_threshold;
         config.peer_timeout = Duration::from_millis(self.peer_timeout_ms);
         config.auto_compact = self.auto_compact;

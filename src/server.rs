@@ -202,7 +202,7 @@ impl Drop for RunningServer {
     }
 }
 
-/// Opens the store at `config.data_dir`, starts the actors and serves on `settings.bind`, all
+/// Opens the store `config` names (sled or PostgreSQL), starts the actors and serves on `settings.bind`, all
 /// in a new actix `System` on its own thread. Answers once the listener is bound.
 ///
 /// # Errors
@@ -223,7 +223,7 @@ pub fn spawn_in_thread_with_clock(
 ) -> io::Result<RunningServer> {
     spawn_with(
         move || {
-            let store = Store::open(&config.data_dir, config.cache_bytes)?;
+            let store = Store::for_config(&config)?;
             Replicate::start(config, store, clock)
         },
         settings,

@@ -1,7 +1,11 @@
-//! The collection actor: one per collection, the only writer of its seqs.
+//! The collection actor: one per collection and process.
 //!
-//! It assigns seq = previous + 1 from its own counter (persisted in the same batch as the
-//! delta it numbers), stores the write, and answers once the group commit has made it durable.
+//! On an engine owned by this process (sled) it is the only writer of its seqs: it assigns
+//! seq = previous + 1 from its own counter (persisted in the same batch as the delta it
+//! numbers), stores the write, and answers once the group commit has made it durable. On an
+//! engine several nodes share ([`crate::store::Engine::numbers_appends`]: PostgreSQL) the
+//! commit numbers the write instead, and the actor answers the seq the commit gave; heads
+//! committed by other nodes reach it as [`HeadMoved`] (and by polling while readers wait).
 //! Readers only ever see seqs up to `durable`, so a seq a reader saw can never be lost in a
 //! crash and issued again. Stream pages, acks and compaction applies also run here, so each
 //! sees a consistent view of the collection.
@@ -23,7 +27,8 @@ use crate::paging::{self, DeletedEntry, PageBounds, PageSource};
 use crate::peers::PeerTable;
 use crate::runtime::Shared;
 use crate::store::{
-    Batch, CompactionWrite, DeletedEntries, DeltaRecord, DocStats, OpWrite, SnapshotRecord, Store,
+    Batch, CompactionGuard, CompactionWrite, DeletedEntries, DeltaRecord, DocStats, OpWrite,
+    Outcome, SnapshotRecord, Store,
 };
 use crate::types::{
     Change, CollectionStats, CompactRequest, Compacted, OperationType, StreamPage, Write, Written,
@@ -31,6 +36,11 @@ use crate::types::{
 
 /// How often an actor checks whether it has been idle long enough to stop.
 const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often an actor on a shared engine reads its head while readers wait, in case a
+/// notification of another node's commit was lost.
+const HEAD_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Attempts of a compaction that another node's compaction of the same document superseded.
+const COMPACTION_ATTEMPTS: u32 = 4;
 
 /// What [`paging::walk`] reads for one page, from the store (see `read_page` for the order).
 struct StorePages<'a> {
@@ -90,6 +100,8 @@ pub struct CollectionActor {
     stats: CollectionStats,
     last_activity: u64,
     stopped: bool,
+    /// Whether the engine numbers appends (several nodes share it; see the module docs).
+    numbering: bool,
 }
 
 impl CollectionActor {
@@ -133,6 +145,7 @@ impl CollectionActor {
             compactions: HashMap::new(),
             last_activity: now,
             stopped: false,
+            numbering: shared.store.numbers_appends(),
             shared,
         })
     }
@@ -155,8 +168,27 @@ impl CollectionActor {
     fn mark_durable(&mut self, seq: u64) {
         if seq > self.durable {
             self.durable = seq;
+            self.assigned = self.assigned.max(seq);
             self.docs.mark_durable(seq);
             self.durable_tx.send_replace(seq);
+        }
+    }
+
+    /// On a shared engine: reads the head from the store and takes it in (see [`HeadMoved`]).
+    fn refresh_head(&mut self) -> Result<()> {
+        if self.numbering {
+            let head = self.shared.store.head(&self.name)?;
+            self.head_moved(head);
+        }
+        Ok(())
+    }
+
+    /// A head committed by another node: everything up to it is committed, and the documents
+    /// built here may lack what it added.
+    fn head_moved(&mut self, head: u64) {
+        if head > self.durable {
+            self.shared.docs.forget_collection(&self.name);
+            self.mark_durable(head);
         }
     }
 
@@ -210,6 +242,10 @@ impl CollectionActor {
     ///   land in between and leave a deleted delta with neither (the review test
     ///   `stream_page_read_during_a_compaction_commit_skips_nothing` caught that order).
     fn read_page(&mut self, cursor: u64, limit: usize, threshold: u64) -> Result<StreamPage> {
+        if cursor > self.durable {
+            // Another node may have committed past what this one heard of.
+            self.refresh_head()?;
+        }
         let head = self.durable;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
@@ -293,6 +329,7 @@ impl CollectionActor {
         let idle_for = now.saturating_sub(self.last_activity);
         let quiet = self.in_flight.load(Ordering::SeqCst) == 0
             && self.assigned == self.durable
+            && self.stats.pending_writes == 0
             && self.compactions.is_empty()
             && self.checking.is_empty()
             && self.durable_tx.receiver_count() == 0;
@@ -362,6 +399,31 @@ impl Actor for CollectionActor {
                 .max(Duration::from_millis(10)),
         );
         ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
+        if self.numbering {
+            ctx.run_interval(HEAD_CHECK_EVERY, |act, _| {
+                // Waiters hold receivers of the durable seq: only then is a late head noticed.
+                if act.durable_tx.receiver_count() > 0 {
+                    if let Err(e) = act.refresh_head() {
+                        tracing::warn!(collection = %act.name, error = %e, "head check failed");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// A head another node committed (see the module docs).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HeadMoved {
+    pub head: u64,
+}
+
+impl Handler<HeadMoved> for CollectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HeadMoved, _: &mut Self::Context) {
+        self.head_moved(msg.head);
     }
 }
 
@@ -416,6 +478,10 @@ impl Handler<Append> for CollectionActor {
         match self.known_op(&msg.write, hash) {
             Ok(Some(seq)) => {
                 self.stats.duplicate_writes += 1;
+                if self.numbering {
+                    // Read from the store: committed, by this node or another.
+                    self.head_moved(seq);
+                }
                 return self.answer_duplicate(seq);
             }
             Ok(None) => {}
@@ -455,6 +521,9 @@ impl CollectionActor {
         let key = (write.document_id.clone(), op.clone());
         let record = match self.pending_ops.get(&key) {
             Some(&(seq, hash)) => Some((seq, hash)),
+            // The commit settles op ids on a shared engine (another node may be writing the
+            // same one right now): no read here, which would cost a round trip per write.
+            None if self.numbering => None,
             None => self
                 .shared
                 .store
@@ -587,6 +656,9 @@ impl CollectionActor {
 
     /// Numbers an accepted write, queues it for commit and answers once it is durable.
     fn store_write(&mut self, q: QueuedWrite, ctx: &mut Context<Self>) {
+        if self.numbering {
+            return self.store_numbered_write(q, ctx);
+        }
         // Another write with the same op id may have been numbered while this one was checked.
         match self.known_op(&q.write, q.hash) {
             Ok(Some(seq)) => {
@@ -633,6 +705,69 @@ impl CollectionActor {
                 seq,
                 duplicate: false,
             }));
+        }));
+    }
+
+    /// [`Self::store_write`] on a shared engine: the commit numbers the write (or finds its op
+    /// id used, by this node or another) and the answer is what it did.
+    fn store_numbered_write(&mut self, q: QueuedWrite, ctx: &mut Context<Self>) {
+        let QueuedWrite {
+            operation,
+            write,
+            hash,
+            answer,
+        } = q;
+        let doc = write.document_id.clone();
+        let len = write.bytes.len() as u64;
+        let record = DeltaRecord {
+            document_id: write.document_id,
+            operation,
+            bytes: write.bytes,
+            created_at: self.shared.clock.now_millis(),
+        };
+        let op = write.op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
+        // The engine counts the document's bytes itself; the seq is its to give.
+        let prepared = Batch::append(&self.name, 0, &record, &DocStats::default(), op);
+        let round = self.shared.commit.submit_outcomes(prepared);
+        self.stats.pending_writes += 1;
+        let op_id = write.op_id;
+        ctx.spawn(round.into_actor(self).map(move |res, act, ctx| {
+            act.stats.pending_writes -= 1;
+            let written = match res.map(|mut o| o.pop()) {
+                Ok(Some(Outcome::Stored(seq))) => {
+                    act.mark_durable(seq);
+                    act.stats.appends += 1;
+                    act.stats.appended_bytes += len;
+                    act.docs.add_counted(&doc, len);
+                    act.auto_compact(&doc, ctx);
+                    Ok(Written {
+                        seq,
+                        duplicate: false,
+                    })
+                }
+                Ok(Some(Outcome::Duplicate(first))) => {
+                    act.head_moved(first.seq);
+                    act.stats.duplicate_writes += 1;
+                    if first.hash == hash {
+                        Ok(Written {
+                            seq: first.seq,
+                            duplicate: true,
+                        })
+                    } else {
+                        Err(Error::Conflict(format!(
+                            "opId {:?} was already used for other bytes of document {doc:?} \
+                             (seq {}); use a new opId for a new write",
+                            op_id.unwrap_or_default(),
+                            first.seq
+                        )))
+                    }
+                }
+                Ok(other) => Err(Error::Internal(format!(
+                    "the store answered {other:?} for an append"
+                ))),
+                Err(e) => Err(e),
+            };
+            let _ = answer.send(written);
         }));
     }
 
@@ -786,6 +921,9 @@ impl Handler<Ack> for CollectionActor {
                 in_flight: self.peers.len(),
             });
         }
+        if msg.synced_seq > self.durable {
+            self.refresh_head()?;
+        }
         let record = self
             .peers
             .ack(&msg.peer_id, msg.synced_seq, self.durable, now)?;
@@ -841,6 +979,8 @@ pub struct QueuedCompaction {
     /// The longest peer timeout asked for: deleting less is always safe for every joiner.
     peer_timeout_ms: u64,
     answers: Vec<oneshot::Sender<Result<Compacted>>>,
+    /// Runs of this compaction so far that another node's compaction superseded.
+    superseded: u32,
 }
 
 impl Handler<Compact> for CollectionActor {
@@ -862,6 +1002,8 @@ impl Handler<Compact> for CollectionActor {
 /// What a compaction job answers: the merged document, the deltas merged into it (seq,
 /// length) and the stored updates the merge left out.
 struct MergedDoc {
+    /// The document's compaction generation, read before its content.
+    read_generation: u64,
     merged: Merged,
     merged_deltas: Vec<(u64, u64)>,
     quarantined: Vec<(u64, String)>,
@@ -885,6 +1027,7 @@ impl CollectionActor {
                 *slot = Some(QueuedCompaction {
                     peer_timeout_ms,
                     answers: vec![answer],
+                    superseded: 0,
                 })
             }
             None => {
@@ -892,6 +1035,7 @@ impl CollectionActor {
                 let job = QueuedCompaction {
                     peer_timeout_ms,
                     answers: vec![answer],
+                    superseded: 0,
                 };
                 self.run_compaction(doc, job, ctx);
             }
@@ -931,6 +1075,7 @@ impl CollectionActor {
         let QueuedCompaction {
             peer_timeout_ms,
             answers,
+            superseded,
         } = job;
         let work = merge.into_actor(self).then(move |merged, act, _| {
             let planned = merged.and_then(|m| {
@@ -945,23 +1090,54 @@ impl CollectionActor {
                         None,
                     ));
                 }
-                act.plan_compaction(&doc, m.merged, &m.merged_deltas, peer_timeout_ms)
+                act.plan_compaction(&doc, m, peer_timeout_ms)
                     .map(|(c, p)| (c, Some(p)))
             });
             let commit = planned.map(|(compacted, prepared)| {
-                (compacted, prepared.map(|p| act.shared.commit.submit(p)))
+                (
+                    compacted,
+                    prepared.map(|p| act.shared.commit.submit_outcomes(p)),
+                )
             });
             async move {
-                let (compacted, round) = commit?;
+                let (mut compacted, round) = commit?;
                 if let Some(round) = round {
-                    round.await?;
+                    match round.await?.pop() {
+                        Some(Outcome::Compacted { deleted }) => {
+                            // Fewer when an ack made on another node held some back.
+                            compacted.removed = deleted.len() as u64;
+                        }
+                        Some(Outcome::Superseded) => return Ok(None),
+                        other => {
+                            return Err(Error::Internal(format!(
+                                "the store answered {other:?} for a compaction"
+                            )))
+                        }
+                    }
                 }
-                Ok(compacted)
+                Ok(Some(compacted))
             }
             .into_actor(act)
-            .map(move |result: Result<Compacted>, act, ctx| {
+            .map(move |result: Result<Option<Compacted>>, act, ctx| {
                 // Its counters are in the store now (or the store failed for good).
                 act.docs.settle(&doc);
+                let result = match result {
+                    Ok(Some(compacted)) => Ok(compacted),
+                    Ok(None) if superseded + 1 < COMPACTION_ATTEMPTS => {
+                        // Another node compacted the document after this one read it: read
+                        // and merge again, ahead of any compaction waiting.
+                        let again = QueuedCompaction {
+                            peer_timeout_ms,
+                            answers,
+                            superseded: superseded + 1,
+                        };
+                        return act.run_compaction(doc, again, ctx);
+                    }
+                    Ok(None) => Err(Error::Conflict(format!(
+                        "document {doc:?} kept being compacted by other nodes; retry"
+                    ))),
+                    Err(e) => Err(e),
+                };
                 for answer in answers {
                     let _ = answer.send(result.clone());
                 }
@@ -976,14 +1152,24 @@ impl CollectionActor {
     fn plan_compaction(
         &mut self,
         doc: &str,
-        merged: Merged,
-        merged_deltas: &[(u64, u64)],
+        merged: MergedDoc,
         peer_timeout_ms: u64,
     ) -> Result<(Compacted, Batch)> {
-        let previous = self.docs.get(&self.shared.store, &self.name, doc)?;
+        let previous = if self.numbering {
+            // Another node may have changed them: the store's, not this node's memory.
+            let stored = self.shared.store.doc_stats(&self.name, doc)?;
+            stored.unwrap_or_default()
+        } else {
+            self.docs.get(&self.shared.store, &self.name, doc)?
+        };
         let now = self.shared.clock.now_millis();
         let min_active = self.peers.min_active_synced(now, peer_timeout_ms);
-        let plan = compaction::plan(merged_deltas, previous, min_active);
+        let plan = compaction::plan(&merged.merged_deltas, previous, min_active);
+        let guard = self.numbering.then_some(CompactionGuard {
+            read_generation: merged.read_generation,
+            active_since: now.saturating_sub(peer_timeout_ms),
+        });
+        let merged = merged.merged;
         let snapshot = SnapshotRecord {
             bytes: merged.update,
             state_vector: merged.state_vector,
@@ -1000,6 +1186,7 @@ impl CollectionActor {
                 deleted: &plan.delete,
                 stats: plan.stats,
                 bucket_seqs: self.shared.config.page_bucket_seqs,
+                guard,
             },
         );
         self.set_doc_stats(doc, plan.stats, doc_counters::IN_FLIGHT)?;
@@ -1023,8 +1210,10 @@ fn merge_document(
     upto: u64,
     limits: &YjsLimits,
 ) -> Result<MergedDoc> {
+    let read_generation = store.doc_stats(c, doc)?.map_or(0, |s| s.generation);
     let loaded = compactor::load_document(store, c, doc, upto, limits)?;
     Ok(MergedDoc {
+        read_generation,
         merged: loaded.built.state.encode(),
         merged_deltas: loaded.merged,
         quarantined: loaded.built.quarantined,

@@ -9,8 +9,13 @@ use crate::crdt::YjsLimits;
 /// Settings for [`crate::Replicate`]. `Config::new(dir)` gives the defaults listed per field.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The sled directory.
+    /// The sled directory (unused when `postgres` is set).
     pub data_dir: PathBuf,
+    /// A PostgreSQL database to store everything in instead of sled: a `postgres://` URL
+    /// (default none: sled in `data_dir`).
+    pub postgres: Option<String>,
+    /// Schema and pool size for `postgres`.
+    pub postgres_options: crate::store::postgres::PostgresOptions,
     /// Largest accepted update or client snapshot, in bytes (default 8 MiB).
     pub max_update_bytes: usize,
     /// A peer not seen for this long is inactive and no longer holds back compaction
@@ -83,6 +88,8 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
+            postgres: None,
+            postgres_options: Default::default(),
             max_update_bytes: 8 * 1024 * 1024,
             peer_timeout: Duration::from_secs(600),
             size_threshold: 5_000_000,

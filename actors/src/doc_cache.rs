@@ -78,6 +78,25 @@ impl DocCache {
         drop(self.take(c, d));
     }
 
+    /// Forgets every document of collection `c` (another node wrote to it).
+    pub fn forget_collection(&self, c: &str) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let keys: Vec<Key> = inner
+            .entries
+            .keys()
+            .filter(|(k, _)| k == c)
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some((state, tick)) = inner.entries.remove(&key) {
+                inner.order.remove(&tick);
+                inner.weight -= state.weight();
+            }
+        }
+    }
+
     /// (documents, total weight) held.
     pub fn size(&self) -> (usize, u64) {
         self.inner

@@ -161,6 +161,21 @@ impl DocCounters {
         Ok(())
     }
 
+    /// Adds an append the store already counted (an engine that counts in its commit, see
+    /// `Engine::numbers_appends`): to `doc`'s entry if it is in memory (one read later from the
+    /// store includes it already), and to the totals.
+    pub fn add_counted(&mut self, doc: &str, bytes: u64) {
+        self.retained_bytes = self.retained_bytes.saturating_add(bytes);
+        let Some(e) = self.entries.get_mut(doc) else {
+            return;
+        };
+        let old = e.stats.retained_bytes;
+        e.stats.retained_bytes += bytes;
+        e.stats.retained_count += 1;
+        let new = e.stats.retained_bytes;
+        self.rank(doc, old, new);
+    }
+
     /// Marks `doc`'s counters committed (a compaction's commit answered).
     pub fn settle(&mut self, doc: &str) {
         // (An append since the compaction marked it with its own seq: that one decides.)

@@ -23,12 +23,19 @@ use std::thread;
 
 use tokio::sync::watch;
 
+use tokio::sync::oneshot;
+
 use crate::error::{Error, Result};
-use crate::store::{Batch, Store};
+use crate::store::{Batch, Outcome, Store};
+
+/// Where a write's outcomes go, if its submitter asked for them.
+type OutcomeSender = Option<oneshot::Sender<Vec<Outcome>>>;
 
 #[derive(Default)]
 struct Queue {
     writes: Vec<Batch>,
+    /// One per write.
+    answers: Vec<OutcomeSender>,
     /// Ticket of the newest queued write.
     last_ticket: u64,
     stop: bool,
@@ -125,14 +132,18 @@ impl GroupCommit {
     /// # Errors
     /// [`Error::Internal`] if the thread cannot be started.
     pub fn start(store: Store) -> Result<GroupCommit> {
-        Self::start_with(move |writes| store.commit(writes).and_then(|()| store.flush()))
+        Self::start_with(move |writes| {
+            let outcomes = store.commit(writes)?;
+            store.flush()?;
+            Ok(outcomes)
+        })
     }
 
     /// Starts the committer thread over `commit`, which must apply `writes` in order and make
     /// them durable (tests pass one that fails).
     fn start_with<C>(commit: C) -> Result<GroupCommit>
     where
-        C: FnMut(&[Batch]) -> Result<()> + Send + 'static,
+        C: FnMut(&[Batch]) -> Result<Vec<Vec<Outcome>>> + Send + 'static,
     {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
@@ -155,7 +166,7 @@ impl GroupCommit {
     /// before it) is on disk. The write is queued when this is called, not when it is polled,
     /// so callers' order is commit order.
     pub fn submit(&self, write: Batch) -> impl std::future::Future<Output = Result<()>> + 'static {
-        let ticket = self.enqueue(write);
+        let ticket = self.enqueue(write, None);
         let mut rx = self.rounds.clone();
         async move {
             let ticket = ticket?;
@@ -170,13 +181,42 @@ impl GroupCommit {
         }
     }
 
+    /// [`Self::submit`], answering what the commit did with each of the write's mutations
+    /// (the seqs an engine that numbers appends gave them, say).
+    pub fn submit_outcomes(
+        &self,
+        write: Batch,
+    ) -> impl std::future::Future<Output = Result<Vec<Outcome>>> + 'static {
+        let (tx, rx) = oneshot::channel();
+        let ticket = self.enqueue(write, Some(tx));
+        let mut rounds = self.rounds.clone();
+        async move {
+            let ticket = ticket?;
+            match rx.await {
+                Ok(outcomes) => Ok(outcomes),
+                // Dropped unanswered: the round failed (or the committer stopped).
+                Err(_) => {
+                    let round = rounds
+                        .wait_for(|r| r.covered >= ticket || r.failed.is_some())
+                        .await
+                        .map_err(|_| Error::Storage("committer thread stopped".into()))?;
+                    Err(round
+                        .failed
+                        .as_ref()
+                        .map(StorageFailure::error)
+                        .unwrap_or_else(|| Error::Storage("committer thread stopped".into())))
+                }
+            }
+        }
+    }
+
     /// Resolves once everything written or queued before this call is on disk (an empty
     /// [`Self::submit`]).
     pub fn durable(&self) -> impl std::future::Future<Output = Result<()>> + 'static {
         self.submit(Batch::default())
     }
 
-    fn enqueue(&self, write: Batch) -> Result<u64> {
+    fn enqueue(&self, write: Batch, answer: OutcomeSender) -> Result<u64> {
         let ticket = {
             let mut q = self
                 .shared
@@ -185,6 +225,7 @@ impl GroupCommit {
                 .map_err(|_| Error::Internal("commit queue lock poisoned".into()))?;
             q.last_ticket += 1;
             q.writes.push(write);
+            q.answers.push(answer);
             q.last_ticket
         };
         self.shared.wake.notify_one();
@@ -205,11 +246,11 @@ impl GroupCommit {
 
 fn committer_loop<C>(mut commit: C, shared: Arc<Shared>, tx: watch::Sender<Round>)
 where
-    C: FnMut(&[Batch]) -> Result<()>,
+    C: FnMut(&[Batch]) -> Result<Vec<Vec<Outcome>>>,
 {
     let mut round = Round::default();
     loop {
-        let (writes, target) = {
+        let writes = {
             let Ok(mut q) = shared.queue.lock() else {
                 return;
             };
@@ -222,27 +263,41 @@ where
             if q.last_ticket == round.covered {
                 return; // stopping, nothing left
             }
-            (std::mem::take(&mut q.writes), q.last_ticket)
+            (
+                std::mem::take(&mut q.writes),
+                std::mem::take(&mut q.answers),
+                q.last_ticket,
+            )
         };
+        let (writes, answers, target) = (writes.0, writes.1, writes.2);
         if round.failed.is_none() {
-            if let Err(e) = commit(&writes) {
-                let failure = StorageFailure::classify(match &e {
-                    Error::Storage(message) => message.clone(),
-                    other => other.to_string(),
-                });
-                let todo = match failure.kind {
-                    StorageFailureKind::Full => "free disk space, then restart replicate",
-                    StorageFailureKind::Failed => {
-                        "check the data directory and its disk, then restart replicate"
+            match commit(&writes) {
+                Ok(outcomes) => {
+                    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                        if let Some(answer) = answer {
+                            let _ = answer.send(outcome);
+                        }
                     }
-                };
-                tracing::error!(
-                    error = %e,
-                    kind = ?failure.kind,
-                    "commit failed; refusing every write until restart ({todo}); nothing \
-                     answered before was lost"
-                );
-                round.failed = Some(failure);
+                }
+                Err(e) => {
+                    let failure = StorageFailure::classify(match &e {
+                        Error::Storage(message) => message.clone(),
+                        other => other.to_string(),
+                    });
+                    let todo = match failure.kind {
+                        StorageFailureKind::Full => "free disk space, then restart replicate",
+                        StorageFailureKind::Failed => {
+                            "check the data directory and its disk, then restart replicate"
+                        }
+                    };
+                    tracing::error!(
+                        error = %e,
+                        kind = ?failure.kind,
+                        "commit failed; refusing every write until restart ({todo}); nothing \
+                         answered before was lost"
+                    );
+                    round.failed = Some(failure);
+                }
             }
         }
         round.covered = target;
@@ -313,7 +368,7 @@ mod tests {
                     "IO error: No space left on device (os error 28)".into(),
                 ))
             } else {
-                Ok(())
+                Ok(vec![Vec::new()])
             }
         })
         .unwrap();

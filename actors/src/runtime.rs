@@ -61,6 +61,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Tells collection `c`'s actor, if one runs here, of a head another node committed.
+    fn head_moved(&self, c: &str, head: u64) {
+        let addr = match self.registry.lock() {
+            Ok(map) => map.get(c).map(|e| e.addr.clone()),
+            Err(_) => None,
+        };
+        if let Some(addr) = addr {
+            addr.do_send(crate::collection::HeadMoved { head });
+        }
+    }
+
     /// Removes collection `name` from the registry if incarnation `id` is still the one
     /// registered and nothing is admitted for it. Returns whether it did.
     pub fn evict(&self, name: &str, id: u64) -> bool {
@@ -103,12 +114,13 @@ impl Drop for Admitted {
 }
 
 impl Replicate {
-    /// Opens the sled store at `config.data_dir` and starts the actors, with the system clock.
+    /// Opens the store `config` names ([`Store::for_config`]: sled in `config.data_dir`, or
+    /// PostgreSQL) and starts the actors, with the system clock.
     ///
     /// # Errors
     /// [`Error::Storage`] if the store cannot be opened.
     pub fn open(config: Config) -> Result<Replicate> {
-        let store = Store::open(&config.data_dir, config.cache_bytes)?;
+        let store = Store::for_config(&config)?;
         Self::start(config, store, Arc::new(SystemClock))
     }
 
@@ -127,19 +139,29 @@ impl Replicate {
             .map(|_| Arbiter::new())
             .collect();
         let arbiters = threads.iter().map(Arbiter::handle).collect();
+        let shared = Arc::new(Shared {
+            store,
+            commit,
+            clock,
+            docs: DocCache::new(config.doc_cache_bytes),
+            states: StateCache::new(64 * 1024 * 1024),
+            config,
+            workers,
+            state_workers,
+            recovery_workers,
+            registry: Mutex::default(),
+        });
+        // Heads other nodes commit (on an engine several nodes share) wake this node's readers.
+        let weak = Arc::downgrade(&shared);
+        shared
+            .store
+            .watch_heads(Arc::new(move |c: &str, head: u64| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.head_moved(c, head);
+                }
+            }))?;
         Ok(Replicate {
-            shared: Arc::new(Shared {
-                store,
-                commit,
-                clock,
-                docs: DocCache::new(config.doc_cache_bytes),
-                states: StateCache::new(64 * 1024 * 1024),
-                config,
-                workers,
-                state_workers,
-                recovery_workers,
-                registry: Mutex::default(),
-            }),
+            shared,
             arbiters: Arc::new(arbiters),
             threads: Arc::new(Mutex::new(threads)),
             next_arbiter: Arc::default(),

@@ -1,6 +1,7 @@
 //! Invariant 1 under concurrency: 64 concurrent writers get exactly seqs 1..=64N, and readers
 //! streaming at the same time never see a gap or a seq twice.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
@@ -12,7 +13,6 @@ use replicate_actors::{ManualClock, OperationType, StreamRequest, Write};
 const WRITERS: usize = 64;
 const PER_WRITER: usize = 40;
 
-#[actix_rt::test]
 async fn concurrent_writers_get_contiguous_seqs_and_streamers_see_no_gap() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -87,7 +87,6 @@ async fn concurrent_writers_get_contiguous_seqs_and_streamers_see_no_gap() {
 }
 
 /// Many collections at once keep independent counters.
-#[actix_rt::test]
 async fn collections_have_independent_sequences() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -120,3 +119,8 @@ async fn collections_have_independent_sequences() {
         assert_eq!(seqs, (1..=80).collect::<Vec<_>>(), "{c}");
     }
 }
+
+on_every_engine!(
+    concurrent_writers_get_contiguous_seqs_and_streamers_see_no_gap,
+    collections_have_independent_sequences,
+);

@@ -404,3 +404,14 @@ proptest! {
         actix::System::new().block_on(run(s));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn concurrent_peers_writers_and_compactions_lose_nothing_on_postgres(s in schedule()) {
+        if common::use_postgres("concurrent_peers_writers_and_compactions_lose_nothing_on_postgres") {
+            actix::System::new().block_on(run(s));
+        }
+    }
+}

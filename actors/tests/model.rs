@@ -496,6 +496,22 @@ proptest! {
     }
 }
 
+proptest! {
+    // Each case migrates a fresh schema: fewer cases than on sled, the same model.
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn peers_converge_and_nothing_is_lost_on_postgres(
+        ops in proptest::collection::vec(op(), 1..60),
+        max_page_bytes in prop_oneof![Just(1usize), Just(64), Just(16 << 20)],
+        bucket in prop_oneof![Just(1u64), Just(4), Just(16), Just(1024)],
+    ) {
+        if common::use_postgres("peers_converge_and_nothing_is_lost_on_postgres") {
+            actix::System::new().block_on(run(ops, max_page_bytes, bucket));
+        }
+    }
+}
+
 /// Pages `reader` from its cursor to the head with `limit`, checking each page against
 /// `budget` and, when a log is given, that the reader then holds every logged update up to
 /// the page's cursor. Answers the number of pages.
@@ -546,6 +562,13 @@ async fn page_to_head(
             return pages;
         }
         assert!(page.cursor > from, "page from {from} did not move");
+    }
+}
+
+#[test]
+fn many_compacted_documents_page_within_the_budget_on_postgres() {
+    if common::use_postgres("many_compacted_documents_page_within_the_budget_on_postgres") {
+        many_compacted_documents_page_within_the_budget();
     }
 }
 

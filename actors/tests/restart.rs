@@ -1,6 +1,7 @@
 //! Restart: reopening the store continues every collection above every seq ever issued (also
 //! after compaction deleted the newest deltas), with snapshots, peers and counters intact.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -10,7 +11,6 @@ use replicate_actors::{CompactRequest, ManualClock, StreamRequest};
 
 const GRACE: Duration = Duration::from_secs(5);
 
-#[actix_rt::test]
 async fn seq_continues_after_restart_even_when_newest_deltas_were_compacted() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -51,7 +51,6 @@ async fn seq_continues_after_restart_even_when_newest_deltas_were_compacted() {
     r.close(GRACE).await.unwrap();
 }
 
-#[actix_rt::test]
 async fn answered_writes_survive_repeated_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -88,3 +87,8 @@ async fn answered_writes_survive_repeated_restarts() {
     assert_eq!(check.text(), author.text());
     r.close(GRACE).await.unwrap();
 }
+
+on_every_engine!(
+    seq_continues_after_restart_even_when_newest_deltas_were_compacted,
+    answered_writes_survive_repeated_restarts,
+);

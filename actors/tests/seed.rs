@@ -1,6 +1,7 @@
 //! The seed scenarios (8.3–8.5): compaction keeps content, respects slow active peers, and a
 //! peer idle past the timeout still converges — per document.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -10,7 +11,6 @@ const C: &str = "todos";
 
 /// 8.3: after compaction, snapshot + retained deltas applied to a fresh doc equal the state
 /// before; the stored bytes shrink when content was deleted.
-#[actix_rt::test]
 async fn compaction_preserves_state_and_shrinks_deleted_content() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -57,7 +57,6 @@ async fn compaction_preserves_state_and_shrinks_deleted_content() {
 
 /// 8.4: P acked 10, Q acked 1,000; compaction keeps every delta ≥ P's ack while P is active,
 /// and P streaming from 10 gets every update.
-#[actix_rt::test]
 async fn slow_active_peer_holds_back_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -122,7 +121,6 @@ async fn slow_active_peer_holds_back_compaction() {
 /// 8.5: a peer idle past the timeout; compaction deletes deltas above its cursor; it streams
 /// from its old cursor and converges — also when another document keeps an older delta (so
 /// "cursor < oldest delta in the collection" would wrongly say nothing is missing).
-#[actix_rt::test]
 async fn idle_peer_converges_through_the_snapshot_per_document() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -196,7 +194,6 @@ async fn idle_peer_converges_through_the_snapshot_per_document() {
 }
 
 /// A stale client snapshot cannot remove content: the merge keeps every delta.
-#[actix_rt::test]
 async fn stale_client_snapshot_cannot_remove_content() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -220,7 +217,6 @@ async fn stale_client_snapshot_cannot_remove_content() {
 }
 
 /// Repeated compactions keep everything and move the snapshot seq forward.
-#[actix_rt::test]
 async fn repeated_compaction_accumulates() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(1_000);
@@ -251,3 +247,11 @@ async fn repeated_compaction_accumulates() {
     assert_eq!(check.text(), author.text());
     assert_eq!(rec.cursor, 50);
 }
+
+on_every_engine!(
+    compaction_preserves_state_and_shrinks_deleted_content,
+    slow_active_peer_holds_back_compaction,
+    idle_peer_converges_through_the_snapshot_per_document,
+    stale_client_snapshot_cannot_remove_content,
+    repeated_compaction_accumulates,
+);

@@ -496,3 +496,64 @@ impl Peer {
             .encode_state_as_update_v1(&StateVector::default())
     }
 }
+
+/// The PostgreSQL URL for tests that need one (`REPLICATE_TEST_POSTGRES`; `eval "$(bash
+/// .ci/postgres.sh start)"` starts a throwaway server). Without it the test says loudly that it
+/// was skipped and answers `None`; under `CI=true` it fails instead.
+pub fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var("REPLICATE_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: REPLICATE_TEST_POSTGRES is not set; CI must start PostgreSQL")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: REPLICATE_TEST_POSTGRES is not set \
+                 (run `eval \"$(bash .ci/postgres.sh start)\"` first)"
+            );
+            None
+        }
+    }
+}
+
+/// A schema name no other test uses.
+pub fn fresh_schema(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}_{}_{nanos:x}", std::process::id())
+}
+
+/// Starts the `replicate-server` binary on a free loopback port with `args` and answers it
+/// with the address it printed. Its stderr is drained for its whole life.
+pub fn spawn_server(args: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_replicate-server"))
+        .args(["--bind", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("replicate-server starts");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\u{1b}')
+                    .collect();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("printed address parses"));
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(IO_TIMEOUT)
+        .expect("server printed its address");
+    (child, addr)
+}

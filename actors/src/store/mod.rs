@@ -9,6 +9,7 @@
 //! Reads are blocking calls; the collection actors make them on worker threads where they
 //! may take long (merges), and on their own thread only for point reads and bounded pages.
 
+pub mod postgres;
 pub mod sled;
 
 use std::ops::Deref;
@@ -91,6 +92,13 @@ pub struct LoadedCollection {
     pub peers: Vec<(String, PeerRecord)>,
 }
 
+/// What a compaction checks when several nodes share the store (see [`Mutation::Compaction`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionGuard {
+    pub read_generation: u64,
+    pub active_since: u64,
+}
+
 /// What one compaction writes (see [`Batch::compaction`]).
 #[derive(Debug)]
 pub struct CompactionWrite<'a> {
@@ -100,6 +108,26 @@ pub struct CompactionWrite<'a> {
     pub stats: DocStats,
     /// Seqs per bucket of the deleted-seq index (`Config::page_bucket_seqs`).
     pub bucket_seqs: u64,
+    pub guard: Option<CompactionGuard>,
+}
+
+/// What a commit did with one mutation, in the order of the batch's mutations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An append, stored at this seq (the one it carried, unless the engine numbers appends:
+    /// see [`Engine::numbers_appends`]).
+    Stored(u64),
+    /// An append not stored: its op id already names this earlier write (stored by another
+    /// node; only engines that number appends answer this).
+    Duplicate(OpRecord),
+    /// A compaction, applied: it deleted these seqs (fewer than planned when an engine shared
+    /// by several nodes found an acknowledgement made elsewhere that holds some back).
+    Compacted { deleted: Vec<u64> },
+    /// A compaction not applied: the document was compacted elsewhere after this one read it,
+    /// so its snapshot may lack what that one merged.
+    Superseded,
+    /// Any other mutation, applied.
+    Applied,
 }
 
 /// One change to the store. A [`Batch`] of them is applied all-or-nothing.
@@ -123,6 +151,11 @@ pub enum Mutation {
         deleted: Vec<u64>,
         stats: DocStats,
         bucket_seqs: u64,
+        /// For engines shared by several nodes: the document's compaction generation when
+        /// the merge read it (the compaction is [`Outcome::Superseded`] if it moved since),
+        /// and the time before which an acknowledgement no longer holds deltas back
+        /// (`now − peer timeout`).
+        guard: Option<CompactionGuard>,
     },
     PutPeer {
         collection: String,
@@ -198,6 +231,7 @@ impl Batch {
             deleted: w.deleted.to_vec(),
             stats: w.stats,
             bucket_seqs: w.bucket_seqs,
+            guard: w.guard,
         })
     }
 
@@ -233,14 +267,39 @@ impl Batch {
     }
 }
 
+/// Called with (collection, head) when another process commits (see [`Engine::watch_heads`]).
+pub type HeadListener = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
 /// The deleted-seq index of one collection from a bucket start on, ascending; lazy.
 pub type DeletedEntries = Box<dyn Iterator<Item = Result<DeletedEntry>> + Send>;
 
 /// A storage engine. Every method may block; none may panic on bad stored data (answer
 /// [`crate::Error::Storage`]).
 pub trait Engine: Send + Sync + 'static {
-    /// Applies `batches` in order as one atomic write (not yet durable).
-    fn commit(&self, batches: &[Batch]) -> Result<()>;
+    /// Applies `batches` in order as one atomic write (not yet durable), answering one
+    /// [`Outcome`] per mutation of each batch.
+    fn commit(&self, batches: &[Batch]) -> Result<Vec<Vec<Outcome>>>;
+
+    /// Whether this engine numbers appends itself, in its commit (several nodes share it):
+    /// the seq an [`Mutation::Append`] carries is then ignored, and each collection's appends
+    /// get the next seqs of its head in commit order. Engines owned by one process answer
+    /// false: the collection actor numbers.
+    fn numbers_appends(&self) -> bool {
+        false
+    }
+
+    /// A collection's head: its highest seq ever committed (0: none).
+    fn head(&self, c: &str) -> Result<u64> {
+        Ok(self.load_collection(c, 0)?.high_water)
+    }
+
+    /// Asks to hear of heads committed by other processes: `on_head(collection, head)` is
+    /// called from an engine thread, promptly but not reliably (callers also re-check
+    /// [`Engine::head`]). Engines owned by one process never call it.
+    fn watch_heads(&self, on_head: HeadListener) -> Result<()> {
+        let _ = on_head;
+        Ok(())
+    }
 
     /// Makes every commit so far durable.
     fn flush(&self) -> Result<()>;
@@ -334,6 +393,33 @@ impl Store {
         )?))
     }
 
+    /// Opens the store `config` names: PostgreSQL if `config.postgres` is set, else sled in
+    /// `config.data_dir`.
+    ///
+    /// # Errors
+    /// As [`Store::open`] or [`Store::postgres`].
+    pub fn for_config(config: &crate::Config) -> Result<Store> {
+        match &config.postgres {
+            Some(url) => Store::postgres(url, &config.postgres_options),
+            None => Store::open(&config.data_dir, config.cache_bytes),
+        }
+    }
+
+    /// Opens the PostgreSQL store at `url` (see [`postgres`]).
+    ///
+    /// # Errors
+    /// See [`postgres::PostgresEngine::open`].
+    pub fn postgres(url: &str, options: &postgres::PostgresOptions) -> Result<Store> {
+        Ok(Store::from_engine(postgres::PostgresEngine::open(
+            url, options,
+        )?))
+    }
+
+    /// Whether `spec` names a PostgreSQL database rather than a sled directory.
+    pub fn is_postgres_url(spec: &str) -> bool {
+        spec.starts_with("postgres://") || spec.starts_with("postgresql://")
+    }
+
     /// A sled store in a temporary directory, deleted on drop (for tests and benchmarks).
     pub fn temporary() -> Result<Store> {
         Ok(Store::from_engine(sled::SledEngine::temporary()?))
@@ -349,16 +435,17 @@ impl Store {
         op: Option<OpWrite<'_>>,
     ) -> Result<()> {
         self.commit(&[Batch::append(c, seq, delta, stats, op)])
+            .map(drop)
     }
 
     /// Commits a compaction (tests and tools).
     pub fn apply_compaction(&self, c: &str, w: &CompactionWrite<'_>) -> Result<()> {
-        self.commit(&[Batch::compaction(c, w)])
+        self.commit(&[Batch::compaction(c, w)]).map(drop)
     }
 
     /// Stores a peer's record without waiting for a flush.
     pub fn put_peer(&self, c: &str, peer: &str, record: &PeerRecord) -> Result<()> {
-        self.commit(&[Batch::put_peer(c, peer, record)])
+        self.commit(&[Batch::put_peer(c, peer, record)]).map(drop)
     }
 
     /// Every retained delta of the collection with seq ≤ `upto`, in seq order.

@@ -8,7 +8,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     Batch, DeletedEntries, DeltaRecord, DocStats, Engine, LoadedCollection, Mutation, OpRecord,
-    SnapshotRecord,
+    Outcome, SnapshotRecord,
 };
 use crate::error::{Error, Result};
 use crate::keys::{self, Tag};
@@ -130,6 +130,7 @@ impl SledEngine {
                 deleted,
                 stats,
                 bucket_seqs,
+                guard: _,
             } => {
                 ops.push((keys::snapshot(c, document_id), Some(encode(snapshot)?)));
                 for &seq in deleted {
@@ -194,7 +195,7 @@ impl SledEngine {
 impl Engine for SledEngine {
     /// Applies the batches as one sled batch, in order (a later write of the same key wins,
     /// as if applied one by one).
-    fn commit(&self, batches: &[Batch]) -> Result<()> {
+    fn commit(&self, batches: &[Batch]) -> Result<Vec<Vec<Outcome>>> {
         let mut written = std::collections::HashMap::new();
         let mut batch = sled::Batch::default();
         let mut ops = Vec::new();
@@ -212,7 +213,10 @@ impl Engine for SledEngine {
             }
         }
         self.db.apply_batch(batch)?;
-        Ok(())
+        Ok(batches
+            .iter()
+            .map(|b| b.mutations.iter().map(outcome_of).collect())
+            .collect())
     }
 
     fn flush(&self) -> Result<()> {
@@ -410,6 +414,17 @@ impl Engine for SledEngine {
     }
 }
 
+/// What a committed mutation did: exactly what it said (one process owns the store).
+fn outcome_of(m: &Mutation) -> Outcome {
+    match m {
+        Mutation::Append { seq, .. } => Outcome::Stored(*seq),
+        Mutation::Compaction { deleted, .. } => Outcome::Compacted {
+            deleted: deleted.clone(),
+        },
+        _ => Outcome::Applied,
+    }
+}
+
 fn corrupt(what: &str) -> Error {
     Error::Storage(format!("corrupt {what}"))
 }
@@ -513,6 +528,7 @@ mod tests {
             deleted: &[1, 2, 4, 5, 7, 8, 10, 11],
             stats: DocStats::default(),
             bucket_seqs: 8,
+            guard: None,
         };
         store.apply_compaction("c", &w).unwrap();
         let entries = |from| {

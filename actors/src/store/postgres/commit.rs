@@ -1,0 +1,674 @@
+//! One commit: a transaction that locks the rows of the collections it touches, numbers its
+//! appends from their heads, applies every mutation in order and announces the new heads.
+//!
+//! # Why this keeps seqs gap-free across nodes
+//! The first statements lock each touched collection's row (`FOR UPDATE`, in name order, so two
+//! nodes' commits never wait for each other in a cycle). Appends take the next seqs of the
+//! locked head, and the new head is written before commit; the lock is held until then. So a
+//! commit's seqs follow every seq committed before it, two commits never share a seq, and when
+//! any reader sees head `h`, every seq up to `h` is committed (invariant 1 and 2 on several
+//! nodes). An acknowledgement takes the same lock, so a compaction, which reads the acks
+//! under it, decides on every ack committed before it and none can slip in until it commits.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use deadpool_postgres::Transaction;
+
+use super::{int, operation_code, uint, Failure};
+use crate::paging;
+use crate::store::{Batch, CompactionGuard, DeltaRecord, Mutation, OpRecord, Outcome};
+
+type Tx<'a> = Transaction<'a>;
+type Result<T> = std::result::Result<T, Failure>;
+
+/// Applies `batches` in one transaction (see the module docs) and answers one outcome per
+/// mutation. `channel` is the notification channel; `node` identifies this process in it.
+pub(super) async fn commit(
+    tx: Tx<'_>,
+    batches: &[Batch],
+    channel: &str,
+    node: u64,
+) -> Result<Vec<Vec<Outcome>>> {
+    let mut heads = lock_collections(&tx, batches).await?;
+    let before = heads.clone();
+    let mut outcomes: Vec<Vec<Outcome>> = batches
+        .iter()
+        .map(|b| vec![Outcome::Applied; b.mutations.len()])
+        .collect();
+    let mut run = Vec::new();
+    for (b, batch) in batches.iter().enumerate() {
+        for (m, mutation) in batch.mutations.iter().enumerate() {
+            if let Mutation::Append { .. } = mutation {
+                run.push(((b, m), mutation));
+                continue;
+            }
+            write_appends(&tx, &std::mem::take(&mut run), &mut heads, &mut outcomes).await?;
+            outcomes[b][m] = write_one(&tx, mutation).await?;
+        }
+    }
+    write_appends(&tx, &run, &mut heads, &mut outcomes).await?;
+    let moved: Vec<(&String, &u64)> = heads.iter().filter(|(c, h)| before[*c] != **h).collect();
+    if !moved.is_empty() {
+        let names: Vec<&str> = moved.iter().map(|(c, _)| c.as_str()).collect();
+        let values: Vec<i64> = moved.iter().map(|(_, h)| int(**h)).collect();
+        let payloads: Vec<String> = moved
+            .iter()
+            .map(|(c, h)| format!("{node:016x} {h} {c}"))
+            .collect();
+        let update = async {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE collections SET head = u.head
+                     FROM unnest($1::text[], $2::bigint[]) AS u(collection, head)
+                     WHERE collections.collection = u.collection",
+                )
+                .await?;
+            tx.execute(&stmt, &[&names, &values]).await
+        };
+        let notify = async {
+            let stmt = tx
+                .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                .await?;
+            tx.execute(&stmt, &[&channel, &payloads]).await
+        };
+        futures::try_join!(update, notify)?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Creates the rows of collections that get appends, then locks the rows of every collection
+/// the batches append to, compact or acknowledge in, in name order; answers their heads.
+async fn lock_collections(tx: &Tx<'_>, batches: &[Batch]) -> Result<BTreeMap<String, u64>> {
+    let mut appended = BTreeSet::new();
+    let mut touched = BTreeSet::new();
+    for m in batches.iter().flat_map(|b| &b.mutations) {
+        match m {
+            Mutation::Append { collection, .. } => {
+                appended.insert(collection.as_str());
+                touched.insert(collection.as_str());
+            }
+            Mutation::Compaction { collection, .. } | Mutation::PutPeer { collection, .. } => {
+                touched.insert(collection.as_str());
+            }
+            _ => {}
+        }
+    }
+    if touched.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if !appended.is_empty() {
+        let names: Vec<&str> = appended.into_iter().collect();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO collections (collection, head)
+                 SELECT c, 0 FROM unnest($1::text[]) AS c ORDER BY c
+                 ON CONFLICT (collection) DO NOTHING",
+            )
+            .await?;
+        tx.execute(&stmt, &[&names]).await?;
+    }
+    let names: Vec<&str> = touched.into_iter().collect();
+    let stmt = tx
+        .prepare_cached(
+            "SELECT collection, head FROM collections WHERE collection = ANY($1::text[])
+             ORDER BY collection FOR UPDATE",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&names]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), uint(r.get(1)))).collect())
+}
+
+/// What became of one append of a run before numbering.
+#[derive(Clone, Copy)]
+enum Fate {
+    New,
+    /// Its op id is stored already (by an earlier commit, here or on another node).
+    Known(OpRecord),
+    /// Its op id is the one of an earlier append in this run (index).
+    SameAs(usize),
+}
+
+/// Writes a run of appends: settles op ids, numbers the new appends from the locked heads,
+/// and writes deltas, counters and op ids with one statement per table.
+async fn write_appends(
+    tx: &Tx<'_>,
+    run: &[((usize, usize), &Mutation)],
+    heads: &mut BTreeMap<String, u64>,
+    outcomes: &mut [Vec<Outcome>],
+) -> Result<()> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let appends: Vec<Append<'_>> = run.iter().filter_map(|(_, m)| Append::of(m)).collect();
+    let mut fates = settle_op_ids(tx, &appends).await?;
+    let mut seqs = vec![0u64; appends.len()];
+    for (i, a) in appends.iter().enumerate() {
+        if let Fate::New = fates[i] {
+            let head = heads.entry(a.collection.to_string()).or_default();
+            *head += 1;
+            seqs[i] = *head;
+        }
+    }
+    // An append with the op id of an earlier one in the run answers what that one got.
+    for i in 0..appends.len() {
+        if let Fate::SameAs(first) = fates[i] {
+            fates[i] = match fates[first] {
+                Fate::Known(record) => Fate::Known(record),
+                _ => Fate::Known(OpRecord {
+                    seq: seqs[first],
+                    hash: appends[first].op.map_or(0, |(_, h)| h),
+                    created_at: appends[first].delta.created_at,
+                }),
+            };
+        }
+    }
+    for (i, ((b, m), _)) in run.iter().enumerate() {
+        outcomes[*b][*m] = match fates[i] {
+            Fate::Known(record) => Outcome::Duplicate(record),
+            _ => Outcome::Stored(seqs[i]),
+        };
+    }
+    let new: Vec<usize> = (0..appends.len())
+        .filter(|&i| matches!(fates[i], Fate::New))
+        .collect();
+    // Independent statements: polled together, the driver pipelines them on the connection.
+    futures::try_join!(
+        insert_deltas(tx, &appends, &seqs, &new),
+        add_to_counters(tx, &appends, &new),
+        number_op_ids(tx, &appends, &seqs, &new),
+    )?;
+    Ok(())
+}
+
+/// One append's fields.
+struct Append<'a> {
+    collection: &'a str,
+    delta: &'a DeltaRecord,
+    op: Option<(&'a str, u64)>,
+}
+
+impl<'a> Append<'a> {
+    fn of(m: &'a Mutation) -> Option<Append<'a>> {
+        match m {
+            Mutation::Append {
+                collection,
+                delta,
+                op,
+                ..
+            } => Some(Append {
+                collection,
+                delta,
+                op: op.as_ref().map(|(o, h)| (o.as_str(), *h)),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Claims the op ids of a run (with seq 0 until numbered): an op id already stored, or used
+/// twice in the run, makes its append a duplicate. A concurrent commit claiming the same op id
+/// makes this one wait for it, then see its row.
+async fn settle_op_ids(tx: &Tx<'_>, appends: &[Append<'_>]) -> Result<Vec<Fate>> {
+    let mut fates = vec![Fate::New; appends.len()];
+    let mut first: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut claims = Vec::new();
+    for (i, a) in appends.iter().enumerate() {
+        let Some((op, _)) = a.op else { continue };
+        match first.entry((a.collection, &a.delta.document_id, op)) {
+            std::collections::hash_map::Entry::Occupied(o) => fates[i] = Fate::SameAs(*o.get()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+                claims.push(i);
+            }
+        }
+    }
+    if claims.is_empty() {
+        return Ok(fates);
+    }
+    let c: Vec<&str> = claims.iter().map(|&i| appends[i].collection).collect();
+    let d: Vec<&str> = claims
+        .iter()
+        .map(|&i| appends[i].delta.document_id.as_str())
+        .collect();
+    let o: Vec<&str> = claims
+        .iter()
+        .map(|&i| appends[i].op.map_or("", |(o, _)| o))
+        .collect();
+    let h: Vec<i64> = claims
+        .iter()
+        .map(|&i| int(appends[i].op.map_or(0, |(_, h)| h)))
+        .collect();
+    let t: Vec<i64> = claims
+        .iter()
+        .map(|&i| int(appends[i].delta.created_at))
+        .collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO op_ids (collection, document_id, op_id, seq, hash, created_at)
+             SELECT c, d, o, 0, h, t
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                  AS u(c, d, o, h, t)
+             ON CONFLICT (collection, document_id, op_id) DO NOTHING
+             RETURNING collection, document_id, op_id",
+        )
+        .await?;
+    let inserted: BTreeSet<(String, String, String)> = tx
+        .query(&stmt, &[&c, &d, &o, &h, &t])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let known: Vec<usize> = claims
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let a = &appends[i];
+            let key = (
+                a.collection.to_string(),
+                a.delta.document_id.clone(),
+                a.op.map_or(String::new(), |(o, _)| o.to_string()),
+            );
+            !inserted.contains(&key)
+        })
+        .collect();
+    if known.is_empty() {
+        return Ok(fates);
+    }
+    let c: Vec<&str> = known.iter().map(|&i| appends[i].collection).collect();
+    let d: Vec<&str> = known
+        .iter()
+        .map(|&i| appends[i].delta.document_id.as_str())
+        .collect();
+    let o: Vec<&str> = known
+        .iter()
+        .map(|&i| appends[i].op.map_or("", |(o, _)| o))
+        .collect();
+    let stmt = tx
+        .prepare_cached(
+            "SELECT o.collection, o.document_id, o.op_id, o.seq, o.hash, o.created_at
+             FROM op_ids o JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(c, d, i)
+               ON o.collection = u.c AND o.document_id = u.d AND o.op_id = u.i",
+        )
+        .await?;
+    let records: HashMap<(String, String, String), OpRecord> = tx
+        .query(&stmt, &[&c, &d, &o])
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2)),
+                OpRecord {
+                    seq: uint(r.get(3)),
+                    hash: uint(r.get(4)),
+                    created_at: uint(r.get(5)),
+                },
+            )
+        })
+        .collect();
+    for i in known {
+        let a = &appends[i];
+        let key = (
+            a.collection.to_string(),
+            a.delta.document_id.clone(),
+            a.op.map_or(String::new(), |(o, _)| o.to_string()),
+        );
+        // A row that conflicted is there: it was committed before this statement waited on it.
+        let record = records
+            .get(&key)
+            .copied()
+            .ok_or_else(|| Failure::Other(super::corrupt("op id row that conflicted")))?;
+        fates[i] = Fate::Known(record);
+    }
+    Ok(fates)
+}
+
+async fn insert_deltas(
+    tx: &Tx<'_>,
+    appends: &[Append<'_>],
+    seqs: &[u64],
+    new: &[usize],
+) -> Result<()> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let c: Vec<&str> = new.iter().map(|&i| appends[i].collection).collect();
+    let s: Vec<i64> = new.iter().map(|&i| int(seqs[i])).collect();
+    let d: Vec<&str> = new
+        .iter()
+        .map(|&i| appends[i].delta.document_id.as_str())
+        .collect();
+    let o: Vec<i16> = new
+        .iter()
+        .map(|&i| operation_code(appends[i].delta.operation))
+        .collect();
+    let b: Vec<&[u8]> = new
+        .iter()
+        .map(|&i| appends[i].delta.bytes.as_slice())
+        .collect();
+    let t: Vec<i64> = new
+        .iter()
+        .map(|&i| int(appends[i].delta.created_at))
+        .collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO deltas (collection, seq, document_id, operation, bytes, created_at)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::smallint[],
+                                  $5::bytea[], $6::bigint[])",
+        )
+        .await?;
+    tx.execute(&stmt, &[&c, &s, &d, &o, &b, &t]).await?;
+    Ok(())
+}
+
+/// Adds the new appends to their documents' counters, in the database (another node may have
+/// changed them since this one read them).
+async fn add_to_counters(tx: &Tx<'_>, appends: &[Append<'_>], new: &[usize]) -> Result<()> {
+    let mut sums: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+    for &i in new {
+        let a = &appends[i];
+        let e = sums
+            .entry((a.collection, a.delta.document_id.as_str()))
+            .or_default();
+        e.0 += a.delta.bytes.len() as i64;
+        e.1 += 1;
+    }
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let c: Vec<&str> = sums.keys().map(|(c, _)| *c).collect();
+    let d: Vec<&str> = sums.keys().map(|(_, d)| *d).collect();
+    let bytes: Vec<i64> = sums.values().map(|v| v.0).collect();
+    let count: Vec<i64> = sums.values().map(|v| v.1).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO documents (collection, document_id, retained_bytes, retained_count,
+                                    watermark, generation, has_snapshot, snapshot_seq)
+             SELECT c, d, b, n, 0, 0, false, 0
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(c, d, b, n)
+             ON CONFLICT (collection, document_id) DO UPDATE
+             SET retained_bytes = documents.retained_bytes + EXCLUDED.retained_bytes,
+                 retained_count = documents.retained_count + EXCLUDED.retained_count",
+        )
+        .await?;
+    tx.execute(&stmt, &[&c, &d, &bytes, &count]).await?;
+    Ok(())
+}
+
+/// Records the seqs the claimed op ids answer to.
+async fn number_op_ids(
+    tx: &Tx<'_>,
+    appends: &[Append<'_>],
+    seqs: &[u64],
+    new: &[usize],
+) -> Result<()> {
+    let with_op: Vec<usize> = new
+        .iter()
+        .copied()
+        .filter(|&i| appends[i].op.is_some())
+        .collect();
+    if with_op.is_empty() {
+        return Ok(());
+    }
+    let c: Vec<&str> = with_op.iter().map(|&i| appends[i].collection).collect();
+    let d: Vec<&str> = with_op
+        .iter()
+        .map(|&i| appends[i].delta.document_id.as_str())
+        .collect();
+    let o: Vec<&str> = with_op
+        .iter()
+        .map(|&i| appends[i].op.map_or("", |(o, _)| o))
+        .collect();
+    let s: Vec<i64> = with_op.iter().map(|&i| int(seqs[i])).collect();
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE op_ids SET seq = u.s
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(c, d, o, s)
+             WHERE op_ids.collection = u.c AND op_ids.document_id = u.d AND op_ids.op_id = u.o",
+        )
+        .await?;
+    tx.execute(&stmt, &[&c, &d, &o, &s]).await?;
+    Ok(())
+}
+
+/// Applies one mutation other than an append.
+async fn write_one(tx: &Tx<'_>, m: &Mutation) -> Result<Outcome> {
+    match m {
+        Mutation::Append { .. } => Err(Failure::Other(crate::Error::Internal(
+            "an append outside a run".into(),
+        ))),
+        Mutation::Compaction {
+            collection,
+            document_id,
+            snapshot,
+            deleted,
+            bucket_seqs,
+            guard,
+            ..
+        } => {
+            compaction(
+                tx,
+                Compaction {
+                    c: collection,
+                    doc: document_id,
+                    snapshot,
+                    deleted,
+                    bucket_seqs: *bucket_seqs,
+                    guard: *guard,
+                },
+            )
+            .await
+        }
+        Mutation::PutPeer {
+            collection,
+            peer,
+            record,
+        } => {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO peers (collection, peer, synced_seq, last_seen_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (collection, peer) DO UPDATE
+                     SET synced_seq = EXCLUDED.synced_seq, last_seen_at = EXCLUDED.last_seen_at",
+                )
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    collection,
+                    peer,
+                    &int(record.synced_seq),
+                    &int(record.last_seen_at),
+                ],
+            )
+            .await?;
+            Ok(Outcome::Applied)
+        }
+        Mutation::ForgetPeer { collection, peer } => {
+            let stmt = tx
+                .prepare_cached("DELETE FROM peers WHERE collection = $1 AND peer = $2")
+                .await?;
+            tx.execute(&stmt, &[collection, peer]).await?;
+            Ok(Outcome::Applied)
+        }
+        Mutation::ForgetOps { collection, ops } => {
+            let docs: Vec<&str> = ops.iter().map(|(_, d, _)| d.as_str()).collect();
+            let ids: Vec<&str> = ops.iter().map(|(_, _, o)| o.as_str()).collect();
+            let stmt = tx
+                .prepare_cached(
+                    "DELETE FROM op_ids o USING unnest($2::text[], $3::text[]) AS f(d, i)
+                     WHERE o.collection = $1 AND o.document_id = f.d AND o.op_id = f.i",
+                )
+                .await?;
+            tx.execute(&stmt, &[collection, &docs, &ids]).await?;
+            Ok(Outcome::Applied)
+        }
+        Mutation::Quarantine {
+            collection,
+            document_id,
+            seq,
+            reason,
+        } => {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO quarantine (collection, document_id, seq, reason)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (collection, document_id, seq) DO UPDATE
+                     SET reason = EXCLUDED.reason",
+                )
+                .await?;
+            tx.execute(&stmt, &[collection, document_id, &int(*seq), reason])
+                .await?;
+            Ok(Outcome::Applied)
+        }
+    }
+}
+
+struct Compaction<'a> {
+    c: &'a String,
+    doc: &'a String,
+    snapshot: &'a crate::store::SnapshotRecord,
+    deleted: &'a [u64],
+    bucket_seqs: u64,
+    guard: Option<CompactionGuard>,
+}
+
+/// A compaction: checked against its guard (the collection's row is locked, so no ack commits
+/// meanwhile), then the snapshot, the deletions, the counters recounted from what is left, and
+/// the deleted-seq index.
+async fn compaction(tx: &Tx<'_>, w: Compaction<'_>) -> Result<Outcome> {
+    let (c, doc) = (w.c, w.doc);
+    let stmt = tx
+        .prepare_cached(
+            "SELECT generation FROM documents WHERE collection = $1 AND document_id = $2
+             FOR UPDATE",
+        )
+        .await?;
+    let generation = tx
+        .query_opt(&stmt, &[c, doc])
+        .await?
+        .map_or(0, |r| uint(r.get(0)));
+    let mut deleted = w.deleted.to_vec();
+    if let Some(guard) = w.guard {
+        if generation != guard.read_generation {
+            return Ok(Outcome::Superseded);
+        }
+        let stmt = tx
+            .prepare_cached(
+                "SELECT min(synced_seq) FROM peers WHERE collection = $1 AND last_seen_at >= $2",
+            )
+            .await?;
+        let min_active: Option<i64> = tx
+            .query_one(&stmt, &[c, &int(guard.active_since)])
+            .await?
+            .get(0);
+        if let Some(min) = min_active {
+            // As the plan: a delta at or above an active peer's ack stays.
+            deleted.retain(|&s| s < uint(min));
+        }
+    }
+    let s = w.snapshot;
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO snapshots (collection, document_id, bytes, state_vector, snapshot_seq,
+                                    created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (collection, document_id) DO UPDATE
+             SET bytes = EXCLUDED.bytes, state_vector = EXCLUDED.state_vector,
+                 snapshot_seq = EXCLUDED.snapshot_seq, created_at = EXCLUDED.created_at",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            c,
+            doc,
+            &s.bytes,
+            &s.state_vector,
+            &int(s.snapshot_seq),
+            &int(s.created_at),
+        ],
+    )
+    .await?;
+    let seqs: Vec<i64> = deleted.iter().map(|&s| int(s)).collect();
+    let stmt = tx
+        .prepare_cached("DELETE FROM deltas WHERE collection = $1 AND seq = ANY($2::bigint[])")
+        .await?;
+    tx.execute(&stmt, &[c, &seqs]).await?;
+    let watermark = deleted.iter().copied().max().unwrap_or(0);
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO documents (collection, document_id, retained_bytes, retained_count,
+                                    watermark, generation, has_snapshot, snapshot_seq)
+             SELECT $1, $2, coalesce(sum(length(bytes)), 0)::bigint, count(*), $3::bigint,
+                    $4::bigint + 1, true, $5::bigint
+             FROM deltas WHERE collection = $1 AND document_id = $2
+             ON CONFLICT (collection, document_id) DO UPDATE
+             SET retained_bytes = EXCLUDED.retained_bytes,
+                 retained_count = EXCLUDED.retained_count,
+                 watermark = GREATEST(documents.watermark, EXCLUDED.watermark),
+                 generation = EXCLUDED.generation, has_snapshot = true,
+                 snapshot_seq = GREATEST(documents.snapshot_seq, EXCLUDED.snapshot_seq)",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            c,
+            doc,
+            &int(watermark),
+            &int(generation),
+            &int(s.snapshot_seq),
+        ],
+    )
+    .await?;
+    write_deleted_index(tx, c, doc, &deleted, w.bucket_seqs).await?;
+    Ok(Outcome::Compacted { deleted })
+}
+
+/// Merges deleted seqs into the document's deleted-seq index entries (see [`paging`]).
+async fn write_deleted_index(
+    tx: &Tx<'_>,
+    c: &str,
+    doc: &str,
+    deleted: &[u64],
+    bucket_seqs: u64,
+) -> Result<()> {
+    let bucket = bucket_seqs.clamp(1, paging::MAX_BUCKET_SEQS);
+    let buckets = paging::bucket_runs(deleted, bucket);
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached("INSERT INTO deleted_spans (span) VALUES ($1) ON CONFLICT DO NOTHING")
+        .await?;
+    tx.execute(&stmt, &[&int(bucket)]).await?;
+    let read = tx
+        .prepare_cached(
+            "SELECT runs FROM deleted_seqs
+             WHERE collection = $1 AND bucket = $2 AND document_id = $3",
+        )
+        .await?;
+    let write = tx
+        .prepare_cached(
+            "INSERT INTO deleted_seqs (collection, bucket, document_id, runs)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (collection, bucket, document_id) DO UPDATE SET runs = EXCLUDED.runs",
+        )
+        .await?;
+    for (start, runs) in buckets {
+        let old = tx.query_opt(&read, &[&c, &int(start), &doc]).await?;
+        let runs = match old {
+            Some(row) => {
+                let old = paging::decode_runs(start, row.get::<_, &[u8]>(0))
+                    .ok_or_else(|| Failure::Other(super::corrupt("deleted seqs entry")))?;
+                paging::merge_runs(&old, &runs)
+            }
+            None => runs,
+        };
+        let encoded = paging::encode_runs(start, &runs);
+        tx.execute(&write, &[&c, &int(start), &doc, &encoded])
+            .await?;
+    }
+    Ok(())
+}

@@ -360,7 +360,8 @@ impl CollectionActor {
         let retention = self.shared.config.peer_retention.as_millis() as u64;
         for peer in self.peers.forget_unseen(now, retention) {
             self.stats.forgotten_peers += 1;
-            write.extend(Batch::forget_peer(&self.name, &peer));
+            let unseen_since = now.saturating_sub(retention);
+            write.extend(Batch::forget_peer(&self.name, &peer, unseen_since));
         }
         if !write.is_empty() {
             ctx.spawn(

@@ -9,14 +9,18 @@
 //! about two rounds, not N.
 //!
 //! # Failure
-//! A failed apply or flush is sticky: every later commit fails too, until restart. Seqs are
-//! assigned before commit, so letting a later write land after an earlier one failed would leave
-//! a gap in the log; stopping all writes is the only answer that keeps invariant 1.
+//! On an engine where the collection actors number writes (sled), a failed apply or flush is
+//! sticky: every later commit fails too, until restart. Seqs are assigned before commit, so
+//! letting a later write land after an earlier one failed would leave a gap in the log;
+//! stopping all writes is the only answer that keeps invariant 1. On an engine that numbers
+//! writes in its own commit (PostgreSQL, see `Engine::numbers_appends`), a failed commit
+//! changed nothing and took no seq, so only that round's writes fail: the next round tries
+//! again (a database restart or a dropped connection is then an outage, not a dead node).
 //!
-//! The failure is loud, not just sticky: [`GroupCommit::failure`] answers it (a
-//! [`StorageFailure`], `Full` for a full disk, `Failed` otherwise) for health checks and
-//! metrics, and every refused write gets [`Error::StorageFull`] or [`Error::StorageFailed`],
-//! whose messages say what the operator must do.
+//! The failure is loud: [`GroupCommit::failure`] answers it (a [`StorageFailure`], `Full` for
+//! a full disk, `Failed` otherwise; on a numbering engine until a commit succeeds again) for
+//! health checks and metrics, and every refused write gets [`Error::StorageFull`] or
+//! [`Error::StorageFailed`], whose messages say what the operator must do.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -28,23 +32,22 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::store::{Batch, Outcome, Store};
 
-/// Where a write's outcomes go, if its submitter asked for them.
-type OutcomeSender = Option<oneshot::Sender<Vec<Outcome>>>;
+/// Where a write's answer goes: what the commit did with each of its mutations, or why it
+/// failed.
+type Answer = oneshot::Sender<Result<Vec<Outcome>>>;
 
 #[derive(Default)]
 struct Queue {
     writes: Vec<Batch>,
     /// One per write.
-    answers: Vec<OutcomeSender>,
-    /// Ticket of the newest queued write.
-    last_ticket: u64,
+    answers: Vec<Answer>,
     stop: bool,
 }
 
-/// Outcome of the latest round: the newest ticket it covered, and its error if it failed.
+/// What the latest round left: its failure if it failed (on a sticky committer: the first
+/// failure, for good), and the rounds so far.
 #[derive(Clone, Debug, Default)]
 struct Round {
-    covered: u64,
     failed: Option<StorageFailure>,
     rounds: u64,
 }
@@ -127,21 +130,26 @@ impl Drop for Stopper {
 }
 
 impl GroupCommit {
-    /// Starts the committer thread for `store`.
+    /// Starts the committer thread for `store` (sticky on failure unless the store numbers
+    /// appends itself: see the module docs).
     ///
     /// # Errors
     /// [`Error::Internal`] if the thread cannot be started.
     pub fn start(store: Store) -> Result<GroupCommit> {
-        Self::start_with(move |writes| {
-            let outcomes = store.commit(writes)?;
-            store.flush()?;
-            Ok(outcomes)
-        })
+        let sticky = !store.numbers_appends();
+        Self::start_with(
+            move |writes| {
+                let outcomes = store.commit(writes)?;
+                store.flush()?;
+                Ok(outcomes)
+            },
+            sticky,
+        )
     }
 
     /// Starts the committer thread over `commit`, which must apply `writes` in order and make
     /// them durable (tests pass one that fails).
-    fn start_with<C>(commit: C) -> Result<GroupCommit>
+    fn start_with<C>(commit: C, sticky: bool) -> Result<GroupCommit>
     where
         C: FnMut(&[Batch]) -> Result<Vec<Vec<Outcome>>> + Send + 'static,
     {
@@ -153,7 +161,7 @@ impl GroupCommit {
         let thread_shared = shared.clone();
         thread::Builder::new()
             .name("replicate-commit".into())
-            .spawn(move || committer_loop(commit, thread_shared, tx))
+            .spawn(move || committer_loop(commit, sticky, thread_shared, tx))
             .map_err(|e| Error::Internal(format!("cannot start committer thread: {e}")))?;
         Ok(GroupCommit {
             shared: shared.clone(),
@@ -166,19 +174,8 @@ impl GroupCommit {
     /// before it) is on disk. The write is queued when this is called, not when it is polled,
     /// so callers' order is commit order.
     pub fn submit(&self, write: Batch) -> impl std::future::Future<Output = Result<()>> + 'static {
-        let ticket = self.enqueue(write, None);
-        let mut rx = self.rounds.clone();
-        async move {
-            let ticket = ticket?;
-            let round = rx
-                .wait_for(|r| r.covered >= ticket || r.failed.is_some())
-                .await
-                .map_err(|_| Error::Storage("committer thread stopped".into()))?;
-            match &round.failed {
-                Some(failure) => Err(failure.error()),
-                None => Ok(()),
-            }
-        }
+        let outcomes = self.submit_outcomes(write);
+        async move { outcomes.await.map(drop) }
     }
 
     /// [`Self::submit`], answering what the commit did with each of the write's mutations
@@ -188,25 +185,11 @@ impl GroupCommit {
         write: Batch,
     ) -> impl std::future::Future<Output = Result<Vec<Outcome>>> + 'static {
         let (tx, rx) = oneshot::channel();
-        let ticket = self.enqueue(write, Some(tx));
-        let mut rounds = self.rounds.clone();
+        let queued = self.enqueue(write, tx);
         async move {
-            let ticket = ticket?;
-            match rx.await {
-                Ok(outcomes) => Ok(outcomes),
-                // Dropped unanswered: the round failed (or the committer stopped).
-                Err(_) => {
-                    let round = rounds
-                        .wait_for(|r| r.covered >= ticket || r.failed.is_some())
-                        .await
-                        .map_err(|_| Error::Storage("committer thread stopped".into()))?;
-                    Err(round
-                        .failed
-                        .as_ref()
-                        .map(StorageFailure::error)
-                        .unwrap_or_else(|| Error::Storage("committer thread stopped".into())))
-                }
-            }
+            queued?;
+            rx.await
+                .map_err(|_| Error::Storage("committer thread stopped".into()))?
         }
     }
 
@@ -216,20 +199,18 @@ impl GroupCommit {
         self.submit(Batch::default())
     }
 
-    fn enqueue(&self, write: Batch, answer: OutcomeSender) -> Result<u64> {
-        let ticket = {
+    fn enqueue(&self, write: Batch, answer: Answer) -> Result<()> {
+        {
             let mut q = self
                 .shared
                 .queue
                 .lock()
                 .map_err(|_| Error::Internal("commit queue lock poisoned".into()))?;
-            q.last_ticket += 1;
             q.writes.push(write);
             q.answers.push(answer);
-            q.last_ticket
-        };
+        }
         self.shared.wake.notify_one();
-        Ok(ticket)
+        Ok(())
     }
 
     /// Commit rounds (apply + flush) completed since start.
@@ -238,72 +219,89 @@ impl GroupCommit {
     }
 
     /// The failure that stopped group commit, if a commit has failed since start (it stays
-    /// until restart). Cheap: reads the latest round, takes no lock the committer holds.
+    /// until restart; on a committer that is not sticky, until a commit succeeds again).
+    /// Cheap: reads the latest round, takes no lock the committer holds.
     pub fn failure(&self) -> Option<StorageFailure> {
         self.rounds.borrow().failed.clone()
     }
 }
 
-fn committer_loop<C>(mut commit: C, shared: Arc<Shared>, tx: watch::Sender<Round>)
+fn committer_loop<C>(mut commit: C, sticky: bool, shared: Arc<Shared>, tx: watch::Sender<Round>)
 where
     C: FnMut(&[Batch]) -> Result<Vec<Vec<Outcome>>>,
 {
     let mut round = Round::default();
     loop {
-        let writes = {
+        let (writes, answers) = {
             let Ok(mut q) = shared.queue.lock() else {
                 return;
             };
-            while q.last_ticket == round.covered && !q.stop {
+            while q.writes.is_empty() && !q.stop {
                 q = match shared.wake.wait(q) {
                     Ok(q) => q,
                     Err(_) => return,
                 };
             }
-            if q.last_ticket == round.covered {
+            if q.writes.is_empty() {
                 return; // stopping, nothing left
             }
             (
                 std::mem::take(&mut q.writes),
                 std::mem::take(&mut q.answers),
-                q.last_ticket,
             )
         };
-        let (writes, answers, target) = (writes.0, writes.1, writes.2);
-        if round.failed.is_none() {
-            match commit(&writes) {
-                Ok(outcomes) => {
-                    for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                        if let Some(answer) = answer {
-                            let _ = answer.send(outcome);
-                        }
-                    }
+        let result = match &round.failed {
+            Some(failure) if sticky => Err(failure.clone()),
+            _ => commit(&writes).map_err(|e| failed(&e, sticky)),
+        };
+        // The round's state first, so a writer that hears of its failure sees it in `failure`.
+        round.failed = result.as_ref().err().cloned();
+        round.rounds += 1;
+        tx.send_replace(round.clone());
+        match result {
+            Ok(outcomes) => {
+                // An engine answering too few outcomes drops the rest: those writers get an error.
+                for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                    let _ = answer.send(Ok(outcome));
                 }
-                Err(e) => {
-                    let failure = StorageFailure::classify(match &e {
-                        Error::Storage(message) => message.clone(),
-                        other => other.to_string(),
-                    });
-                    let todo = match failure.kind {
-                        StorageFailureKind::Full => "free disk space, then restart replicate",
-                        StorageFailureKind::Failed => {
-                            "check the data directory and its disk, then restart replicate"
-                        }
-                    };
-                    tracing::error!(
-                        error = %e,
-                        kind = ?failure.kind,
-                        "commit failed; refusing every write until restart ({todo}); nothing \
-                         answered before was lost"
-                    );
-                    round.failed = Some(failure);
+            }
+            Err(failure) => {
+                for answer in answers {
+                    let _ = answer.send(Err(failure.error()));
                 }
             }
         }
-        round.covered = target;
-        round.rounds += 1;
-        tx.send_replace(round.clone());
     }
+}
+
+/// Classifies and logs a failed commit.
+fn failed(e: &Error, sticky: bool) -> StorageFailure {
+    let failure = StorageFailure::classify(match e {
+        Error::Storage(message) => message.clone(),
+        other => other.to_string(),
+    });
+    let todo = match failure.kind {
+        StorageFailureKind::Full => "free disk space, then restart replicate",
+        StorageFailureKind::Failed => {
+            "check the data directory and its disk, then restart replicate"
+        }
+    };
+    if sticky {
+        tracing::error!(
+            error = %e,
+            kind = ?failure.kind,
+            "commit failed; refusing every write until restart ({todo}); nothing \
+             answered before was lost"
+        );
+    } else {
+        tracing::error!(
+            error = %e,
+            kind = ?failure.kind,
+            "commit failed; its writes are refused and changed nothing; the next commit \
+             tries again"
+        );
+    }
+    failure
 }
 
 #[cfg(test)]
@@ -360,17 +358,20 @@ mod tests {
     async fn a_failed_commit_is_sticky_and_visible() {
         let calls = Arc::new(Mutex::new(0u32));
         let counted = calls.clone();
-        let gc = GroupCommit::start_with(move |_| {
-            let mut n = counted.lock().expect("test lock");
-            *n += 1;
-            if *n >= 3 {
-                Err(Error::Storage(
-                    "IO error: No space left on device (os error 28)".into(),
-                ))
-            } else {
-                Ok(vec![Vec::new()])
-            }
-        })
+        let gc = GroupCommit::start_with(
+            move |_| {
+                let mut n = counted.lock().expect("test lock");
+                *n += 1;
+                if *n >= 3 {
+                    Err(Error::Storage(
+                        "IO error: No space left on device (os error 28)".into(),
+                    ))
+                } else {
+                    Ok(vec![Vec::new()])
+                }
+            },
+            true,
+        )
         .unwrap();
         assert_eq!(gc.failure(), None);
         gc.submit(Batch::default()).await.unwrap();
@@ -400,11 +401,14 @@ mod tests {
 
     #[actix_rt::test]
     async fn other_failures_are_storage_failed() {
-        let gc = GroupCommit::start_with(|_| {
-            Err(Error::Storage(
-                "IO error: Input/output error (os error 5)".into(),
-            ))
-        })
+        let gc = GroupCommit::start_with(
+            |_| {
+                Err(Error::Storage(
+                    "IO error: Input/output error (os error 5)".into(),
+                ))
+            },
+            true,
+        )
         .unwrap();
         let err = gc.durable().await.unwrap_err();
         assert_eq!(err.code(), "storage_failed");
@@ -413,5 +417,40 @@ mod tests {
             gc.failure().map(|f| f.kind),
             Some(StorageFailureKind::Failed)
         );
+    }
+
+    /// On an engine that numbers writes itself, a failed round fails only its own writes: the
+    /// next round commits, and the failure clears once one does.
+    #[actix_rt::test]
+    async fn a_failed_round_of_a_numbering_engine_fails_only_its_writes() {
+        let calls = Arc::new(Mutex::new(0u32));
+        let counted = calls.clone();
+        let gc = GroupCommit::start_with(
+            move |writes| {
+                let mut n = counted.lock().expect("test lock");
+                *n += 1;
+                if *n == 2 {
+                    Err(Error::Storage("postgres: connection reset".into()))
+                } else {
+                    Ok(writes.iter().map(|_| Vec::new()).collect())
+                }
+            },
+            false,
+        )
+        .unwrap();
+        gc.durable().await.unwrap();
+        let err = gc.durable().await.unwrap_err();
+        assert_eq!(err.code(), "storage_failed");
+        assert_eq!(
+            gc.failure().map(|f| f.kind),
+            Some(StorageFailureKind::Failed)
+        );
+        gc.durable().await.unwrap();
+        assert_eq!(
+            gc.failure(),
+            None,
+            "a commit that succeeds clears the failure"
+        );
+        assert_eq!(*calls.lock().expect("test lock"), 3);
     }
 }

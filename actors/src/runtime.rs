@@ -88,6 +88,34 @@ impl Shared {
     }
 }
 
+/// Heads of other nodes' commits queued for the thread that hands them to actors; more are
+/// dropped (a dropped one only delays its readers until their own head check).
+const HEADS_QUEUE: usize = 4096;
+
+/// Heads other nodes commit (on an engine several nodes share) wake this node's readers. The
+/// engine calls back from its own runtime, which must never wait on the registry lock (a
+/// thread holding it may be waiting on that runtime: seen here as a deadlock), so the callback
+/// only queues, and a thread of its own takes the lock.
+fn watch_heads(shared: &Arc<Shared>) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, u64)>(HEADS_QUEUE);
+    let weak = Arc::downgrade(shared);
+    std::thread::Builder::new()
+        .name("replicate-heads".into())
+        .spawn(move || {
+            // Ends when the engine drops the callback (and with it the sender).
+            while let Ok((c, head)) = rx.recv() {
+                match weak.upgrade() {
+                    Some(shared) => shared.head_moved(&c, head),
+                    None => return,
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the heads thread: {e}")))?;
+    shared.store.watch_heads(Arc::new(move |c: &str, head: u64| {
+        let _ = tx.try_send((c.to_string(), head));
+    }))
+}
+
 /// The running actors; clone it freely (clones share everything).
 ///
 /// Create it inside a running actix `System` (for example in `#[actix_web::main]` or
@@ -151,15 +179,7 @@ impl Replicate {
             recovery_workers,
             registry: Mutex::default(),
         });
-        // Heads other nodes commit (on an engine several nodes share) wake this node's readers.
-        let weak = Arc::downgrade(&shared);
-        shared
-            .store
-            .watch_heads(Arc::new(move |c: &str, head: u64| {
-                if let Some(shared) = weak.upgrade() {
-                    shared.head_moved(c, head);
-                }
-            }))?;
+        watch_heads(&shared)?;
         Ok(Replicate {
             shared,
             arbiters: Arc::new(arbiters),

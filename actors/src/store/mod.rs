@@ -162,9 +162,12 @@ pub enum Mutation {
         peer: String,
         record: PeerRecord,
     },
+    /// Forgets a peer not seen since `unseen_since` (millis); an engine several nodes share
+    /// keeps it if another node has seen it since.
     ForgetPeer {
         collection: String,
         peer: String,
+        unseen_since: u64,
     },
     /// Op ids listed by [`Engine::ops_before`]: (created_at, document, op id).
     ForgetOps {
@@ -243,10 +246,11 @@ impl Batch {
         })
     }
 
-    pub fn forget_peer(c: &str, peer: &str) -> Batch {
+    pub fn forget_peer(c: &str, peer: &str, unseen_since: u64) -> Batch {
         Batch::one(Mutation::ForgetPeer {
             collection: c.to_string(),
             peer: peer.to_string(),
+            unseen_since,
         })
     }
 

@@ -168,6 +168,7 @@ impl SledEngine {
             Mutation::ForgetPeer {
                 collection: c,
                 peer,
+                unseen_since: _,
             } => ops.push((keys::peer(c, peer), None)),
             Mutation::ForgetOps {
                 collection: c,

@@ -484,11 +484,19 @@ async fn write_one(tx: &Tx<'_>, m: &Mutation) -> Result<Outcome> {
             .await?;
             Ok(Outcome::Applied)
         }
-        Mutation::ForgetPeer { collection, peer } => {
+        Mutation::ForgetPeer {
+            collection,
+            peer,
+            unseen_since,
+        } => {
+            // Another node may have seen the peer since this one last did.
             let stmt = tx
-                .prepare_cached("DELETE FROM peers WHERE collection = $1 AND peer = $2")
+                .prepare_cached(
+                    "DELETE FROM peers WHERE collection = $1 AND peer = $2 AND last_seen_at < $3",
+                )
                 .await?;
-            tx.execute(&stmt, &[collection, peer]).await?;
+            tx.execute(&stmt, &[collection, peer, &int(*unseen_since)])
+                .await?;
             Ok(Outcome::Applied)
         }
         Mutation::ForgetOps { collection, ops } => {

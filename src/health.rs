@@ -42,11 +42,14 @@ impl StorageHealth {
     ///
     /// Asks group commit first, so a failed commit whose writers all went away before their
     /// answer is reported too; then what this front has answered (a read that hit the failure).
+    /// On a store whose failures are not sticky (PostgreSQL: a failed commit changed nothing
+    /// and the next one tries again), only group commit's latest round counts.
     pub fn failure(&self, replicate: &Replicate) -> Option<ApiError> {
-        replicate
-            .storage_failure()
-            .map(|f| unhealthy_from(&f))
-            .or_else(|| self.seen.get().cloned())
+        let current = replicate.storage_failure().map(|f| unhealthy_from(&f));
+        if !replicate.storage_failures_are_sticky() {
+            return current;
+        }
+        current.or_else(|| self.seen.get().cloned())
     }
 }
 

@@ -6,7 +6,9 @@
 //! - a long poll on one node wakes for a write on the other;
 //! - an op id used on one node is a duplicate (or a conflict) on the other;
 //! - SIGKILL of one node while it writes loses nothing it answered;
-//! - a compaction on one node keeps every delta at or above an ack made on the other.
+//! - a compaction on one node keeps every delta at or above an ack made on the other;
+//! - a node whose database connections are cut refuses the writes of that moment (503,
+//!   nothing stored) and takes writes again without a restart, gap-free.
 //!
 //! They need PostgreSQL (`REPLICATE_TEST_POSTGRES`): skipped loudly without it, failed under
 //! `CI=true`.
@@ -350,4 +352,95 @@ fn compaction_on_one_node_keeps_what_a_peer_acked_on_the_other_has_not() {
         fresh.apply(&unb64(c["crdtBytes"].as_str().expect("bytes")));
     }
     assert_eq!(fresh.text("d"), peer.text("d"));
+}
+
+/// A node whose database connections are cut (a database restart, a failover) refuses the
+/// writes of that moment with a storage error, changes nothing for them, and takes writes
+/// again once it reconnects: the failure is not sticky, and seqs stay gap-free.
+#[test]
+fn a_node_whose_database_connections_drop_recovers_without_a_restart() {
+    let Some(url) = postgres_url("a_node_whose_database_connections_drop_recovers") else {
+        return;
+    };
+    let schema = fresh_schema("cut");
+    let app = format!("replicate_{schema}");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let node = Node::start(&format!("{url}{sep}application_name={app}"), &schema);
+    let peer = Peer::new(3);
+    let (status, v) = insert(&node.client, "cut", "d", &peer.append("d", "a"), None);
+    assert_eq!(status, 200, "{v}");
+
+    // Writers keep going while the node's connections are cut five times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (client, stop) = (node.client, stop.clone());
+            std::thread::spawn(move || {
+                let doc = format!("w{w}");
+                let (mut answered, mut refused) = (Vec::new(), 0);
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) || answered.len() < 3 {
+                    // A refused write changed nothing: the next edit must not depend on it.
+                    let bytes = Peer::new(1000 * (w + 1) + i).append(&doc, "x");
+                    i += 1;
+                    let (status, v) = insert(&client, "cut", &doc, &bytes, None);
+                    match status {
+                        200 => answered.push(v["seq"].as_u64().expect("seq")),
+                        503 => {
+                            assert_eq!(v["error"]["code"], "storage_failed", "{v}");
+                            refused += 1;
+                        }
+                        other => panic!("unexpected {other}: {v}"),
+                    }
+                    assert!(i < 100_000, "no progress");
+                }
+                (answered, refused)
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let cut = std::process::Command::new("psql")
+            .arg(&url)
+            .args([
+                "-Atc",
+                &format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = '{app}'"
+                ),
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(
+            cut.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cut.stderr)
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = vec![1u64];
+    let mut refused = 0;
+    for w in writers {
+        let (seqs, r) = w.join().expect("writer");
+        answered.extend(seqs);
+        refused += r;
+    }
+    answered.sort_unstable();
+    let (changes, head) = node.client.stream_all("cut", 0);
+    let seqs: Vec<u64> = changes
+        .iter()
+        .map(|c| c["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=head).collect::<Vec<_>>(),
+        "gap-free after the cut"
+    );
+    assert_eq!(
+        answered, seqs,
+        "every answered write is there, and only those"
+    );
+    let health = node.client.get("/healthz");
+    assert_eq!(health.status, 200, "healthy again: {}", health.text());
+    eprintln!("{refused} writes refused while the node reconnected");
 }

@@ -111,9 +111,11 @@ fn watch_heads(shared: &Arc<Shared>) -> Result<()> {
             }
         })
         .map_err(|e| Error::Internal(format!("cannot start the heads thread: {e}")))?;
-    shared.store.watch_heads(Arc::new(move |c: &str, head: u64| {
-        let _ = tx.try_send((c.to_string(), head));
-    }))
+    shared
+        .store
+        .watch_heads(Arc::new(move |c: &str, head: u64| {
+            let _ = tx.try_send((c.to_string(), head));
+        }))
 }
 
 /// The running actors; clone it freely (clones share everything).
@@ -195,6 +197,12 @@ impl Replicate {
     /// restart: see [`crate::durability`]).
     pub fn storage_failure(&self) -> Option<crate::durability::StorageFailure> {
         self.shared.commit.failure()
+    }
+
+    /// Whether a failed commit stops every later write until restart (sled), or only fails
+    /// its own round (an engine that numbers writes itself: see [`crate::durability`]).
+    pub fn storage_failures_are_sticky(&self) -> bool {
+        !self.shared.store.numbers_appends()
     }
 
     pub fn config(&self) -> &Config {

@@ -60,7 +60,7 @@ struct Args {
     /// The schema is created and migrated on start.
     #[arg(long, env = "REPLICATE_STORE")]
     store: Option<String>,
-    /// PostgreSQL schema for the tables (one process per schema in this version).
+    /// PostgreSQL schema for the tables (every node serving the same data names the same one).
     #[arg(long, env = "REPLICATE_STORE_SCHEMA", default_value = "replicate")]
     store_schema: String,
     /// PostgreSQL connections in the pool.

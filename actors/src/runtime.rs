@@ -58,6 +58,10 @@ pub(crate) struct Shared {
     /// Merged whole-collection states by head seq.
     pub states: StateCache,
     registry: Mutex<HashMap<String, Entry>>,
+    /// One lock per collection being loaded: its load reads the store (a round trip on a
+    /// networked engine) under this lock, not the registry's, so loading one collection holds
+    /// up only requests for that collection. Entries go once no caller holds them.
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Shared {
@@ -180,6 +184,7 @@ impl Replicate {
             state_workers,
             recovery_workers,
             registry: Mutex::default(),
+            loading: Mutex::default(),
         });
         watch_heads(&shared)?;
         Ok(Replicate {
@@ -209,20 +214,65 @@ impl Replicate {
         &self.shared.config
     }
 
-    /// The collection's actor and admission counter, starting the actor if needed.
-    fn actor(&self, c: &str) -> Result<(Addr<CollectionActor>, Arc<AtomicUsize>)> {
+    /// The live actor of collection `c` and its admission counter, if one runs.
+    fn live_actor(&self, c: &str) -> Result<Option<(Addr<CollectionActor>, Arc<AtomicUsize>)>> {
         let mut map = self
             .shared
             .registry
             .lock()
             .map_err(|_| Error::Internal("registry lock poisoned".into()))?;
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        if let Some(e) = map.get_mut(c) {
-            if e.addr.connected() {
-                e.last_used = id;
-                return Ok((e.addr.clone(), e.in_flight.clone()));
+        Ok(map.get_mut(c).filter(|e| e.addr.connected()).map(|e| {
+            e.last_used = id;
+            (e.addr.clone(), e.in_flight.clone())
+        }))
+    }
+
+    /// The collection's actor and admission counter, starting the actor if needed.
+    ///
+    /// The load runs under the collection's own loading lock (see `Shared::loading`), so only
+    /// one caller loads a collection at a time and no incarnation can start, write and stop
+    /// while another caller's load of the same collection reads the store.
+    fn actor(&self, c: &str) -> Result<(Addr<CollectionActor>, Arc<AtomicUsize>)> {
+        if let Some(live) = self.live_actor(c)? {
+            return Ok(live);
+        }
+        let gate = {
+            let mut loading = self
+                .shared
+                .loading
+                .lock()
+                .map_err(|_| Error::Internal("loading lock poisoned".into()))?;
+            loading.entry(c.to_string()).or_default().clone()
+        };
+        let started = {
+            let _loading = gate.lock().unwrap_or_else(|e| e.into_inner());
+            match self.live_actor(c)? {
+                Some(live) => Ok(live),
+                None => self.start_actor(c),
+            }
+        };
+        if let Ok(mut loading) = self.shared.loading.lock() {
+            // Only the map and this caller hold it: nobody else waits for this collection.
+            if Arc::strong_count(&gate) == 2 {
+                loading.remove(c);
             }
         }
+        started
+    }
+
+    /// Loads collection `c` from the store and registers its new actor (the caller holds the
+    /// collection's loading lock).
+    fn start_actor(&self, c: &str) -> Result<(Addr<CollectionActor>, Arc<AtomicUsize>)> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let actor =
+            CollectionActor::load(c.to_string(), id, self.shared.clone(), in_flight.clone())?;
+        let mut map = self
+            .shared
+            .registry
+            .lock()
+            .map_err(|_| Error::Internal("registry lock poisoned".into()))?;
         if map.len() >= self.shared.config.max_live_collections {
             // Ask the least recently used to stop; it does only if quiet, so the cap is soft
             // under a burst but holds for collections touched and left idle.
@@ -234,9 +284,6 @@ impl Replicate {
                 let _ = e.addr.try_send(StopIfQuiet);
             }
         }
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let actor =
-            CollectionActor::load(c.to_string(), id, self.shared.clone(), in_flight.clone())?;
         let arbiter =
             &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
         let addr = CollectionActor::start_in_arbiter(arbiter, move |_| actor);

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Credentials;
+use crate::targets::Targets;
 
 /// One change as a peer sees it: the actors' own type, whichever backend delivered it.
 pub use replicate_actors::Change;
@@ -71,11 +72,13 @@ impl WireCounters {
     }
 }
 
-/// An HTTP client for one server, speaking the wire contract.
+/// An HTTP client for one server of the run's [`Targets`], speaking the wire contract.
 #[derive(Clone)]
 pub struct Http {
     client: awc::Client,
+    /// The server this client talks to: one of `targets`.
     base: Rc<str>,
+    targets: Rc<Targets>,
     pub wire: WireCounters,
     /// Sent as `Authorization: Bearer` on every request when the server wants a token.
     credentials: Option<Rc<Credentials>>,
@@ -87,9 +90,9 @@ pub struct Http {
 const MAX_BODY: usize = 256 * 1024 * 1024;
 
 impl Http {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`), with no connection limit: a scenario
-    /// holds one connection per long-polling subscriber.
-    pub fn new(base: &str) -> Http {
+    /// A client for the first of `targets` ([`Http::for_peer`] picks another), with no
+    /// connection limit: a scenario holds one connection per long-polling subscriber.
+    pub fn new(targets: Targets) -> Http {
         // Pooled connections idle for 2 s are dropped: the server closes idle keep-alive
         // connections after 5 s, and reusing one it has just closed fails the request.
         let connector = awc::Connector::new()
@@ -102,7 +105,8 @@ impl Http {
             .finish();
         Http {
             client,
-            base: base.trim_end_matches('/').into(),
+            base: targets.first().into(),
+            targets: Rc::new(targets),
             wire: WireCounters::default(),
             credentials: None,
             binary: false,
@@ -115,6 +119,15 @@ impl Http {
         Http {
             credentials: credentials.map(Rc::new),
             ..self
+        }
+    }
+
+    /// This client talking to the target of peer `i` (see [`Targets::for_peer`]); connection
+    /// pool, wire counters and token stay shared.
+    pub fn for_peer(&self, i: u64) -> Http {
+        Http {
+            base: self.targets.for_peer(i).into(),
+            ..self.clone()
         }
     }
 
@@ -276,6 +289,15 @@ impl Backend {
             Backend::Http(_) => "http",
             Backend::Actor(_) => "actor",
             Backend::Offline => "offline",
+        }
+    }
+
+    /// The backend peer `i` uses: over HTTP, the client of its target (see
+    /// [`Targets::for_peer`]); in-process, this one.
+    pub fn for_peer(&self, i: u64) -> Backend {
+        match self {
+            Backend::Http(h) => Backend::Http(h.for_peer(i)),
+            other => other.clone(),
         }
     }
 

@@ -4,13 +4,15 @@
 //!   durable, group-committed appends cost on this disk with nothing else around them.
 //! - [`yrs_merge`]: raw yrs apply + encode of a document's deltas — the core of a compaction.
 //! - [`yrs_diff`]: raw yrs build + diff against a state vector — the core of a recovery.
+//! - [`postgres_insert`]: raw batched INSERTs into a plain PostgreSQL table, one transaction
+//!   per batch — what durable appends cost in that database with no engine around them.
 //!
 //! (The fourth floor, the in-process actor call, is a scenario run over
 //! [`crate::backend::Backend::Actor`]; see [`crate::scenarios::actor_floor`].)
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
@@ -97,6 +99,121 @@ pub fn yrs_diff(updates: &[Vec<u8>], state_vector: &[u8], rounds: usize) -> Resu
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(best)
+}
+
+/// One row of the PostgreSQL floor: what the engine stored for one append.
+#[derive(Debug, Clone)]
+pub struct PgRow {
+    pub collection: String,
+    pub seq: i64,
+    pub document_id: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What [`postgres_insert`] did in its timed part.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgInserted {
+    pub rows: u64,
+    pub bytes: u64,
+    pub transactions: u64,
+    pub seconds: f64,
+}
+
+impl PgInserted {
+    pub fn rows_per_sec(&self) -> f64 {
+        self.rows as f64 / self.seconds.max(1e-9)
+    }
+
+    pub fn bytes_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Connects to the PostgreSQL at `url` with `synchronous_commit = on` (as the engine's own
+/// connections), the connection driven by a task on this thread's runtime.
+///
+/// # Errors
+/// If the URL does not parse or the server cannot be reached.
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client> {
+    let mut config: tokio_postgres::Config = url.parse().context("bad PostgreSQL URL")?;
+    config.options("-c synchronous_commit=on");
+    config.application_name("replicate-load");
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    actix_rt::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("replicate-load: PostgreSQL connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Rows per second of raw PostgreSQL: creates `schema` (it must not exist) with one plain table
+/// `deltas (collection, seq, document_id, bytes, PRIMARY KEY (collection, seq))` (text columns
+/// `COLLATE "C"`, as the engine's), then INSERTs `rows` in order, `batch` rows per transaction
+/// through one `unnest` statement each, one transaction at a time on one connection, for at
+/// most `time`. The arrays are built before the clock starts.
+///
+/// # Errors
+/// If PostgreSQL fails.
+pub async fn postgres_insert(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    rows: &[PgRow],
+    batch: usize,
+    time: Duration,
+) -> Result<PgInserted> {
+    client
+        .batch_execute(&format!(
+            r#"CREATE SCHEMA {schema};
+               CREATE TABLE {schema}.deltas (
+                   collection text COLLATE "C" NOT NULL,
+                   seq bigint NOT NULL,
+                   document_id text COLLATE "C" NOT NULL,
+                   bytes bytea NOT NULL,
+                   PRIMARY KEY (collection, seq)
+               );"#
+        ))
+        .await
+        .context("create the floor's table")?;
+    let stmt = client
+        .prepare(&format!(
+            "INSERT INTO {schema}.deltas (collection, seq, document_id, bytes)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[])"
+        ))
+        .await
+        .context("prepare the floor's INSERT")?;
+    type Arrays<'a> = (Vec<&'a str>, Vec<i64>, Vec<&'a str>, Vec<&'a [u8]>);
+    let batches: Vec<Arrays> = rows
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            (
+                chunk.iter().map(|r| r.collection.as_str()).collect(),
+                chunk.iter().map(|r| r.seq).collect(),
+                chunk.iter().map(|r| r.document_id.as_str()).collect(),
+                chunk.iter().map(|r| r.bytes.as_slice()).collect(),
+            )
+        })
+        .collect();
+    let mut done = PgInserted::default();
+    let started = Instant::now();
+    for (c, seq, doc, bytes) in &batches {
+        if started.elapsed() >= time {
+            break;
+        }
+        let tx = client.transaction().await?;
+        tx.execute(&stmt, &[c, seq, doc, bytes])
+            .await
+            .context("floor INSERT")?;
+        tx.commit().await.context("floor COMMIT")?;
+        done.rows += seq.len() as u64;
+        done.bytes += bytes.iter().map(|b| b.len() as u64).sum::<u64>();
+        done.transactions += 1;
+    }
+    done.seconds = started.elapsed().as_secs_f64();
+    Ok(done)
 }
 
 #[cfg(test)]

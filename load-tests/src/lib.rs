@@ -8,10 +8,11 @@
 //! - [`peer`]: the reusable client: yrs documents, edits, pushes with opIds, streaming
 //!   (long-poll and SSE), snapshots, acks, recovery.
 //! - [`scenarios`]: one file per scenario plus the shared writer/reader loops.
-//! - [`floors`]: raw sled and raw yrs baselines.
+//! - [`floors`]: raw sled, raw yrs and raw PostgreSQL baselines.
 //! - [`verify`]: the correctness verdict (contiguous seqs, coverage, convergence, nothing lost).
 //! - [`metrics`], [`report`]: latency samples and counters; the table, JSON and progress line.
 //! - [`server`]: the in-process server (the real service on a temp dir, port 0) or `--target`.
+//! - [`targets`]: `--target URL1,URL2,…`, and which of them each peer talks to.
 
 pub mod auth;
 pub mod backend;
@@ -21,4 +22,5 @@ pub mod peer;
 pub mod report;
 pub mod scenarios;
 pub mod server;
+pub mod targets;
 pub mod verify;

@@ -1,5 +1,5 @@
 //! `replicate-load`: runs the bundled load scenarios against an in-process server (default) or
-//! `--target URL`, prints a table per scenario and a correctness verdict, and exits non-zero if
+//! `--target URL[,URL…]` (peers spread over them), prints a table per scenario and a correctness verdict, and exits non-zero if
 //! any verdict is wrong (never because of speed).
 
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ use replicate_load::backend::{Backend, Http};
 use replicate_load::report::Report;
 use replicate_load::scenarios::{self, Ctx, Options, ALL};
 use replicate_load::server::Server;
+use replicate_load::targets::Targets;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,14 +23,16 @@ use replicate_load::server::Server;
 )]
 struct Args {
     /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, hostile,
-    /// storage, or all (the default).
+    /// storage, postgres, or all (the default).
     #[arg(long, default_value = "all")]
     scenario: String,
-    /// Base URL of a running server (e.g. http://127.0.0.1:8080); default: start one in-process
-    /// on a temporary directory and port 0.
+    /// Base URL of a running server (e.g. http://127.0.0.1:8080), or several, comma-separated
+    /// (e.g. two nodes on one PostgreSQL: http://127.0.0.1:8081,http://127.0.0.1:8082): peer i
+    /// talks to the (i mod n)-th, the verdict and compactions to the first. Default: start one
+    /// in-process on a temporary directory and port 0.
     #[arg(long)]
-    target: Option<String>,
-    /// Bearer token for --target (admin on `*`, or on `load-*`; peers ack as `<sub>:<peer>`).
+    target: Option<Targets>,
+    /// Bearer token for every --target (admin on `*`, or on `load-*`; peers ack as `<sub>:<peer>`).
     /// Mint one with `replicate-server token --secret-file F --sub load --grant '*=admin'`.
     #[arg(long, env = "REPLICATE_LOAD_TOKEN", requires = "target")]
     token: Option<String>,
@@ -64,6 +67,11 @@ struct Args {
     /// Skip the floor measurements.
     #[arg(long)]
     no_floors: bool,
+    /// PostgreSQL database for the `postgres` scenario (a `postgres://` URL; default: env
+    /// REPLICATE_TEST_POSTGRES). Each run uses fresh schemas and drops them. Without one the
+    /// scenario is skipped (a failure under CI=true).
+    #[arg(long, env = "REPLICATE_LOAD_POSTGRES")]
+    postgres: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -112,22 +120,27 @@ async fn run(args: Args) -> Result<bool> {
             .unwrap_or(if args.quick { 20_000 } else { 1_000_000 })
             .clamp(10, 100_000_000),
         no_floors: args.no_floors,
+        postgres: args
+            .postgres
+            .clone()
+            .or_else(|| std::env::var("REPLICATE_TEST_POSTGRES").ok())
+            .filter(|url| !url.trim().is_empty()),
     };
     let config = Config::new("unused");
     let server = match &args.target {
-        Some(url) => Server::target(url),
+        Some(targets) => Server::remote(targets.clone()),
         None => Server::in_process(config.clone(), !args.no_auth)?,
     };
     let credentials = match &args.token {
         Some(token) => Some(Credentials::given(token)?),
         None => server.credentials.clone(),
     };
-    let http = Http::new(&server.base_url).with_credentials(credentials.clone());
+    let http = Http::new(server.targets.clone()).with_credentials(credentials.clone());
     server.wait_healthy(&http, Duration::from_secs(10)).await?;
     eprintln!(
         "replicate-load: {} against {} (seed {}, {})",
         names.join(", "),
-        server.base_url,
+        server.targets,
         opts.seed,
         if credentials.is_some() {
             "with a token"
@@ -136,7 +149,7 @@ async fn run(args: Args) -> Result<bool> {
         }
     );
     let ctx = Ctx::new(opts, Backend::Http(http), config)
-        .with_base_url(&server.base_url)
+        .with_targets(&server.targets)
         .with_credentials(credentials);
 
     let mut reports: Vec<Report> = Vec::new();
@@ -152,6 +165,7 @@ async fn run(args: Args) -> Result<bool> {
             "mixed" => scenarios::mixed::run(&ctx).await,
             "hostile" => scenarios::hostile::run(&ctx).await,
             "storage" => scenarios::storage::run(&ctx).await,
+            "postgres" => scenarios::postgres::run(&ctx).await,
             _ => unreachable!("names come from ALL"),
         };
         match result {

@@ -91,6 +91,9 @@ pub struct Report {
     pub floors: Vec<Floor>,
     pub verdict: Verdict,
     pub ok: bool,
+    /// Why the scenario did not run (e.g. `postgres` without a database URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 fn ms(micros: u64) -> f64 {
@@ -141,6 +144,7 @@ impl Report {
             floors: Vec::new(),
             verdict: Verdict::default(),
             ok: false,
+            skipped: None,
         }
     }
 
@@ -151,6 +155,34 @@ impl Report {
             "\n== {} ({}, {:.1} s) {}\n",
             self.scenario, self.backend, self.seconds, self.params
         ));
+        match &self.skipped {
+            Some(why) => out.push_str(&format!("SKIPPED: {why}\n")),
+            None => self.table(&mut out),
+        }
+        for f in &self.floors {
+            out.push_str(&format!(
+                "floor  {:<44} {:>12.1} vs {:>12.1} {:<10} ratio {:.3}  ({})\n",
+                f.name, f.measured, f.floor, f.unit, f.ratio, f.note
+            ));
+        }
+        for c in &self.verdict.checks {
+            out.push_str(&format!(
+                "check  [{}] {}: {}\n",
+                if c.ok { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            ));
+        }
+        out.push_str(&format!(
+            "verdict: {}\n",
+            if self.ok { "CORRECT" } else { "WRONG" }
+        ));
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+    }
+
+    /// The operations' rows and the byte counts.
+    fn table(&self, out: &mut String) {
         out.push_str(&format!(
             "{:<30} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>6}\n",
             "operation",
@@ -194,26 +226,6 @@ impl Report {
             "bytes: {} on the wire (HTTP bodies) vs {} raw Yjs update bytes = {:.2}x\n",
             self.wire_bytes, self.raw_update_bytes, wire_ratio
         ));
-        for f in &self.floors {
-            out.push_str(&format!(
-                "floor  {:<44} {:>12.1} vs {:>12.1} {:<10} ratio {:.3}  ({})\n",
-                f.name, f.measured, f.floor, f.unit, f.ratio, f.note
-            ));
-        }
-        for c in &self.verdict.checks {
-            out.push_str(&format!(
-                "check  [{}] {}: {}\n",
-                if c.ok { "ok" } else { "FAIL" },
-                c.name,
-                c.detail
-            ));
-        }
-        out.push_str(&format!(
-            "verdict: {}\n",
-            if self.ok { "CORRECT" } else { "WRONG" }
-        ));
-        print!("{out}");
-        let _ = std::io::stdout().flush();
     }
 }
 

@@ -1,6 +1,6 @@
 //! The service under test: started in-process (the real HTTP front on a temporary sled
 //! directory, port 0, in its own thread; with authentication on unless asked otherwise, and
-//! a token minted for the run) or reached at `--target URL`.
+//! a token minted for the run) or reached at `--target URL[,URL…]`.
 
 use std::time::{Duration, Instant};
 
@@ -9,10 +9,12 @@ use replicate_actors::Config;
 
 use crate::auth::Credentials;
 use crate::backend::Http;
+use crate::targets::Targets;
 
-/// The server a run talks to; stops the in-process one when dropped.
+/// The servers a run talks to; stops the in-process one when dropped.
 pub struct Server {
-    pub base_url: String,
+    /// The in-process server's URL, or every `--target`.
+    pub targets: Targets,
     /// The token minted for an in-process server with authentication on.
     pub credentials: Option<Credentials>,
     running: Option<replicate::RunningServer>,
@@ -42,35 +44,39 @@ impl Server {
         let running = replicate::spawn_in_thread(config, settings)?;
         Ok(Server {
             credentials,
-            base_url: running.base_url(),
+            targets: Targets::one(&running.base_url()),
             running: Some(running),
             _dir: Some(dir),
         })
     }
 
-    /// A server someone else runs.
-    pub fn target(url: &str) -> Server {
+    /// Servers someone else runs.
+    pub fn remote(targets: Targets) -> Server {
         Server {
             credentials: None,
-            base_url: url.trim_end_matches('/').to_string(),
+            targets,
             running: None,
             _dir: None,
         }
     }
 
-    /// Waits until `GET /healthz` answers 200.
+    /// Waits until `GET /healthz` answers 200 on every target (`http` is a client over
+    /// [`Self::targets`]).
     ///
     /// # Errors
-    /// If it does not within `within`.
+    /// If one does not within `within`.
     pub async fn wait_healthy(&self, http: &Http, within: Duration) -> Result<()> {
         let until = Instant::now() + within;
-        while Instant::now() < until {
-            if http.healthy().await {
-                return Ok(());
+        for (i, url) in self.targets.iter().enumerate() {
+            let http = http.for_peer(i as u64);
+            while !http.healthy().await {
+                if Instant::now() >= until {
+                    bail!("{url} did not become healthy within {within:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("{} did not become healthy within {within:?}", self.base_url)
+        Ok(())
     }
 }
 

@@ -8,7 +8,11 @@
 //! request), the cost of verification is measured in the same run, two ways: one verification
 //! of the run's token by the server's own verifier, timed over 20,000 calls and set against a
 //! push's p50; and the one-collection phase again against a second, anonymous in-process
-//! server, for the p50 and throughput with and without auth.
+//! server, for the p50 and throughput with and without auth (not applicable with several
+//! `--target`s: one in-process server is no comparison for them, so it is skipped).
+//!
+//! With several `--target`s the writers are spread over them (writer i on target i mod n):
+//! every node's writes share the collection's one numbering.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -115,11 +119,17 @@ async fn auth_cost(ctx: &Ctx, creds: &Credentials, report: &mut Report) {
             verify.as_secs_f64() * 1e6
         ),
     ));
+    if ctx.target_count() > 1 {
+        return eprintln!(
+            "append: auth vs anonymous not applicable with {} targets",
+            ctx.target_count()
+        );
+    }
     let anonymous = match Server::in_process(ctx.floor_config.clone(), false) {
         Ok(server) => server,
         Err(e) => return eprintln!("append: anonymous server did not start: {e:#}"),
     };
-    let backend = Backend::Http(Http::new(&anonymous.base_url));
+    let backend = Backend::Http(Http::new(anonymous.targets.clone()));
     let phase = ctx.opts.duration / 2;
     match workload(ctx, &backend, phase, false, "-anonymous").await {
         Ok(without) => {

@@ -7,6 +7,9 @@
 //!
 //! Floors: the long-poll catch-up through the in-process actors (on a smaller fill), and raw
 //! yrs build+diff of one document's deltas against the recovery of that document.
+//!
+//! With several `--target`s the fill's writers and the catching-up peers are spread over them
+//! (peer i on target i mod n); the timed recovery of doc-0 asks the first.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -243,7 +246,7 @@ async fn follow_to_head(
 ) -> Result<(Peer, Duration)> {
     let mut peer = ctx.peer(index, c, backend, metrics);
     let t = Instant::now();
-    let mut events = backend.events(c, 0).await?;
+    let mut events = peer.backend().events(c, 0).await?;
     peer.follow(&mut events, Some(head), deadline, op).await?;
     Ok((peer, t.elapsed()))
 }

@@ -23,7 +23,9 @@
 //!   grow), and request bodies trickled in over about a second (stored when they arrive).
 //!
 //! Attacks go to the honest collection (on documents of their own), so they share its actor,
-//! its stream and its compactions. Everything the server accepts from them is in the
+//! its stream and its compactions. With several `--target`s the honest peers are spread over
+//! them while the attackers, `/healthz`, `/stats` and compactions go to the first node only:
+//! "started no actor" and "server alive" are that node's. Everything the server accepts from them is in the
 //! attackers' ledger: the collection's seqs must still be contiguous over honest + attack
 //! writes, and every honest reader must apply every change the server streams.
 //!
@@ -151,11 +153,11 @@ impl Sizes {
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Report> {
-    let base = match (&ctx.backend, &ctx.base_url) {
-        (Backend::Http(_), Some(url)) => url.clone(),
+    let base = match (&ctx.backend, &ctx.targets) {
+        (Backend::Http(_), Some(targets)) => targets.first(),
         _ => bail!("hostile runs over HTTP only"),
     };
-    let raw = Raw::new(&base, ctx.credentials.as_ref());
+    let raw = Raw::new(base, ctx.credentials.as_ref());
     let metrics = Metrics::new();
     let sizes = Sizes::of(ctx);
     let mut run = Run::start("hostile".into(), &ctx.backend, &metrics, PROGRESS);

@@ -2,6 +2,9 @@
 //! writer/reader loops built from [`crate::peer::Peer`], and (in [`common`]) the timed run, the
 //! tasks and the floor comparisons.
 //!
+//! With several `--target`s, peers are spread over them round-robin ([`Ctx::peer`]), so writes
+//! on one node must reach readers on another; the verdict reads the server through the first.
+//!
 //! Every loop is bounded twice: by its deadline and by a count. Readers stop once they reach
 //! the writers' final head, or when their drain time runs out (which the verdict then reports).
 
@@ -12,6 +15,7 @@ pub mod fanout;
 pub mod hostile;
 pub mod mixed;
 pub mod offline_peer;
+pub mod postgres;
 pub mod reconnect_storm;
 pub mod slow_peer;
 pub mod storage;
@@ -31,6 +35,7 @@ use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::report::Report;
+use crate::targets::Targets;
 use crate::verify::Ledger;
 use common::{join_peers, spawn_writers, Writes};
 
@@ -45,6 +50,7 @@ pub const ALL: &[&str] = &[
     "mixed",
     "hostile",
     "storage",
+    "postgres",
 ];
 
 /// Options shared by the scenarios (each uses the ones that apply to it).
@@ -64,6 +70,8 @@ pub struct Options {
     pub deltas: u64,
     /// Skip the floor measurements.
     pub no_floors: bool,
+    /// The PostgreSQL database `postgres` runs against (none: that scenario is skipped).
+    pub postgres: Option<String>,
 }
 
 /// What a scenario runs against.
@@ -73,8 +81,10 @@ pub struct Ctx {
     pub backend: Backend,
     /// The config the in-process floors start their own actors with.
     pub floor_config: Config,
-    /// The service's base URL when it is reached over HTTP (`hostile` sends raw requests).
-    pub base_url: Option<String>,
+    /// The servers when the service is reached over HTTP: peer `i` talks to
+    /// `targets.for_peer(i)` (see [`Ctx::peer`]); everything else (the verdict's reads of the
+    /// server, compactions, `hostile`'s raw requests) goes to the first.
+    pub targets: Option<Targets>,
     /// The token requests carry, if the service wants one.
     pub credentials: Option<Credentials>,
     run_id: String,
@@ -91,18 +101,23 @@ impl Ctx {
             opts,
             backend,
             floor_config,
-            base_url: None,
+            targets: None,
             credentials: None,
             floor_actor: Default::default(),
         }
     }
 
-    /// Records the service's base URL (see [`Ctx::base_url`]).
-    pub fn with_base_url(self, url: &str) -> Ctx {
+    /// Records the servers (see [`Ctx::targets`]).
+    pub fn with_targets(self, targets: &Targets) -> Ctx {
         Ctx {
-            base_url: Some(url.trim_end_matches('/').to_string()),
+            targets: Some(targets.clone()),
             ..self
         }
+    }
+
+    /// How many servers the peers are spread over (1 in-process).
+    pub fn target_count(&self) -> usize {
+        self.targets.as_ref().map_or(1, Targets::len)
     }
 
     /// Records the token requests carry (see [`Ctx::credentials`]).
@@ -113,9 +128,16 @@ impl Ctx {
         }
     }
 
-    /// Peer `index` of collection `c` (its choices seeded from `--seed`).
+    /// Peer `index` of collection `c` (its choices seeded from `--seed`), talking to target
+    /// `index % n` when `backend` is HTTP over several.
     pub fn peer(&self, index: u64, c: &str, backend: &Backend, metrics: &Metrics) -> Peer {
-        Peer::new(index, c, backend.clone(), metrics.clone(), self.opts.seed)
+        Peer::new(
+            index,
+            c,
+            backend.for_peer(index),
+            metrics.clone(),
+            self.opts.seed,
+        )
     }
 
     /// A collection name unique to this run (so `--target` can point at a used server).

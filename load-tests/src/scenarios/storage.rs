@@ -1,6 +1,6 @@
 //! `storage`: what the store keeps on disk for what is live. Two measurements, each on its own
 //! fresh store (in-process actors on a temporary directory, so the directory holds nothing
-//! else; with `--target` too, since a remote disk cannot be measured):
+//! else; with `--target` too, one or several, since a remote disk cannot be measured):
 //!
 //! - **mixed edits**: 64 writers push N deltas (100,000; 4,000 with `--quick`) across 64
 //!   documents, the edits every scenario makes (text inserts/deletes in bounded blocks plus a

@@ -42,7 +42,7 @@ const HEAD_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Attempts of a compaction that another node's compaction of the same document superseded.
 const COMPACTION_ATTEMPTS: u32 = 4;
 
-/// What [`paging::walk`] reads for one page, from the store (see `read_page` for the order).
+/// What [`paging::walk`] reads for one page, from the store (see [`read_page_at`] for the order).
 struct StorePages<'a> {
     store: &'a Store,
     collection: &'a str,
@@ -212,36 +212,11 @@ impl CollectionActor {
         }
     }
 
-    /// One stream page from `cursor`: at most `limit` deltas within about
-    /// `Config::max_page_bytes` (the budget plus the first change), cut by [`paging::walk`]:
-    /// the snapshots of the documents whose deleted deltas lie in (cursor, page cursor], then
-    /// the retained deltas of that range in seq order.
+    /// The head a page from `cursor` reads up to.
     ///
-    /// # Invariants
-    /// - Invariant 3, per document: every seq up to the page's cursor is a delta of the page
-    ///   or a seq compaction deleted whose document's snapshot is in the page. The deleted-seq
-    ///   index says exactly which document each deleted seq belonged to, so a page may stop at
-    ///   any seq, and the next page, read from the answered cursor alone, carries on: the
-    ///   contract stays stateless. (Cutting the old list of documents compacted past the
-    ///   cursor was wrong: such a document lacks deltas anywhere below its highest deleted seq,
-    ///   so no cut of the list made a safe cursor; the concurrent model test caught it.)
-    /// - Bounded: the page holds at most the budget plus one change and always moves when the
-    ///   cursor is below the head (only deltas deleted before store format 2 can push a page
-    ///   past its budget; see [`paging`]).
-    /// - Read order. Compactions commit on the committer thread while this runs, each as one
-    ///   atomic batch that deletes some deltas of one document, writes its snapshot holding
-    ///   them and the index entries of the deleted seqs. This reads (1) the window's retained
-    ///   deltas, then (2) the largest bucket size, then (3) the index entries, lazily as the
-    ///   walk reaches deleted seqs, then (4) each snapshot after the entry that named it.
-    ///   Every seq up to the head was committed before (1). A seq of the window missing from
-    ///   (1) was deleted by a batch committed before (1); (2) and (3) start after (1), so they
-    ///   see that batch's bucket record and entry (entries are never removed), and (4) sees
-    ///   that batch's snapshot or a later one, which merges it. A delta deleted after (1) is
-    ///   sent as the delta (1) read: the walk goes by (1), and an entry for a seq (1) holds
-    ///   adds no snapshot. Reading the index or a snapshot before the deltas would let a batch
-    ///   land in between and leave a deleted delta with neither (the review test
-    ///   `stream_page_read_during_a_compaction_commit_skips_nothing` caught that order).
-    fn read_page(&mut self, cursor: u64, limit: usize, threshold: u64) -> Result<StreamPage> {
+    /// # Errors
+    /// [`Error::CursorAhead`] when `cursor` is above it.
+    fn page_head(&mut self, cursor: u64) -> Result<u64> {
         if cursor > self.durable {
             // Another node may have committed past what this one heard of.
             self.refresh_head()?;
@@ -250,55 +225,23 @@ impl CollectionActor {
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
-        let store = &self.shared.store;
-        let max_bytes = self.shared.config.max_page_bytes;
-        // (1)
-        let (deltas, more) = store.deltas_after(&self.name, cursor, head, limit, max_bytes)?;
-        let window_end = match deltas.last() {
-            Some((seq, _)) if more => *seq,
-            _ => head,
-        };
-        // (2); (3) and (4) as the walk asks.
-        let span = store.deleted_span()?;
-        let mut source = StorePages {
-            store,
-            collection: &self.name,
-            entries: (span > 0).then(|| {
-                store.deleted_entries(&self.name, cursor.saturating_add(2).saturating_sub(span))
-            }),
-        };
-        let live = deltas
-            .into_iter()
-            .map(|(seq, d)| (seq, d.bytes.len(), d))
-            .collect();
-        let bounds = PageBounds {
-            cursor,
-            window_end,
-            limit,
-            max_bytes,
-            max_runs: paging::MAX_RUNS_PER_PAGE,
-        };
-        let walked = paging::walk(&bounds, live, &mut source)?;
-        let mut changes = Vec::with_capacity(walked.snapshots.len() + walked.deltas.len());
-        changes.extend(walked.snapshots.into_iter().map(|(doc, s)| Change {
-            document_id: doc,
-            seq: s.snapshot_seq,
-            bytes: s.bytes,
-            operation: OperationType::Snapshot,
-        }));
-        changes.extend(walked.deltas.into_iter().map(|(seq, d)| Change {
-            document_id: d.document_id,
-            seq,
-            bytes: d.bytes,
-            operation: d.operation,
-        }));
+        Ok(head)
+    }
+
+    /// A page read up to `head`, with the compaction hint of now.
+    fn page(
+        &mut self,
+        (changes, cursor): (Vec<Change>, u64),
+        head: u64,
+        threshold: u64,
+    ) -> StreamPage {
         self.stats.stream_pages += 1;
-        Ok(StreamPage {
+        StreamPage {
             changes,
-            cursor: walked.cursor,
-            has_more: walked.cursor < head,
+            cursor,
+            has_more: cursor < head,
             compact: self.compaction_hint(threshold),
-        })
+        }
     }
 
     /// Queues a compaction of `doc` once it passes the size threshold (if enabled and none is
@@ -875,6 +818,87 @@ fn check_writes(
     })
 }
 
+/// One stream page from `cursor`: at most `limit` deltas within about
+/// `Config::max_page_bytes` (the budget plus the first change), cut by [`paging::walk`]:
+/// the snapshots of the documents whose deleted deltas lie in (cursor, page cursor], then
+/// the retained deltas of that range in seq order.
+///
+/// # Invariants
+/// - Invariant 3, per document: every seq up to the page's cursor is a delta of the page
+///   or a seq compaction deleted whose document's snapshot is in the page. The deleted-seq
+///   index says exactly which document each deleted seq belonged to, so a page may stop at
+///   any seq, and the next page, read from the answered cursor alone, carries on: the
+///   contract stays stateless. (Cutting the old list of documents compacted past the
+///   cursor was wrong: such a document lacks deltas anywhere below its highest deleted seq,
+///   so no cut of the list made a safe cursor; the concurrent model test caught it.)
+/// - Bounded: the page holds at most the budget plus one change and always moves when the
+///   cursor is below the head (only deltas deleted before store format 2 can push a page
+///   past its budget; see [`paging`]).
+/// - Read order. Compactions commit on the committer thread while this runs, each as one
+///   atomic batch that deletes some deltas of one document, writes its snapshot holding
+///   them and the index entries of the deleted seqs. This reads (1) the window's retained
+///   deltas, then (2) the largest bucket size, then (3) the index entries, lazily as the
+///   walk reaches deleted seqs, then (4) each snapshot after the entry that named it.
+///   Every seq up to the head was committed before (1). A seq of the window missing from
+///   (1) was deleted by a batch committed before (1); (2) and (3) start after (1), so they
+///   see that batch's bucket record and entry (entries are never removed), and (4) sees
+///   that batch's snapshot or a later one, which merges it. A delta deleted after (1) is
+///   sent as the delta (1) read: the walk goes by (1), and an entry for a seq (1) holds
+///   adds no snapshot. Reading the index or a snapshot before the deltas would let a batch
+///   land in between and leave a deleted delta with neither (the review test
+///   `stream_page_read_during_a_compaction_commit_skips_nothing` caught that order).
+///
+/// Answers the page's changes and its cursor.
+fn read_page_at(
+    store: &Store,
+    c: &str,
+    cursor: u64,
+    head: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<Change>, u64)> {
+    // (1)
+    let (deltas, more) = store.deltas_after(c, cursor, head, limit, max_bytes)?;
+    let window_end = match deltas.last() {
+        Some((seq, _)) if more => *seq,
+        _ => head,
+    };
+    // (2); (3) and (4) as the walk asks.
+    let span = store.deleted_span()?;
+    let mut source = StorePages {
+        store,
+        collection: c,
+        entries: (span > 0)
+            .then(|| store.deleted_entries(c, cursor.saturating_add(2).saturating_sub(span))),
+    };
+    let live = deltas
+        .into_iter()
+        .map(|(seq, d)| (seq, d.bytes.len(), d))
+        .collect();
+    let bounds = PageBounds {
+        cursor,
+        window_end,
+        limit,
+        max_bytes,
+        max_runs: paging::MAX_RUNS_PER_PAGE,
+    };
+    let walked = paging::walk(&bounds, live, &mut source)?;
+    let mut changes = Vec::with_capacity(walked.snapshots.len() + walked.deltas.len());
+    changes.extend(walked.snapshots.into_iter().map(|(doc, s)| Change {
+        document_id: doc,
+        seq: s.snapshot_seq,
+        bytes: s.bytes,
+        operation: OperationType::Snapshot,
+    }));
+    changes.extend(walked.deltas.into_iter().map(|(seq, d)| Change {
+        document_id: d.document_id,
+        seq,
+        bytes: d.bytes,
+        operation: d.operation,
+    }));
+    Ok((changes, walked.cursor))
+}
+
 /// Rebuilds one document from the store (see [`compactor::load_document`]).
 fn build_doc(store: &Store, c: &str, doc: &str, limits: &YjsLimits) -> Result<crdt::Built> {
     compactor::load_document(store, c, doc, u64::MAX, limits).map(|l| l.built)
@@ -890,12 +914,47 @@ pub struct ReadPage {
 }
 
 impl Handler<ReadPage> for CollectionActor {
-    type Result = Result<(StreamPage, watch::Receiver<u64>)>;
+    type Result = ResponseActFuture<Self, Result<(StreamPage, watch::Receiver<u64>)>>;
 
+    /// On sled the page is read here (microseconds). On a networked engine it is read on the
+    /// read workers, so the database's round trips hold up no other message of this actor
+    /// (nor the other actors of its arbiter); the head is taken here first, so the page is
+    /// what it would have been here.
     fn handle(&mut self, msg: ReadPage, _: &mut Self::Context) -> Self::Result {
-        self.touch()?;
-        let page = self.read_page(msg.cursor, msg.limit, msg.size_threshold)?;
-        Ok((page, self.durable_tx.subscribe()))
+        let ReadPage {
+            cursor,
+            limit,
+            size_threshold,
+        } = msg;
+        let rx = self.durable_tx.subscribe();
+        let head = match self.touch().and_then(|()| self.page_head(cursor)) {
+            Ok(head) => head,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let Some(readers) = self.shared.read_workers.clone() else {
+            let max_bytes = self.shared.config.max_page_bytes;
+            let read = read_page_at(
+                &self.shared.store,
+                &self.name,
+                cursor,
+                head,
+                limit,
+                max_bytes,
+            );
+            let page = read.map(|read| (self.page(read, head, size_threshold), rx));
+            return Box::pin(fut::ready(page));
+        };
+        let (store, name) = (self.shared.store.clone(), self.name.clone());
+        let max_bytes = self.shared.config.max_page_bytes;
+        let job = async move {
+            readers
+                .run(move || read_page_at(&store, &name, cursor, head, limit, max_bytes))
+                .await?
+        };
+        Box::pin(
+            job.into_actor(self)
+                .map(move |read, act, _| Ok((act.page(read?, head, size_threshold), rx))),
+        )
     }
 }
 

@@ -37,7 +37,7 @@
 //! is the last seq walked; every seq up to it is covered by a delta or a snapshot in the page.
 //!
 //! This module is pure: the store and the read order live with the caller
-//! (`CollectionActor::read_page`), behind [`PageSource`].
+//! (`collection::read_page_at`), behind [`PageSource`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -157,7 +157,7 @@ pub fn decode_runs(start: u64, bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
 }
 
 /// What the walk reads from the store. The caller decides the read order (see
-/// `CollectionActor::read_page`); the walk asks for index entries before the snapshots they
+/// `collection::read_page_at`); the walk asks for index entries before the snapshots they
 /// name.
 pub trait PageSource {
     type Snapshot;
@@ -202,7 +202,7 @@ pub struct Walked<S, D> {
 /// # Invariants
 /// - Every seq in `(cursor, answered cursor]` is a delta of the page, or a deleted seq whose
 ///   owner's snapshot is in the page (provided `live` and the entries were read in the order
-///   `read_page` documents).
+///   `read_page_at` documents).
 /// - The answered cursor is above `bounds.cursor` whenever the window is not empty.
 /// - Apart from format-1 owners, the page's bytes are at most `max_bytes` plus its first
 ///   change; it holds at most `limit` deltas, and at least one change when it moves.

@@ -29,6 +29,9 @@ use crate::store::Store;
 use crate::types::*;
 use crate::workers::Workers;
 
+/// Threads reading stream pages on a networked engine: they mostly wait on the database.
+const READ_THREADS: usize = 4;
+
 /// How many times a request is retried on a fresh actor after the old one stopped.
 const RELOCATE_RETRIES: usize = 3;
 
@@ -53,6 +56,9 @@ pub(crate) struct Shared {
     pub state_workers: Workers,
     /// Per-document recovery, on its own queue so write checks never wait behind it.
     pub recovery_workers: Workers,
+    /// Stream pages, on an engine whose reads are round trips (see `ReadPage`); `None` on
+    /// sled, whose pages the actors read themselves.
+    pub read_workers: Option<Workers>,
     /// Documents kept built to check writes against.
     pub docs: DocCache,
     /// Merged whole-collection states by head seq.
@@ -169,6 +175,10 @@ impl Replicate {
         let config_waiters = (config.max_waiters_per_collection, config.max_waiters);
         let state_workers = Workers::start("state", 1, 16)?;
         let recovery_workers = Workers::start("recovery", 1, 64)?;
+        let read_workers = store
+            .numbers_appends()
+            .then(|| Workers::start("read", READ_THREADS, config.worker_queue))
+            .transpose()?;
         let threads: Vec<Arbiter> = (0..config.collection_arbiters.max(1))
             .map(|_| Arbiter::new())
             .collect();
@@ -183,6 +193,7 @@ impl Replicate {
             workers,
             state_workers,
             recovery_workers,
+            read_workers,
             registry: Mutex::default(),
             loading: Mutex::default(),
         });

@@ -223,7 +223,7 @@ impl Batch {
 
     /// A compaction, applied as one atomic batch (a reader or a crash sees all of it or none).
     /// Stream pages rely on that: a delta is gone only where its index entry and its
-    /// document's snapshot are (see `CollectionActor::read_page`). The engine merges the
+    /// document's snapshot are (see `collection::read_page_at`). The engine merges the
     /// index entries with the document's current ones when it commits: the caller must not
     /// commit another compaction of the same document in the same commit.
     pub fn compaction(c: &str, w: &CompactionWrite<'_>) -> Batch {

@@ -25,7 +25,7 @@ use crate::doc_counters::{self, DocCounters};
 use crate::error::{Error, Result};
 use crate::paging::{self, DeletedEntry, PageBounds, PageSource};
 use crate::peers::PeerTable;
-use crate::runtime::Shared;
+use crate::registry::Shared;
 use crate::store::{
     Batch, CompactionGuard, CompactionWrite, DeletedEntries, DeltaRecord, DocStats, OpWrite,
     Outcome, SnapshotRecord, Store,

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`runtime`]: [`Replicate`], the handle: starts everything and exposes typed async calls.
+//! - `registry`: the live collection actors by name, and the state they share.
 //! - [`collection`]: the collection actor, one per collection, sole assigner of its seqs.
 //! - [`peers`]: the peer tracker (acks, activity, min synced seq), owned by the collection actor.
 //! - [`compaction`]: the pure compaction plan (which deltas may go, new counters).
@@ -56,6 +57,7 @@ pub mod names;
 pub mod paging;
 pub mod peers;
 pub mod precheck;
+pub(crate) mod registry;
 pub mod runtime;
 pub mod shape;
 pub mod store;

@@ -7,7 +7,7 @@
 //! ([`Error::Timeout`], 504). Long-poll waits hold no admission slot.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,9 +15,7 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
 use crate::clock::{Clock, SystemClock};
-use crate::collection::{
-    Ack, Append, CollectionActor, Compact, GetState, Head, ReadPage, StopIfQuiet,
-};
+use crate::collection::{Ack, Append, CollectionActor, Compact, GetState, Head, ReadPage};
 use crate::compactor::{self, StateCache};
 use crate::config::Config;
 use crate::crdt;
@@ -25,6 +23,7 @@ use crate::doc_cache::DocCache;
 use crate::durability::GroupCommit;
 use crate::error::{Error, Result};
 use crate::names;
+use crate::registry::{Live, Registry, Shared};
 use crate::store::Store;
 use crate::types::*;
 use crate::workers::Workers;
@@ -34,69 +33,6 @@ const READ_THREADS: usize = 4;
 
 /// How many times a request is retried on a fresh actor after the old one stopped.
 const RELOCATE_RETRIES: usize = 3;
-
-struct Entry {
-    id: u64,
-    addr: Addr<CollectionActor>,
-    in_flight: Arc<AtomicUsize>,
-    /// When this entry was last asked for (a registry-wide counter), for LRU eviction.
-    last_used: u64,
-}
-
-/// State shared by the handle and every actor.
-pub(crate) struct Shared {
-    pub store: Store,
-    pub commit: GroupCommit,
-    pub clock: Arc<dyn Clock>,
-    pub config: Config,
-    /// Checks, merges and per-document recovery (bounded queue, large stacks).
-    pub workers: Workers,
-    /// Whole-collection `state` and recovery, on their own queue so per-document work never
-    /// waits behind them.
-    pub state_workers: Workers,
-    /// Per-document recovery, on its own queue so write checks never wait behind it.
-    pub recovery_workers: Workers,
-    /// Stream pages, on an engine whose reads are round trips (see `ReadPage`); `None` on
-    /// sled, whose pages the actors read themselves.
-    pub read_workers: Option<Workers>,
-    /// Documents kept built to check writes against.
-    pub docs: DocCache,
-    /// Merged whole-collection states by head seq.
-    pub states: StateCache,
-    registry: Mutex<HashMap<String, Entry>>,
-    /// One lock per collection being loaded: its load reads the store (a round trip on a
-    /// networked engine) under this lock, not the registry's, so loading one collection holds
-    /// up only requests for that collection. Entries go once no caller holds them.
-    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-}
-
-impl Shared {
-    /// Tells collection `c`'s actor, if one runs here, of a head another node committed.
-    fn head_moved(&self, c: &str, head: u64) {
-        let addr = match self.registry.lock() {
-            Ok(map) => map.get(c).map(|e| e.addr.clone()),
-            Err(_) => None,
-        };
-        if let Some(addr) = addr {
-            addr.do_send(crate::collection::HeadMoved { head });
-        }
-    }
-
-    /// Removes collection `name` from the registry if incarnation `id` is still the one
-    /// registered and nothing is admitted for it. Returns whether it did.
-    pub fn evict(&self, name: &str, id: u64) -> bool {
-        let Ok(mut map) = self.registry.lock() else {
-            return false;
-        };
-        match map.get(name) {
-            Some(e) if e.id == id && e.in_flight.load(Ordering::SeqCst) == 0 => {
-                map.remove(name);
-                true
-            }
-            _ => false,
-        }
-    }
-}
 
 /// Heads of other nodes' commits queued for the thread that hands them to actors; more are
 /// dropped (a dropped one only delays its readers until their own head check).
@@ -115,7 +51,7 @@ fn watch_heads(shared: &Arc<Shared>) -> Result<()> {
             // Ends when the engine drops the callback (and with it the sender).
             while let Ok((c, head)) = rx.recv() {
                 match weak.upgrade() {
-                    Some(shared) => shared.head_moved(&c, head),
+                    Some(shared) => shared.registry.head_moved(&c, head),
                     None => return,
                 }
             }
@@ -135,11 +71,8 @@ fn watch_heads(shared: &Arc<Shared>) -> Result<()> {
 #[derive(Clone)]
 pub struct Replicate {
     shared: Arc<Shared>,
-    arbiters: Arc<Vec<ArbiterHandle>>,
     /// The arbiter threads themselves, joined by [`Replicate::close`].
     threads: Arc<Mutex<Vec<Arbiter>>>,
-    next_arbiter: Arc<AtomicUsize>,
-    next_id: Arc<AtomicU64>,
     shutting_down: Arc<AtomicBool>,
     waiters: Arc<Waiters>,
 }
@@ -194,16 +127,12 @@ impl Replicate {
             state_workers,
             recovery_workers,
             read_workers,
-            registry: Mutex::default(),
-            loading: Mutex::default(),
+            registry: Registry::new(arbiters),
         });
         watch_heads(&shared)?;
         Ok(Replicate {
             shared,
-            arbiters: Arc::new(arbiters),
             threads: Arc::new(Mutex::new(threads)),
-            next_arbiter: Arc::default(),
-            next_id: Arc::default(),
             shutting_down: Arc::default(),
             waiters: Arc::new(Waiters::new(config_waiters.0, config_waiters.1)),
         })
@@ -225,89 +154,9 @@ impl Replicate {
         &self.shared.config
     }
 
-    /// The live actor of collection `c` and its admission counter, if one runs.
-    fn live_actor(&self, c: &str) -> Result<Option<(Addr<CollectionActor>, Arc<AtomicUsize>)>> {
-        let mut map = self
-            .shared
-            .registry
-            .lock()
-            .map_err(|_| Error::Internal("registry lock poisoned".into()))?;
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        Ok(map.get_mut(c).filter(|e| e.addr.connected()).map(|e| {
-            e.last_used = id;
-            (e.addr.clone(), e.in_flight.clone())
-        }))
-    }
-
     /// The collection's actor and admission counter, starting the actor if needed.
-    ///
-    /// The load runs under the collection's own loading lock (see `Shared::loading`), so only
-    /// one caller loads a collection at a time and no incarnation can start, write and stop
-    /// while another caller's load of the same collection reads the store.
-    fn actor(&self, c: &str) -> Result<(Addr<CollectionActor>, Arc<AtomicUsize>)> {
-        if let Some(live) = self.live_actor(c)? {
-            return Ok(live);
-        }
-        let gate = {
-            let mut loading = self
-                .shared
-                .loading
-                .lock()
-                .map_err(|_| Error::Internal("loading lock poisoned".into()))?;
-            loading.entry(c.to_string()).or_default().clone()
-        };
-        let started = {
-            let _loading = gate.lock().unwrap_or_else(|e| e.into_inner());
-            match self.live_actor(c)? {
-                Some(live) => Ok(live),
-                None => self.start_actor(c),
-            }
-        };
-        if let Ok(mut loading) = self.shared.loading.lock() {
-            // Only the map and this caller hold it: nobody else waits for this collection.
-            if Arc::strong_count(&gate) == 2 {
-                loading.remove(c);
-            }
-        }
-        started
-    }
-
-    /// Loads collection `c` from the store and registers its new actor (the caller holds the
-    /// collection's loading lock).
-    fn start_actor(&self, c: &str) -> Result<(Addr<CollectionActor>, Arc<AtomicUsize>)> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let actor =
-            CollectionActor::load(c.to_string(), id, self.shared.clone(), in_flight.clone())?;
-        let mut map = self
-            .shared
-            .registry
-            .lock()
-            .map_err(|_| Error::Internal("registry lock poisoned".into()))?;
-        if map.len() >= self.shared.config.max_live_collections {
-            // Ask the least recently used to stop; it does only if quiet, so the cap is soft
-            // under a burst but holds for collections touched and left idle.
-            let lru = map
-                .values()
-                .filter(|e| e.in_flight.load(Ordering::SeqCst) == 0)
-                .min_by_key(|e| e.last_used);
-            if let Some(e) = lru {
-                let _ = e.addr.try_send(StopIfQuiet);
-            }
-        }
-        let arbiter =
-            &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
-        let addr = CollectionActor::start_in_arbiter(arbiter, move |_| actor);
-        map.insert(
-            c.to_string(),
-            Entry {
-                id,
-                addr: addr.clone(),
-                in_flight: in_flight.clone(),
-                last_used: id,
-            },
-        );
-        Ok((addr, in_flight))
+    fn actor(&self, c: &str) -> Result<Live> {
+        self.shared.registry.actor(&self.shared, c)
     }
 
     /// Sends `msg` (rebuilt by `make` on a retry) to collection `c`'s actor, with admission
@@ -370,12 +219,7 @@ impl Replicate {
     /// that does not exist answer from this without starting an actor, so made-up names cost
     /// one store lookup, not an actor each.
     fn exists(&self, c: &str) -> Result<bool> {
-        let live = self
-            .shared
-            .registry
-            .lock()
-            .map(|m| m.contains_key(c))
-            .unwrap_or(false);
+        let live = self.shared.registry.contains(c);
         Ok(live || self.shared.store.collection_exists(c)?)
     }
 
@@ -631,10 +475,7 @@ impl Replicate {
 
     /// Observable state of every live collection actor.
     pub async fn stats(&self) -> ServiceStats {
-        let addrs: Vec<Addr<CollectionActor>> = match self.shared.registry.lock() {
-            Ok(map) => map.values().map(|e| e.addr.clone()).collect(),
-            Err(_) => Vec::new(),
-        };
+        let addrs = self.shared.registry.addrs();
         let mut collections = Vec::with_capacity(addrs.len());
         for addr in addrs {
             if let Ok(Ok(s)) = addr
@@ -661,13 +502,7 @@ impl Replicate {
         self.shutting_down.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + grace;
         loop {
-            let busy = match self.shared.registry.lock() {
-                Ok(map) => map
-                    .values()
-                    .map(|e| e.in_flight.load(Ordering::SeqCst))
-                    .sum::<usize>(),
-                Err(_) => 0,
-            };
+            let busy = self.shared.registry.in_flight();
             if busy == 0 || tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -684,9 +519,7 @@ impl Replicate {
     /// As [`Self::shutdown`].
     pub async fn close(self, grace: Duration) -> Result<()> {
         let flushed = self.shutdown(grace).await;
-        if let Ok(mut map) = self.shared.registry.lock() {
-            map.clear();
-        }
+        self.shared.registry.clear();
         let threads = match self.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => Vec::new(),

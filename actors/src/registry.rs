@@ -1,0 +1,223 @@
+//! The live collection actors of this process: one per collection, started on demand, looked
+//! up by name, evicted when idle, and the state they all share ([`Shared`]).
+//!
+//! [`crate::runtime::Replicate`] asks the registry for a collection's actor; actors ask it to
+//! remove them when they stop. Loading a collection reads the store, so it runs under that
+//! collection's own lock, never the registry's: loading one collection holds up only requests
+//! for that collection, and no incarnation can start, write and stop while another caller's
+//! load of the same collection reads the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+
+use crate::clock::Clock;
+use crate::collection::{CollectionActor, HeadMoved, StopIfQuiet};
+use crate::compactor::StateCache;
+use crate::config::Config;
+use crate::doc_cache::DocCache;
+use crate::durability::GroupCommit;
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::workers::Workers;
+
+/// State shared by the handle and every actor.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub commit: GroupCommit,
+    pub clock: Arc<dyn Clock>,
+    pub config: Config,
+    /// Checks, merges and per-document recovery (bounded queue, large stacks).
+    pub workers: Workers,
+    /// Whole-collection `state` and recovery, on their own queue so per-document work never
+    /// waits behind them.
+    pub state_workers: Workers,
+    /// Per-document recovery, on its own queue so write checks never wait behind it.
+    pub recovery_workers: Workers,
+    /// Stream pages, on an engine whose reads are round trips (see `ReadPage`); `None` on
+    /// sled, whose pages the actors read themselves.
+    pub read_workers: Option<Workers>,
+    /// Documents kept built to check writes against.
+    pub docs: DocCache,
+    /// Merged whole-collection states by head seq.
+    pub states: StateCache,
+    pub registry: Registry,
+}
+
+impl Shared {
+    /// Removes collection `name` from the registry if incarnation `id` is still the one
+    /// registered and nothing is admitted for it. Returns whether it did.
+    pub fn evict(&self, name: &str, id: u64) -> bool {
+        self.registry.evict(name, id)
+    }
+}
+
+/// A live actor: its address, its admission counter, and which incarnation it is.
+struct Entry {
+    id: u64,
+    addr: Addr<CollectionActor>,
+    in_flight: Arc<AtomicUsize>,
+    /// When this entry was last asked for (a registry-wide counter), for LRU eviction.
+    last_used: u64,
+}
+
+/// An actor's address and the counter of requests admitted for it.
+pub(crate) type Live = (Addr<CollectionActor>, Arc<AtomicUsize>);
+
+/// See the module docs.
+pub(crate) struct Registry {
+    live: Mutex<HashMap<String, Entry>>,
+    /// One lock per collection being loaded; entries go once no caller holds them.
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+    /// Incarnation ids and LRU ticks.
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// A registry starting actors on `arbiters`, in turn.
+    pub fn new(arbiters: Vec<ArbiterHandle>) -> Registry {
+        Registry {
+            live: Mutex::default(),
+            loading: Mutex::default(),
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// The collection's actor and admission counter, starting the actor if needed.
+    pub fn actor(&self, shared: &Arc<Shared>, c: &str) -> Result<Live> {
+        if let Some(live) = self.live_actor(c)? {
+            return Ok(live);
+        }
+        let gate = {
+            let mut loading = self
+                .loading
+                .lock()
+                .map_err(|_| Error::Internal("loading lock poisoned".into()))?;
+            loading.entry(c.to_string()).or_default().clone()
+        };
+        let started = {
+            let _loading = gate.lock().unwrap_or_else(|e| e.into_inner());
+            match self.live_actor(c)? {
+                Some(live) => Ok(live),
+                None => self.start_actor(shared, c),
+            }
+        };
+        if let Ok(mut loading) = self.loading.lock() {
+            // Only the map and this caller hold it: nobody else waits for this collection.
+            if Arc::strong_count(&gate) == 2 {
+                loading.remove(c);
+            }
+        }
+        started
+    }
+
+    /// The live actor of collection `c` and its admission counter, if one runs.
+    fn live_actor(&self, c: &str) -> Result<Option<Live>> {
+        let mut map = self.lock()?;
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        Ok(map.get_mut(c).filter(|e| e.addr.connected()).map(|e| {
+            e.last_used = id;
+            (e.addr.clone(), e.in_flight.clone())
+        }))
+    }
+
+    /// Loads collection `c` from the store and registers its new actor (the caller holds the
+    /// collection's loading lock).
+    fn start_actor(&self, shared: &Arc<Shared>, c: &str) -> Result<Live> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let actor = CollectionActor::load(c.to_string(), id, shared.clone(), in_flight.clone())?;
+        let mut map = self.lock()?;
+        if map.len() >= shared.config.max_live_collections {
+            // Ask the least recently used to stop; it does only if quiet, so the cap is soft
+            // under a burst but holds for collections touched and left idle.
+            let lru = map
+                .values()
+                .filter(|e| e.in_flight.load(Ordering::SeqCst) == 0)
+                .min_by_key(|e| e.last_used);
+            if let Some(e) = lru {
+                let _ = e.addr.try_send(StopIfQuiet);
+            }
+        }
+        let arbiter =
+            &self.arbiters[self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len()];
+        let addr = CollectionActor::start_in_arbiter(arbiter, move |_| actor);
+        map.insert(
+            c.to_string(),
+            Entry {
+                id,
+                addr: addr.clone(),
+                in_flight: in_flight.clone(),
+                last_used: id,
+            },
+        );
+        Ok((addr, in_flight))
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Entry>>> {
+        self.live
+            .lock()
+            .map_err(|_| Error::Internal("registry lock poisoned".into()))
+    }
+
+    /// Removes collection `name` if incarnation `id` is still the one registered and nothing
+    /// is admitted for it. Returns whether it did.
+    pub fn evict(&self, name: &str, id: u64) -> bool {
+        let Ok(mut map) = self.live.lock() else {
+            return false;
+        };
+        match map.get(name) {
+            Some(e) if e.id == id && e.in_flight.load(Ordering::SeqCst) == 0 => {
+                map.remove(name);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Tells collection `c`'s actor, if one runs here, of a head another node committed.
+    pub fn head_moved(&self, c: &str, head: u64) {
+        let addr = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|m| m.get(c).map(|e| e.addr.clone()));
+        if let Some(addr) = addr {
+            addr.do_send(HeadMoved { head });
+        }
+    }
+
+    /// Whether collection `c` has a live actor.
+    pub fn contains(&self, c: &str) -> bool {
+        self.live.lock().map(|m| m.contains_key(c)).unwrap_or(false)
+    }
+
+    /// Every live actor.
+    pub fn addrs(&self) -> Vec<Addr<CollectionActor>> {
+        self.live
+            .lock()
+            .map(|m| m.values().map(|e| e.addr.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Requests admitted across every live actor.
+    pub fn in_flight(&self) -> usize {
+        self.live
+            .lock()
+            .map(|m| m.values().map(|e| e.in_flight.load(Ordering::SeqCst)).sum())
+            .unwrap_or(0)
+    }
+
+    /// Forgets every actor (they stop with their arbiters).
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.live.lock() {
+            map.clear();
+        }
+    }
+}

@@ -28,7 +28,7 @@ use crate::peers::PeerTable;
 use crate::registry::Shared;
 use crate::store::{
     Batch, CompactionGuard, CompactionWrite, DeletedEntries, DeltaRecord, DocStats, OpWrite,
-    Outcome, SnapshotRecord, Store,
+    Outcome, PeerRecord, SnapshotRecord, Store,
 };
 use crate::types::{
     Change, CollectionStats, CompactRequest, Compacted, OperationType, StreamPage, Write, Written,
@@ -967,11 +967,42 @@ pub struct Ack {
 }
 
 impl Handler<Ack> for CollectionActor {
-    type Result = Result<u64>;
+    type Result = ResponseActFuture<Self, Result<u64>>;
 
-    /// Acks are stored without waiting for a flush: losing one in a crash only makes
-    /// compaction more conservative (the peer's older ack holds back more deltas).
+    /// On sled, acks are stored here without waiting for a flush: losing one in a crash only
+    /// makes compaction more conservative (the peer's older ack holds back more deltas). On a
+    /// shared engine the ack goes through group commit and is answered once committed: the
+    /// commit waits for the collection's row lock, which another node's commit may hold, and
+    /// this actor's other messages must not wait with it. Compactions on every node read it
+    /// from the database (see `store::postgres`), so it must be there before it is answered.
     fn handle(&mut self, msg: Ack, _: &mut Self::Context) -> Self::Result {
+        let record = match self.record_ack(&msg) {
+            Ok(record) => record,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        self.stats.acks += 1;
+        if !self.numbering {
+            let stored = self
+                .shared
+                .store
+                .put_peer(&self.name, &msg.peer_id, &record);
+            return Box::pin(fut::ready(stored.map(|()| record.synced_seq)));
+        }
+        let round = self
+            .shared
+            .commit
+            .submit(Batch::put_peer(&self.name, &msg.peer_id, &record));
+        Box::pin(
+            round
+                .into_actor(self)
+                .map(move |stored, _, _| stored.map(|()| record.synced_seq)),
+        )
+    }
+}
+
+impl CollectionActor {
+    /// Checks an ack against the peer limit and the head, and records it in memory.
+    fn record_ack(&mut self, msg: &Ack) -> Result<PeerRecord> {
         self.touch()?;
         let now = self.shared.clock.now_millis();
         let max = self.shared.config.max_peers_per_collection;
@@ -984,14 +1015,8 @@ impl Handler<Ack> for CollectionActor {
         if msg.synced_seq > self.durable {
             self.refresh_head()?;
         }
-        let record = self
-            .peers
-            .ack(&msg.peer_id, msg.synced_seq, self.durable, now)?;
-        self.shared
-            .store
-            .put_peer(&self.name, &msg.peer_id, &record)?;
-        self.stats.acks += 1;
-        Ok(record.synced_seq)
+        self.peers
+            .ack(&msg.peer_id, msg.synced_seq, self.durable, now)
     }
 }
 

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 use super::{int, operation_code, uint, Failure};
 use crate::paging;
@@ -47,7 +48,10 @@ pub(super) async fn commit(
         }
     }
     write_appends(&tx, &run, &mut heads, &mut outcomes).await?;
-    let moved: Vec<(&String, &u64)> = heads.iter().filter(|(c, h)| before[*c] != **h).collect();
+    let moved: Vec<(&String, &u64)> = heads
+        .iter()
+        .filter(|(c, h)| before.get(*c) != Some(*h))
+        .collect();
     if !moved.is_empty() {
         let names: Vec<&str> = moved.iter().map(|(c, _)| c.as_str()).collect();
         let values: Vec<i64> = moved.iter().map(|(_, h)| int(**h)).collect();
@@ -97,25 +101,29 @@ async fn lock_collections(tx: &Tx<'_>, batches: &[Batch]) -> Result<BTreeMap<Str
     if touched.is_empty() {
         return Ok(BTreeMap::new());
     }
-    if !appended.is_empty() {
-        let names: Vec<&str> = appended.into_iter().collect();
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO collections (collection, head)
-                 SELECT c, 0 FROM unnest($1::text[]) AS c ORDER BY c
-                 ON CONFLICT (collection) DO NOTHING",
-            )
-            .await?;
-        tx.execute(&stmt, &[&names]).await?;
-    }
+    let created: Vec<&str> = appended.into_iter().collect();
     let names: Vec<&str> = touched.into_iter().collect();
-    let stmt = tx
+    let create = tx
+        .prepare_cached(
+            "INSERT INTO collections (collection, head)
+             SELECT c, 0 FROM unnest($1::text[]) AS c ORDER BY c
+             ON CONFLICT (collection) DO NOTHING",
+        )
+        .await?;
+    let lock = tx
         .prepare_cached(
             "SELECT collection, head FROM collections WHERE collection = ANY($1::text[])
              ORDER BY collection FOR UPDATE",
         )
         .await?;
-    let rows = tx.query(&stmt, &[&names]).await?;
+    // One round trip: the driver sends both in this order (it sends a request when its future
+    // is first polled, and `try_join!` polls in order); the server runs them in that order.
+    let (create_params, lock_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        ([&created], [&names]);
+    let (_, rows) = futures::try_join!(
+        tx.execute(&create, &create_params),
+        tx.query(&lock, &lock_params)
+    )?;
     Ok(rows.iter().map(|r| (r.get(0), uint(r.get(1)))).collect())
 }
 

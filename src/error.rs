@@ -26,6 +26,56 @@ use replicate_actors::durability::{StorageFailure, StorageFailureKind};
 use replicate_actors::Error;
 use serde::Serialize;
 
+/// The body of every error answer. Only a schema: answers are written by [`ApiError`].
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_argument", "message": "invalid limit: must be between 1 and 1000, got 0"}}))]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable `code` to act on and a message for a person.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// Says what to fix.
+    pub message: String,
+}
+
+/// Every `code` an error answer can carry (the table in README.md). Only a schema.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidBase64,
+    InvalidArgument,
+    InvalidName,
+    InvalidQuery,
+    InvalidBody,
+    NotWebsocket,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    Conflict,
+    TooLarge,
+    InvalidYjs,
+    YjsLimit,
+    AckAhead,
+    CursorAhead,
+    Overloaded,
+    ShuttingDown,
+    Unavailable,
+    StorageFailed,
+    StorageFull,
+    Timeout,
+    Storage,
+    Internal,
+}
+
 /// An error answer: status, stable code, and a message a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

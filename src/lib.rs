@@ -24,6 +24,8 @@
 //!   set on each connection.
 //! - [`metrics`]: the Prometheus recorder, metric names, and the per-request middleware
 //!   (tracing span, latency histogram).
+//! - [`openapi`]: the OpenAPI 3.1 document of every route, derived from the wire types and
+//!   the handlers' annotations; served at `/openapi.json` and committed as `docs/openapi.json`.
 //! - [`settings`]: [`ServerSettings`], the front's plain configuration.
 //!
 //! The binary `replicate-server` (`src/main.rs`) is the only place that reads flags and
@@ -41,6 +43,7 @@ pub mod error;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod settings;

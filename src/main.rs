@@ -154,6 +154,9 @@ struct Args {
     /// Long-poll and SSE waiters in total; more get 503 `overloaded`.
     #[arg(long, env = "REPLICATE_MAX_WAITERS", default_value_t = actor_defaults().max_waiters)]
     max_waiters: usize,
+    /// Longest long poll (`stream?waitMs=`) in milliseconds; larger waits are cut to it.
+    #[arg(long, env = "REPLICATE_MAX_WAIT_MS", default_value_t = millis(actor_defaults().max_wait))]
+    max_wait_ms: u64,
     /// Collection actors kept live; past it the least recently used quiet one stops.
     #[arg(long, env = "REPLICATE_MAX_LIVE_COLLECTIONS", default_value_t = actor_defaults().max_live_collections)]
     max_live_collections: usize,
@@ -201,6 +204,7 @@ impl Args {
         config.max_waiters_per_collection = self.max_waiters_per_collection;
         config.max_waiters = self.max_waiters;
         config.max_live_collections = self.max_live_collections;
+        config.max_wait = Duration::from_millis(self.max_wait_ms);
         config.max_peers_per_collection = self.max_peers_per_collection;
         config
     }
@@ -248,6 +252,9 @@ impl Args {
 enum Command {
     /// Mint an HS256 token with the server's secret and print it (for operators and tests).
     Token(TokenArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (what `/openapi.json` serves):
+    /// `replicate-server openapi > docs/openapi.json`.
+    Openapi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -393,8 +400,13 @@ async fn reload_on_sighup(verifier: Arc<JwtVerifier>) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Token(token)) = &args.command {
-        return mint(token);
+    match &args.command {
+        Some(Command::Token(token)) => return mint(token),
+        Some(Command::Openapi) => {
+            print!("{}", replicate::openapi::json());
+            return Ok(());
+        }
+        None => {}
     }
     init_logging(args.log_format);
     let settings = args.settings();
@@ -549,7 +561,7 @@ mod tests {
                 assert_eq!(t.grants.len(), 2);
                 assert_eq!(t.ttl, Duration::from_secs(3600));
             }
-            None => panic!("the token subcommand parses"),
+            _ => panic!("the token subcommand parses"),
         }
         let serve = Args::try_parse_from(["replicate-server", "--bind", "127.0.0.1:0"])
             .expect("serving flags parse");

@@ -8,21 +8,28 @@ use base64::Engine as _;
 use replicate_actors::{Change, StreamPage};
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
 /// Body of `insert`, `update` and `delete`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WriteBody {
+    #[schema(value_type = Name)]
     pub document_id: String,
+    /// One Yjs v1 update; at most `--max-update-bytes` (default 8 MiB) once decoded.
+    #[schema(value_type = Base64)]
     pub crdt_bytes: String,
+    /// An idempotency key: the same `opId` again answers the first write's `seq` with
+    /// `duplicate: true` and stores nothing.
     #[serde(default)]
+    #[schema(value_type = Option<Name>)]
     pub op_id: Option<String>,
 }
 
 /// Answer of `insert`, `update` and `delete`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WriteAnswer {
     pub success: bool,
@@ -32,36 +39,48 @@ pub struct WriteAnswer {
 }
 
 /// Body of `ack`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AckBody {
+    /// With authentication on, the token's `sub` or `sub:` followed by anything.
+    #[schema(value_type = Name)]
     pub peer_id: String,
+    /// The highest seq this peer has applied; not above the collection's head (422). Written
+    /// as an integer: `3.0` or `3e0` is 400 `invalid_argument`.
+    #[schema(value_type = u64, minimum = 0)]
     pub synced_seq: Number,
 }
 
 /// Answer of `ack`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AckAnswer {
     pub last_synced_seq: u64,
 }
 
 /// Body of `compact`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompactBody {
+    #[schema(value_type = Name)]
     pub document_id: String,
+    /// A client's snapshot of the document (a Yjs v1 update); needs `admin`.
     #[serde(default)]
+    #[schema(value_type = Option<Base64>)]
     pub snapshot_bytes: Option<String>,
+    /// The state vector `snapshotBytes` corresponds to (Yjs v1).
     #[serde(default)]
+    #[schema(value_type = Option<Base64>)]
     pub state_vector: Option<String>,
-    /// Milliseconds.
+    /// Milliseconds: peers not seen for this long no longer hold back compaction; needs
+    /// `admin`. Written as an integer: `1.0` or `1e3` is 400 `invalid_argument`.
     #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 0)]
     pub peer_timeout: Option<Number>,
 }
 
 /// Answer of `compact`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompactAnswer {
     pub success: bool,
@@ -71,38 +90,50 @@ pub struct CompactAnswer {
 }
 
 /// Body of `recovery`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryBody {
+    /// The peer's Yjs v1 state vector.
+    #[schema(value_type = Base64)]
     pub state_vector: String,
+    /// One document; without it, the whole collection.
     #[serde(default)]
+    #[schema(value_type = Option<Name>)]
     pub document_id: Option<String>,
 }
 
 /// Answer of `recovery`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryAnswer {
+    /// A Yjs v1 update: what the peer misses.
+    #[schema(value_type = Base64)]
     pub diff: String,
     pub cursor: u64,
 }
 
 /// Answer of `state`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StateAnswer {
+    /// The whole collection merged into one Yjs v1 update.
+    #[schema(value_type = Base64)]
     pub crdt_bytes: String,
     pub cursor: u64,
 }
 
 /// One change, in `stream` answers and as the `data:` of an SSE event.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WireChange {
+    #[schema(value_type = Name)]
     pub document_id: String,
     pub seq: u64,
+    /// A Yjs v1 update.
+    #[schema(value_type = Base64)]
     pub crdt_bytes: String,
     /// `insert`, `update`, `delete` or `snapshot`.
+    #[schema(value_type = OperationType)]
     pub operation_type: String,
 }
 
@@ -118,12 +149,17 @@ impl From<&Change> for WireChange {
 }
 
 /// Answer of `stream`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamAnswer {
+    /// Snapshots first (`operationType: "snapshot"`), then deltas in seq order.
     pub changes: Vec<WireChange>,
+    /// Once every change is applied, the peer holds every update with seq ≤ `cursor`.
     pub cursor: u64,
+    /// Ask again right away.
     pub has_more: bool,
+    /// A document whose retained delta bytes exceed `sizeThreshold`, or `null`.
+    #[schema(value_type = Option<Name>)]
     pub compact: Option<String>,
 }
 
@@ -136,6 +172,102 @@ impl From<&StreamPage> for StreamAnswer {
             compact: p.compact.clone(),
         }
     }
+}
+
+/// A name: a collection, `documentId`, `peerId` or `opId` (the names rule in README.md): 1 to
+/// 256 bytes of UTF-8, no control characters and no invisible formatting characters. The
+/// pattern excludes the characters; the byte length is checked by the server (400
+/// `invalid_name`), `maxLength` counts characters. Only a schema: names travel as strings.
+#[derive(ToSchema)]
+#[schema(
+    value_type = String,
+    min_length = 1,
+    max_length = 256,
+    pattern = r"^[^\u0000-\u001F\u007F-\u009F\u200B-\u200F\u2028-\u202E\u2066-\u2069\uFEFF]+$",
+    example = "doc-1"
+)]
+pub struct Name(pub String);
+
+/// Bytes as standard padded base64 (RFC 4648 §4) of standard Yjs v1 encoding, canonical: the
+/// unused bits before `=` padding are zero (`AAA=`, not `AAB=`). Only a schema: bytes travel
+/// as strings, decoded by [`decode`].
+#[derive(ToSchema)]
+#[schema(
+    value_type = String,
+    content_encoding = "base64",
+    pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$",
+    example = "AQEBAAQBB2NvbnRlbnQCaGkA"
+)]
+pub struct Base64(pub String);
+
+/// What a change is: written by `insert`, `update` or `delete`, or a `snapshot` of a document
+/// whose deltas compaction deleted.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum OperationType {
+    Insert,
+    Update,
+    Delete,
+    Snapshot,
+}
+
+/// The query of `GET /v1/{c}/stream`. Only a schema: the handler parses the pairs with
+/// [`crate::routes::stream::parse`] (an empty value means the default; unknown parameters are
+/// ignored; a repeated one is 400 `invalid_query`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct StreamQuery {
+    /// Changes after this seq (default 0); above the collection's head is 422
+    /// `cursor_ahead`.
+    #[param(minimum = 0)]
+    pub cursor: Option<u64>,
+    /// At most this many deltas (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Retained delta bytes of a document above which `compact` names it (default
+    /// 5,000,000).
+    #[param(rename = "sizeThreshold", minimum = 0)]
+    pub size_threshold: Option<u64>,
+    /// With nothing new, long-poll this many milliseconds for a commit (capped at 60 s, and
+    /// at the token's expiry).
+    #[param(rename = "waitMs", minimum = 0)]
+    pub wait_ms: Option<u64>,
+}
+
+/// The query of `GET /v1/{c}/events`. Only a schema (see [`crate::routes::events::parse`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct EventsQuery {
+    /// Events after this seq (default 0); `Last-Event-ID` takes precedence.
+    #[param(minimum = 0)]
+    pub cursor: Option<u64>,
+}
+
+/// The collection in a `/v1/{c}/…` path, percent-encoded (`a%2Fb` is the collection `a/b`;
+/// encoding that does not decode to UTF-8 is 400 `invalid_name`). Only a schema (see
+/// [`crate::routes::Collection`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct CollectionPath {
+    /// The collection (the names rule).
+    #[param(value_type = Name)]
+    pub c: String,
+}
+
+/// The path of `GET /v1/{c}/ws/{documentId}`. Only a schema.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct DocumentPath {
+    /// The collection (the names rule).
+    #[param(value_type = Name)]
+    pub c: String,
+    /// The document (the names rule), percent-encoded like the collection.
+    #[param(rename = "documentId", value_type = Name)]
+    pub document_id: String,
 }
 
 /// Standard padded base64.

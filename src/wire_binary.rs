@@ -605,3 +605,13 @@ mod tests {
         }
     }
 }
+
+/// A body in the binary form (`preamble record*`, README.md). Only a schema.
+#[derive(utoipa::ToSchema)]
+#[schema(
+    value_type = String,
+    format = Binary,
+    content_media_type = "application/vnd.replicate.changes"
+)]
+#[allow(dead_code)]
+pub struct BinaryChanges(Vec<u8>);

@@ -4,9 +4,10 @@ use actix_web::web::{Data, Json};
 
 use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::metrics;
 use crate::routes::AppState;
-use crate::wire::{json_u64, AckAnswer, AckBody};
+use crate::wire::{json_u64, AckAnswer, AckBody, CollectionPath};
 
 /// The peer and its synced seq.
 ///
@@ -20,6 +21,21 @@ pub fn parse(body: &AckBody) -> Result<(&str, u64), ApiError> {
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/{c}/ack",
+    tag = "read",
+    operation_id = "ack",
+    summary = "Record the highest seq a peer has applied",
+    description = "Needs `read`; with authentication on, `peerId` must be the token's `sub` or \
+                   start with `sub:` (else 403).",
+    params(CollectionPath),
+    request_body(content = AckBody, example = json!({"peerId": "alice:phone", "syncedSeq": 3})),
+    responses(
+        (status = 200, description = "Recorded", body = AckAnswer, example = json!({"lastSyncedSeq": 3})),
+        (status = 422, description = "`ack_ahead`: `syncedSeq` is above the collection's head", body = ErrorBody),
+    )
+)]
 /// The principal must be the peer (see [`crate::auth::Principal::may_act_as`]): otherwise it
 /// could raise another peer's ack, or hold compaction back with made-up peers.
 pub async fn ack(

@@ -9,9 +9,10 @@ use replicate_actors::CompactRequest;
 use crate::auth::extract::{Authorized, Write};
 use crate::auth::Right;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::metrics;
 use crate::routes::AppState;
-use crate::wire::{decode, json_u64, CompactAnswer, CompactBody};
+use crate::wire::{decode, json_u64, CollectionPath, CompactAnswer, CompactBody};
 
 /// # Errors
 /// 400 `invalid_base64` for `snapshotBytes` / `stateVector`; 400 `invalid_argument` for a
@@ -37,6 +38,24 @@ pub fn parse(body: CompactBody) -> Result<CompactRequest, ApiError> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/{c}/compact",
+    tag = "write",
+    operation_id = "compact",
+    summary = "Compact one document",
+    description = "Merges the document's deltas (and an optional client snapshot) into its \
+                   snapshot and deletes the deltas every active peer has acknowledged. Needs \
+                   `write`; `peerTimeout` or `snapshotBytes` need `admin`.",
+    params(CollectionPath),
+    request_body(content = CompactBody, example = json!({"documentId": "doc-1", "peerTimeout": 600000})),
+    responses(
+        (status = 200, description = "Compacted", body = CompactAnswer,
+            example = json!({"success": true, "removed": 3, "retained": 0, "snapshotSeq": 3})),
+        (status = 409, description = "`conflict`: a compaction kept racing another on the same document; retry", body = ErrorBody),
+        (status = 422, description = "`invalid_yjs` or `yjs_limit`: the snapshot or state vector is not usable", body = ErrorBody),
+    )
+)]
 /// `write` compacts as the server's peer timeout allows; choosing the peer timeout (which can
 /// delete deltas active peers still need) or offering a snapshot takes `admin`.
 pub async fn compact(

@@ -12,10 +12,12 @@ use replicate_actors::{StreamRequest, MAX_STREAM_LIMIT};
 
 use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::routes::AppState;
 use crate::sse::{self, FeedFormat};
-use crate::wire::{query_param, query_u64};
+use crate::wire::{query_param, query_u64, CollectionPath, EventsQuery};
 use crate::wire_binary;
+use crate::wire_binary::BinaryChanges;
 
 /// The starting cursor: `Last-Event-ID` when present (a reconnect), else `?cursor=`, else 0.
 ///
@@ -34,6 +36,34 @@ pub fn parse(req: &HttpRequest, pairs: &[(String, String)]) -> Result<u64, ApiEr
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/{c}/events",
+    tag = "read",
+    operation_id = "events",
+    summary = "Server-Sent Events from a cursor, one change per event",
+    description = "The same changes as `stream`, pushed as they commit; the body does not end \
+                   while the server runs. Each event's `data:` is a change object as in `stream` \
+                   (`Change`), its `id:` a cursor to resume from (sent back as `Last-Event-ID`). \
+                   `: keepalive` every 15 s; `event: error` with the error JSON ends the stream \
+                   (e.g. `unauthenticated` when the token expires). With `Accept: \
+                   application/vnd.replicate.changes`, a streaming body of binary records \
+                   instead (README.md). Needs `read`.",
+    params(
+        CollectionPath,
+        EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "A cursor (decimal digits) to resume from; takes precedence over `cursor`"),
+    ),
+    responses(
+        (status = 200, description = "An endless event stream",
+            headers(("Cache-Control" = String, description = "`no-cache`")),
+            content(
+                (String = "text/event-stream", example = json!("id: 1\ndata: {\"documentId\":\"doc-1\",\"seq\":1,\"crdtBytes\":\"AQEBAAQBB2NvbnRlbnQCaGkA\",\"operationType\":\"insert\"}\n\n")),
+                (BinaryChanges = "application/vnd.replicate.changes")
+            )),
+        (status = 422, description = "`cursor_ahead`: the cursor is above the collection's head", body = ErrorBody),
+    )
+)]
 /// The stream ends with an `unauthenticated` error event when the token expires.
 pub async fn events(
     auth: Authorized<Read>,

@@ -174,6 +174,7 @@ fn table() -> Vec<(RouteSpec, Route)> {
     let post = || ("POST", web::post());
     vec![
         entry(get(), "/healthz", Access::Open, ops::healthz),
+        entry(get(), "/openapi.json", Access::Open, ops::openapi),
         entry(get(), "/metrics", Access::Service(Admin), ops::metrics),
         entry(get(), "/stats", Access::Service(Admin), ops::stats),
         entry(post(), "/v1/{c}/insert", c(Write), write::insert),
@@ -214,7 +215,9 @@ pub fn configure(cfg: &mut ServiceConfig, state: &AppState) {
         cfg.service(
             web::resource(spec.path.replace("{c}", C))
                 .route(route)
-                .default_service(web::to(method_not_allowed))
+                .default_service(web::to(move |req: HttpRequest| {
+                    method_not_allowed(req, spec.method)
+                }))
                 .wrap(from_fn(move |req, next| {
                     auth::extract::guard(access, req, next)
                 })),
@@ -227,9 +230,14 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(req.path()))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::method_not_allowed(
-        req.method().as_str(),
-        req.path(),
-    ))
+/// 405 with the `Allow` header naming the one method the path serves (RFC 9110 §15.5.6
+/// requires it; schemathesis' `allow_header_conformance` found it missing).
+async fn method_not_allowed(req: HttpRequest, allowed: &'static str) -> HttpResponse {
+    use actix_web::ResponseError as _;
+    let mut res = ApiError::method_not_allowed(req.method().as_str(), req.path()).error_response();
+    res.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allowed),
+    );
+    res
 }

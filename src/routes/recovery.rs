@@ -5,8 +5,9 @@ use actix_web::web::{Data, Json};
 
 use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::routes::AppState;
-use crate::wire::{decode, encode, RecoveryAnswer, RecoveryBody};
+use crate::wire::{decode, encode, CollectionPath, RecoveryAnswer, RecoveryBody};
 
 /// The decoded state vector and the optional document.
 ///
@@ -19,6 +20,22 @@ pub fn parse(body: &RecoveryBody) -> Result<(Vec<u8>, Option<&str>), ApiError> {
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/{c}/recovery",
+    tag = "read",
+    operation_id = "recovery",
+    summary = "What a peer with this state vector misses",
+    description = "For one document, or without `documentId` the whole collection, with the \
+                   cursor the diff corresponds to. Needs `read`.",
+    params(CollectionPath),
+    request_body(content = RecoveryBody, example = json!({"stateVector": "AA==", "documentId": "doc-1"})),
+    responses(
+        (status = 200, description = "The diff", body = RecoveryAnswer,
+            example = json!({"diff": "AQEBAAQBB2NvbnRlbnQCaGkA", "cursor": 3})),
+        (status = 422, description = "`invalid_yjs`: not a Yjs v1 state vector", body = ErrorBody),
+    )
+)]
 pub async fn recovery(
     auth: Authorized<Read>,
     state: Data<AppState>,

@@ -10,10 +10,12 @@ use replicate_actors::{StreamRequest, DEFAULT_STREAM_LIMIT, MAX_STREAM_LIMIT};
 
 use crate::auth::extract::{Authorized, Read};
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::metrics::{self, GaugeGuard};
 use crate::routes::AppState;
-use crate::wire::{query_param, query_u64, StreamAnswer};
+use crate::wire::{query_param, query_u64, CollectionPath, StreamAnswer, StreamQuery};
 use crate::wire_binary;
+use crate::wire_binary::BinaryChanges;
 
 /// A query number, or `None` when absent or empty (`?cursor=` means the default).
 fn number(pairs: &[(String, String)], name: &str) -> Result<Option<u64>, ApiError> {
@@ -50,6 +52,29 @@ pub fn parse(pairs: &[(String, String)]) -> Result<StreamRequest, ApiError> {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/{c}/stream",
+    tag = "read",
+    operation_id = "stream",
+    summary = "One page of changes after a cursor (optionally a long poll)",
+    description = "Snapshots of documents whose deltas were compacted since `cursor`, then deltas \
+                   in seq order. Apply every change, then record `cursor`. JSON by default; with \
+                   `Accept: application/vnd.replicate.changes` the binary page of README.md \
+                   (`preamble PAGE CHANGE×count`). Needs `read`.",
+    params(CollectionPath, StreamQuery),
+    responses(
+        (status = 200, description = "A page of changes",
+            headers(("Vary" = String, description = "`Accept`: the form follows it")),
+            content(
+                (StreamAnswer = "application/json", example = json!({
+                    "changes": [{"documentId": "doc-1", "seq": 1, "crdtBytes": "AQEBAAQBB2NvbnRlbnQCaGkA", "operationType": "insert"}],
+                    "cursor": 1, "hasMore": false, "compact": null})),
+                (BinaryChanges = "application/vnd.replicate.changes")
+            )),
+        (status = 422, description = "`cursor_ahead`: `cursor` is above the collection's head", body = ErrorBody),
+    )
+)]
 /// A long poll waits at most until the token expires: it then answers what there is, and the
 /// client's next request meets the expiry.
 pub async fn stream(

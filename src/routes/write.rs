@@ -6,9 +6,10 @@ use replicate_actors::{OperationType, Write};
 
 use crate::auth::extract::{Authorized, Write as NeedWrite};
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::metrics;
 use crate::routes::AppState;
-use crate::wire::{decode, WriteAnswer, WriteBody};
+use crate::wire::{decode, CollectionPath, WriteAnswer, WriteBody};
 
 /// Turns the wire body into a [`Write`]; names and bytes are then checked by the actors
 /// (naming rule, size cap, Yjs decoding) before anything is stored.
@@ -45,6 +46,26 @@ async fn write(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/{c}/insert",
+    tag = "write",
+    operation_id = "insert",
+    summary = "Insert a document change",
+    description = "Stores one Yjs v1 update as an `insert` change of the document and answers its \
+                   seq once it is on disk. Needs `write`. A rejected request stores nothing.",
+    params(CollectionPath),
+    request_body(
+        content = WriteBody,
+        example = json!({"documentId": "doc-1", "crdtBytes": "AQEBAAQBB2NvbnRlbnQCaGkA", "opId": "client-1:op-1"})
+    ),
+    responses(
+        (status = 200, description = "Stored (or a repeated `opId`: `duplicate: true`, nothing stored)",
+            body = WriteAnswer, example = json!({"success": true, "seq": 1, "duplicate": false})),
+        (status = 409, description = "`conflict`: the `opId` was used for other bytes", body = ErrorBody),
+        (status = 422, description = "`invalid_yjs` (not a Yjs v1 update) or `yjs_limit` (too deep, too costly)", body = ErrorBody),
+    )
+)]
 pub async fn insert(
     auth: Authorized<NeedWrite>,
     state: Data<AppState>,
@@ -53,6 +74,26 @@ pub async fn insert(
     write(auth, state, body, OperationType::Insert).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/{c}/update",
+    tag = "write",
+    operation_id = "update",
+    summary = "Update a document",
+    description = "Stores one Yjs v1 update as an `update` change of the document and answers its \
+                   seq once it is on disk. Needs `write`. A rejected request stores nothing.",
+    params(CollectionPath),
+    request_body(
+        content = WriteBody,
+        example = json!({"documentId": "doc-1", "crdtBytes": "AQEBAAQBB2NvbnRlbnQCaGkA", "opId": "client-1:op-1"})
+    ),
+    responses(
+        (status = 200, description = "Stored (or a repeated `opId`: `duplicate: true`, nothing stored)",
+            body = WriteAnswer, example = json!({"success": true, "seq": 1, "duplicate": false})),
+        (status = 409, description = "`conflict`: the `opId` was used for other bytes", body = ErrorBody),
+        (status = 422, description = "`invalid_yjs` (not a Yjs v1 update) or `yjs_limit` (too deep, too costly)", body = ErrorBody),
+    )
+)]
 pub async fn update(
     auth: Authorized<NeedWrite>,
     state: Data<AppState>,
@@ -61,6 +102,26 @@ pub async fn update(
     write(auth, state, body, OperationType::Update).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/{c}/delete",
+    tag = "write",
+    operation_id = "delete",
+    summary = "Delete a document (a Yjs update that deletes)",
+    description = "Stores one Yjs v1 update as an `delete` change of the document and answers its \
+                   seq once it is on disk. Needs `write`. A rejected request stores nothing.",
+    params(CollectionPath),
+    request_body(
+        content = WriteBody,
+        example = json!({"documentId": "doc-1", "crdtBytes": "AQEBAAQBB2NvbnRlbnQCaGkA", "opId": "client-1:op-1"})
+    ),
+    responses(
+        (status = 200, description = "Stored (or a repeated `opId`: `duplicate: true`, nothing stored)",
+            body = WriteAnswer, example = json!({"success": true, "seq": 1, "duplicate": false})),
+        (status = 409, description = "`conflict`: the `opId` was used for other bytes", body = ErrorBody),
+        (status = 422, description = "`invalid_yjs` (not a Yjs v1 update) or `yjs_limit` (too deep, too costly)", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     auth: Authorized<NeedWrite>,
     state: Data<AppState>,

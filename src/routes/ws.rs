@@ -9,8 +9,9 @@ use tokio::sync::mpsc;
 use crate::auth::extract::{Access, Authorized, Read};
 use crate::auth::Right;
 use crate::error::ApiError;
+use crate::error::ErrorBody;
 use crate::routes::AppState;
-use crate::wire::path_segment;
+use crate::wire::{path_segment, DocumentPath};
 use crate::ws::close::Closer;
 use crate::ws::connection::{self, Connection};
 use crate::ws::room::Link;
@@ -27,6 +28,24 @@ fn document_id(req: &HttpRequest) -> Result<String, ApiError> {
     path_segment("documentId", raw)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/{c}/ws/{documentId}",
+    tag = "websocket",
+    operation_id = "websocket",
+    summary = "y-websocket: sync and awareness of one document over a WebSocket",
+    description = "A WebSocket upgrade (RFC 6455: `Connection: Upgrade`, `Upgrade: websocket`, \
+                   `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`) speaking the y-protocols \
+                   messages of the `y-websocket` provider (binary frames). Needs `read`; edits \
+                   need `write`. Browsers pass the token as `?token=`. Close codes: 4400 not a \
+                   y-protocols message, 4401 token expired, 4403 a reader's edit, 4413 too \
+                   large, 4422 refused update, 1013 overloaded or too slow, 1001 shutdown.",
+    params(DocumentPath),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open"),
+        (status = 400, description = "`not_websocket`: not a WebSocket upgrade; or a bad name", body = ErrorBody),
+    )
+)]
 pub async fn ws(
     auth: Authorized<Read>,
     state: Data<AppState>,

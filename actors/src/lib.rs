@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`runtime`]: [`Replicate`], the handle: starts everything and exposes typed async calls.
 //! - `registry`: the live collection actors by name, and the state they share.
-//! - [`collection`]: the collection actor, one per collection, sole assigner of its seqs.
+//! - [`collection`]: the collection actor, one per collection and process: it numbers its
+//!   writes on sled; on a store several nodes share, the commit numbers them.
 //! - [`peers`]: the peer tracker (acks, activity, min synced seq), owned by the collection actor.
 //! - [`compaction`]: the pure compaction plan (which deltas may go, new counters).
 //! - [`compactor`]: a `SyncArbiter` actor for merges and diffs, off the async threads.
 //! - [`durability`]: group commit, one flusher thread batching concurrent writes into one flush.
-//! - [`store`]: every record on sled, behind its own API; [`keys`]: its key encoding.
+//! - [`store`]: every record behind the `Engine` trait: [`store::sled`] embedded (with
+//!   [`keys`], its key encoding), [`store::postgres`] for several nodes.
 //! - [`paging`]: bounded stream pages: the index of where compaction deleted deltas, and the
 //!   walk that cuts a page with it (pure; the collection actor reads the store for it).
 //! - [`crdt`]: the only user of yrs: validation, merge, state vectors, diffs; [`precheck`]: a

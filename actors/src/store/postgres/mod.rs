@@ -15,13 +15,13 @@
 //!
 //! # Several nodes
 //! Several processes ("nodes") may serve one schema at once. Each commit numbers its appends
-//! from the locked head of their collection ([`commit`] says why that keeps seqs gap-free and
+//! from the locked head of their collection (`commit.rs` says why that keeps seqs gap-free and
 //! unique), settles op ids across nodes, counts documents' bytes in the database, and checks
 //! compactions against acks and compactions committed elsewhere. Other nodes hear of new heads
-//! through `LISTEN`/`NOTIFY` ([`listen`]).
+//! through `LISTEN`/`NOTIFY` (`listen.rs`).
 //!
 //! Tables live in their own schema (`replicate` unless configured), created and migrated on
-//! open ([`schema`]).
+//! open (`schema.rs`).
 
 mod commit;
 mod listen;
@@ -356,7 +356,7 @@ const STATS_COLUMNS: &str =
     "document_id, retained_bytes, retained_count, watermark, generation, has_snapshot, snapshot_seq";
 
 impl Engine for PostgresEngine {
-    /// Applies the batches in one transaction (see [`commit`]), again if PostgreSQL aborted
+    /// Applies the batches in one transaction (see `commit.rs`), again if PostgreSQL aborted
     /// it for a deadlock or a serialization failure.
     fn commit(&self, batches: &[Batch]) -> Result<Vec<Vec<Outcome>>> {
         if batches.iter().all(Batch::is_empty) {

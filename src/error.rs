@@ -192,6 +192,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         // client or operator can act on, 503 says the service cannot take writes right now.
         Error::StorageFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
         Error::StorageFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        // Only this write failed; the next commit tries again (a store several nodes share).
+        Error::CommitFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

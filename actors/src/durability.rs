@@ -69,6 +69,14 @@ pub struct StorageFailure {
     pub kind: StorageFailureKind,
     /// The store's own message, e.g. `IO error: No space left on device (os error 28)`.
     pub reason: String,
+    /// Whether every later write fails too until restart (sled), or only this round's (an
+    /// engine that numbers writes itself).
+    #[serde(default = "sticky_by_default")]
+    pub sticky: bool,
+}
+
+fn sticky_by_default() -> bool {
+    true
 }
 
 impl StorageFailure {
@@ -92,12 +100,19 @@ impl StorageFailure {
         } else {
             StorageFailureKind::Failed
         };
-        StorageFailure { kind, reason }
+        StorageFailure {
+            kind,
+            reason,
+            sticky: true,
+        }
     }
 
     /// The error a write refused because of this failure answers.
     pub fn error(&self) -> Error {
         let reason = self.reason.clone();
+        if !self.sticky {
+            return Error::CommitFailed { reason };
+        }
         match self.kind {
             StorageFailureKind::Full => Error::StorageFull { reason },
             StorageFailureKind::Failed => Error::StorageFailed { reason },
@@ -276,10 +291,13 @@ where
 
 /// Classifies and logs a failed commit.
 fn failed(e: &Error, sticky: bool) -> StorageFailure {
-    let failure = StorageFailure::classify(match e {
-        Error::Storage(message) => message.clone(),
-        other => other.to_string(),
-    });
+    let failure = StorageFailure {
+        sticky,
+        ..StorageFailure::classify(match e {
+            Error::Storage(message) => message.clone(),
+            other => other.to_string(),
+        })
+    };
     let todo = match failure.kind {
         StorageFailureKind::Full => "free disk space, then restart replicate",
         StorageFailureKind::Failed => {
@@ -441,6 +459,10 @@ mod tests {
         gc.durable().await.unwrap();
         let err = gc.durable().await.unwrap_err();
         assert_eq!(err.code(), "storage_failed");
+        assert!(
+            err.to_string().contains("the next commit tries again"),
+            "no restart advice for a failure that is not sticky: {err}"
+        );
         assert_eq!(
             gc.failure().map(|f| f.kind),
             Some(StorageFailureKind::Failed)

@@ -71,6 +71,13 @@ pub enum Error {
          answered before was lost"
     )]
     StorageFailed { reason: String },
+    /// A commit failed on a store that numbers writes itself (PostgreSQL): this write was not
+    /// stored and took no seq, and the next commit tries again (see `durability`).
+    #[error(
+        "the store failed to commit this write ({reason}); nothing of it was stored and no \
+         seq was taken; retry (the next commit tries again)"
+    )]
+    CommitFailed { reason: String },
     /// The collection's actor stopped (idle) while the request was queued; the handle retries
     /// on a fresh actor, so callers only see this if that keeps happening.
     #[error("collection actor is restarting; retry")]
@@ -99,7 +106,7 @@ impl Error {
             Error::Relocated => "unavailable",
             Error::Internal(_) => "internal",
             Error::StorageFull { .. } => "storage_full",
-            Error::StorageFailed { .. } => "storage_failed",
+            Error::StorageFailed { .. } | Error::CommitFailed { .. } => "storage_failed",
         }
     }
 }

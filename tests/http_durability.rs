@@ -5,12 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use common::{b64, unb64, Client, Peer};
 use serde_json::json;
@@ -21,33 +20,8 @@ const ANSWERED_BEFORE_KILL: usize = 200;
 
 /// Starts the binary on port 0 and answers it with the address it printed.
 fn start(data: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_replicate-server"))
-        .args(["--bind", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("replicate-server starts");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    // Keep draining stderr for the process's whole life, or it blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\u{1b}')
-                    .collect();
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.parse::<SocketAddr>().expect("printed address parses"));
-                }
-            }
-        }
-    });
-    let addr = rx.recv().expect("server printed its address");
-    (child, addr)
+    let data = data.to_str().expect("a UTF-8 temp path");
+    common::spawn_server(&["--data", data])
 }
 
 /// An answered write: its document and bytes.

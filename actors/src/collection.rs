@@ -663,18 +663,12 @@ impl CollectionActor {
         } = q;
         let doc = write.document_id.clone();
         let len = write.bytes.len() as u64;
-        let record = DeltaRecord {
-            document_id: write.document_id,
-            operation,
-            bytes: write.bytes,
-            created_at: self.shared.clock.now_millis(),
-        };
-        let op = write.op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
+        let (record, op_id) = self.delta_record(operation, write);
+        let op = op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
         // The engine counts the document's bytes itself; the seq is its to give.
         let prepared = Batch::append(&self.name, 0, &record, &DocStats::default(), op);
         let round = self.shared.commit.submit_outcomes(prepared);
         self.stats.pending_writes += 1;
-        let op_id = write.op_id;
         ctx.spawn(round.into_actor(self).map(move |res, act, ctx| {
             act.stats.pending_writes -= 1;
             let written = match res.map(|mut o| o.pop()) {
@@ -715,6 +709,21 @@ impl CollectionActor {
         }));
     }
 
+    /// The record an accepted write is stored as (created now), and its op id.
+    fn delta_record(
+        &self,
+        operation: OperationType,
+        write: Write,
+    ) -> (DeltaRecord, Option<String>) {
+        let record = DeltaRecord {
+            document_id: write.document_id,
+            operation,
+            bytes: write.bytes,
+            created_at: self.shared.clock.now_millis(),
+        };
+        (record, write.op_id)
+    }
+
     /// Assigns the next seq to an accepted write and prepares it.
     fn append(
         &mut self,
@@ -730,18 +739,13 @@ impl CollectionActor {
         let len = write.bytes.len() as u64;
         stats.retained_bytes += len;
         stats.retained_count += 1;
-        let record = DeltaRecord {
-            document_id: write.document_id,
-            operation,
-            bytes: write.bytes,
-            created_at: self.shared.clock.now_millis(),
-        };
-        let op = write.op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
+        let (record, op_id) = self.delta_record(operation, write);
+        let op = op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
         let prepared = Batch::append(&self.name, seq, &record, &stats, op);
         // Cannot fail now: the counters were just read into memory.
         self.set_doc_stats(&record.document_id, stats, seq)?;
         self.assigned = seq;
-        if let Some(op) = write.op_id {
+        if let Some(op) = op_id {
             self.pending_ops
                 .insert((record.document_id.clone(), op), (seq, hash));
         }

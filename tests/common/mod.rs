@@ -541,6 +541,10 @@ pub fn spawn_server(args: &[&str]) -> (std::process::Child, SocketAddr) {
     std::thread::spawn(move || {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Echo what looks like a crash, so a failing test shows why.
+            if line.contains("panic") || line.contains("overflow") || line.contains("abort") {
+                eprintln!("replicate-server: {line}");
+            }
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr: String = rest
                     .chars()

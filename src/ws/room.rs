@@ -8,7 +8,9 @@
 //! same commit notification `stream` and `events` wait on. Each page's changes of this
 //! document are applied to the doc, then broadcast as update messages, in seq order; other
 //! documents' changes only move the cursor. A write made through one of the room's own
-//! connections is not sent back to it (see [`Room::note_origin`]).
+//! connections is not sent back to it (see [`Room::note_origin`]) — best effort: when the
+//! follower delivers the seq before the write's answer reaches the connection, the writer
+//! gets its own update back, which Yjs applies as a no-op.
 //!
 //! # Invariants
 //! - A change is applied to the doc before it is broadcast, and a connection is registered

@@ -356,6 +356,60 @@ impl Backend {
         }
     }
 
+    /// Stores `writes` (operation, document, update, op id) in one `batch` request; answers
+    /// each write's seq or its refusal, in order.
+    pub async fn write_batch(
+        &self,
+        c: &str,
+        writes: &[(OperationType, String, Vec<u8>, String)],
+    ) -> Result<Vec<Result<u64>>> {
+        match self {
+            Backend::Http(h) => {
+                let body = json!({
+                    "writes": writes
+                        .iter()
+                        .map(|(op, doc, bytes, op_id)| json!({
+                            "op": op.as_str(),
+                            "documentId": doc,
+                            "crdtBytes": b64(bytes),
+                            "opId": op_id,
+                        }))
+                        .collect::<Vec<_>>()
+                });
+                let answer = h.post(&h.url(c, "batch"), &body).await?;
+                let results = answer["results"]
+                    .as_array()
+                    .ok_or_else(|| anyhow!("batch answer without results: {answer}"))?;
+                Ok(results
+                    .iter()
+                    .map(|r| match r.get("error") {
+                        Some(e) => Err(anyhow!("batch write refused: {e}")),
+                        None => num(r, "seq"),
+                    })
+                    .collect())
+            }
+            Backend::Offline => bail!("offline"),
+            Backend::Actor(r) => {
+                let writes = writes
+                    .iter()
+                    .map(|(op, doc, bytes, op_id)| {
+                        let write = Write {
+                            document_id: doc.clone(),
+                            bytes: bytes.clone(),
+                            op_id: Some(op_id.clone()),
+                        };
+                        (*op, write)
+                    })
+                    .collect();
+                Ok(r.write_batch(c, writes)
+                    .await?
+                    .into_iter()
+                    .map(|w| w.map(|w| w.seq).map_err(anyhow::Error::from))
+                    .collect())
+            }
+        }
+    }
+
     /// One stream page after `cursor`; waits up to `wait` for a commit when there is nothing new.
     pub async fn stream(&self, c: &str, cursor: u64, limit: usize, wait: Duration) -> Result<Page> {
         match self {

@@ -261,12 +261,16 @@ impl CollectionActor {
     /// Queues a compaction of `doc` once it passes the size threshold (if enabled and none is
     /// queued or running for it already).
     fn auto_compact(&mut self, doc: &str, ctx: &mut Context<Self>) {
+        // Off by default: then no counters are read (a store read on a miss).
+        if !self.shared.config.auto_compact || self.compactions.contains_key(doc) {
+            return;
+        }
         let threshold = self.shared.config.size_threshold;
         let over = self
             .docs
             .get(&self.shared.store, &self.name, doc)
             .is_ok_and(|s| s.retained_bytes > threshold);
-        if !self.shared.config.auto_compact || !over || self.compactions.contains_key(doc) {
+        if !over {
             return;
         }
         let (tx, _) = oneshot::channel();

@@ -142,9 +142,16 @@ struct Args {
     /// Milliseconds of CPU one document may cost to rebuild; past it, writes to it get 422.
     #[arg(long, env = "REPLICATE_DOC_CPU_MS", default_value_t = millis(actor_defaults().yjs.doc_budget))]
     doc_cpu_ms: u64,
-    /// Bytes of updates kept built in memory to check writes against (least recently used go).
+    /// Estimated heap bytes of the documents kept built in memory to check writes against
+    /// (least recently used go).
     #[arg(long, env = "REPLICATE_DOC_CACHE_BYTES", default_value_t = actor_defaults().doc_cache_bytes)]
     doc_cache_bytes: u64,
+    /// Bound of sled's page cache in bytes (unused with --store).
+    #[arg(long, env = "REPLICATE_CACHE_BYTES", default_value_t = actor_defaults().cache_bytes)]
+    cache_bytes: u64,
+    /// Bytes of merged whole-collection states kept for repeated `state` and recovery calls.
+    #[arg(long, env = "REPLICATE_STATE_CACHE_BYTES", default_value_t = actor_defaults().state_cache_bytes)]
+    state_cache_bytes: usize,
     /// Seconds an opId is remembered for retries.
     #[arg(long, env = "REPLICATE_OP_ID_TTL_SECS", default_value_t = actor_defaults().op_id_ttl.as_secs())]
     op_id_ttl_secs: u64,
@@ -200,6 +207,8 @@ impl Args {
         config.yjs.write_budget = Duration::from_millis(self.write_cpu_ms);
         config.yjs.doc_budget = Duration::from_millis(self.doc_cpu_ms);
         config.doc_cache_bytes = self.doc_cache_bytes;
+        config.cache_bytes = self.cache_bytes;
+        config.state_cache_bytes = self.state_cache_bytes;
         config.op_id_ttl = Duration::from_secs(self.op_id_ttl_secs);
         config.max_waiters_per_collection = self.max_waiters_per_collection;
         config.max_waiters = self.max_waiters;

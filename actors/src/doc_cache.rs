@@ -97,6 +97,11 @@ impl DocCache {
         }
     }
 
+    /// The bound on the total weight.
+    pub fn capacity(&self) -> u64 {
+        self.max_weight
+    }
+
     /// (documents, total weight) held.
     pub fn size(&self) -> (usize, u64) {
         self.inner

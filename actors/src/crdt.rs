@@ -261,6 +261,11 @@ fn write_var(out: &mut Vec<u8>, mut n: u64) {
 /// built document holds more than its weight).
 pub const STRUCT_WEIGHT: u64 = 512;
 
+/// Heap an empty built document holds (yrs's doc, store and root types, the shape model, the
+/// cache's keys): ~3 KiB measured by `tests/doc_memory.rs`, rounded up. Without it a cache of
+/// many tiny documents (one per collection touched) held twice its bound.
+pub const DOC_WEIGHT: u64 = 4096;
+
 /// One document as the server holds it: its yrs doc, its [`DocShape`] and what it cost to
 /// build. Every write is checked against it ([`DocState::apply`]) before it is stored, so two
 /// writes that are each fine alone but break the document together are refused, and every
@@ -283,7 +288,7 @@ impl Default for DocState {
             shape: DocShape::new(),
             built_cost: Duration::ZERO,
             added_cost: Duration::ZERO,
-            weight: 0,
+            weight: DOC_WEIGHT,
         }
     }
 }
@@ -323,8 +328,8 @@ impl DocState {
     }
 
     /// An estimate of the heap this state holds, never below it for the edits measured in
-    /// `tests/doc_memory.rs`: the update bytes applied plus [`STRUCT_WEIGHT`] per struct they
-    /// carried. Update bytes alone (the estimate before issue 13) claimed about a sixth of what
+    /// `tests/doc_memory.rs`: [`DOC_WEIGHT`], plus the update bytes applied and
+    /// [`STRUCT_WEIGHT`] per struct they carried. Update bytes alone (the estimate before issue 13) claimed about a sixth of what
     /// small edits cost once built (yrs keeps an item of ~100–200 bytes per struct, plus map
     /// entries, splits and the shape model), so the document cache held several times its bound.
     pub fn weight(&self) -> u64 {

@@ -106,6 +106,7 @@ impl Replicate {
         let commit = GroupCommit::start(store.clone())?;
         let workers = Workers::start("crdt", config.compactor_threads, config.worker_queue)?;
         let config_waiters = (config.max_waiters_per_collection, config.max_waiters);
+        let config_max_live = config.max_live_collections;
         let state_workers = Workers::start("state", 1, 16)?;
         let recovery_workers = Workers::start("recovery", 1, 64)?;
         let read_workers = store
@@ -127,7 +128,7 @@ impl Replicate {
             state_workers,
             recovery_workers,
             read_workers,
-            registry: Registry::new(arbiters),
+            registry: Registry::new(arbiters, config_max_live),
         });
         watch_heads(&shared)?;
         Ok(Replicate {

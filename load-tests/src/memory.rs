@@ -87,6 +87,7 @@ pub struct Sample {
 pub struct Sampler {
     samples: Rc<RefCell<Vec<Sample>>>,
     handle: actix_rt::task::JoinHandle<()>,
+    started: Instant,
 }
 
 impl Sampler {
@@ -108,18 +109,20 @@ impl Sampler {
                 tokio::time::sleep(every).await;
             }
         });
-        Sampler { samples, handle }
+        Sampler {
+            samples,
+            handle,
+            started,
+        }
     }
 
     /// Takes one last sample and answers the series.
     pub fn stop(self, process: Process, data_dir: Option<&Path>) -> Vec<Sample> {
         self.handle.abort();
         let mut samples = self.samples.take();
-        let secs = samples.last().map_or(0.0, |s| s.secs);
         if let Some(rss_kib) = process.rss_kib() {
             samples.push(Sample {
-                // The sampler's clock is gone with its task; the last sample closes the series.
-                secs: secs.max(0.0),
+                secs: self.started.elapsed().as_secs_f64(),
                 rss_kib,
                 data_bytes: data_dir.map(dir_bytes),
             });
@@ -131,6 +134,12 @@ impl Sampler {
 /// The samples taken at or after `from` seconds.
 fn after(samples: &[Sample], from: f64) -> Vec<Sample> {
     samples.iter().filter(|s| s.secs >= from).copied().collect()
+}
+
+/// The samples taken while the load ran (up to `secs`): after it the verdict's own reads
+/// (whole-collection states, every peer's catch-up) are not the steady state being judged.
+pub fn during(samples: &[Sample], secs: f64) -> Vec<Sample> {
+    samples.iter().filter(|s| s.secs <= secs).copied().collect()
 }
 
 fn median(values: &mut [u64]) -> u64 {

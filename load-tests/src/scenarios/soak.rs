@@ -1,7 +1,8 @@
 //! `soak`: the `mixed` workload for a long time (default 10 minutes, 30 s with `--quick`)
 //! while the server's resident memory and data directory are sampled every few seconds
 //! ([`crate::memory`]). CORRECT needs `mixed`'s checks, RSS flat within ±10 % over the second
-//! half, and a data directory that stops growing while compaction keeps up.
+//! half of the load (samples after it, while the verdict reads, are printed, not judged), and a
+//! data directory that stops growing while compaction keeps up.
 //!
 //! Which process is sampled:
 //! - without `--target`: a child process running the same server code (see [`crate::child`]
@@ -76,8 +77,9 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     match (sampler, process) {
         (Some(sampler), Some(process)) => {
             let samples = sampler.stop(process, data.as_deref());
-            report.verdict.checks.push(memory::rss_flat(&samples, half));
-            if let Some(check) = memory::disk_bounded(&samples, half) {
+            let load = memory::during(&samples, duration.as_secs_f64());
+            report.verdict.checks.push(memory::rss_flat(&load, half));
+            if let Some(check) = memory::disk_bounded(&load, half) {
                 report.verdict.checks.push(check);
             }
             report.notes.push(memory::format_series(&samples));

@@ -13,15 +13,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use replicate::auth::jwt::{self, JwtVerifier, MintRequest};
 use replicate::auth::{AuthSettings, Choice, KeyFiles, Right};
+use replicate::malloc::MallocTuning;
 use replicate::ws::WsSettings;
 use replicate::ServerSettings;
 use replicate_actors::{Clock, Config, Replicate, SystemClock};
 use tracing_subscriber::EnvFilter;
-
-/// mimalloc instead of glibc's malloc: under the 10-minute soak glibc's per-thread arenas kept
-/// tens of MB of freed memory resident (README *Memory* has the side-by-side figures).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
@@ -190,6 +186,13 @@ struct Args {
     /// Milliseconds between websocket pings; silent for two of them, a connection closes.
     #[arg(long, env = "REPLICATE_WS_PING_MS", default_value_t = millis(ws_defaults().ping_interval))]
     ws_ping_ms: u64,
+    /// Most glibc malloc arenas (0: glibc's default, 8 per core); fewer keep freed memory
+    /// reusable across threads. `MALLOC_ARENA_MAX`, when set, wins.
+    #[arg(long, env = "REPLICATE_MALLOC_ARENAS", default_value_t = MallocTuning::default().arenas)]
+    malloc_arenas: usize,
+    /// Milliseconds between hand-backs of freed memory to the kernel (`malloc_trim`; 0: never).
+    #[arg(long, env = "REPLICATE_MALLOC_TRIM_MS", default_value_t = millis(MallocTuning::default().trim_every))]
+    malloc_trim_ms: u64,
     /// Milliseconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "REPLICATE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
@@ -422,6 +425,10 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
+    replicate::malloc::tune(MallocTuning {
+        arenas: args.malloc_arenas,
+        trim_every: Duration::from_millis(args.malloc_trim_ms),
+    });
     init_logging(args.log_format);
     let settings = args.settings();
     settings

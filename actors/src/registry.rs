@@ -132,7 +132,7 @@ impl Registry {
             e.last_used = id;
             (e.addr.clone(), e.in_flight.clone())
         });
-        if id % OVER_CAP_RECHECK == 0 {
+        if id.is_multiple_of(OVER_CAP_RECHECK) {
             ask_excess_to_stop(&map, self.max_live);
         }
         Ok(live)

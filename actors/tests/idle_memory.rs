@@ -50,6 +50,16 @@ const LIVE_ACTOR_BUDGET: i64 = 4 * 1024;
 /// allows for allocator and sled bookkeeping that grows with keys written).
 const EVICTED_BUDGET: i64 = 512;
 
+/// What `replicate-server` does by default (`src/malloc.rs`): two arenas, freed memory
+/// trimmed; so the RSS printed is what the service would show.
+fn tune_malloc_like_the_server() {
+    // SAFETY: both only change or trim malloc's own state.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::malloc_trim(0);
+    }
+}
+
 fn heap() -> i64 {
     LIVE.load(Ordering::Relaxed)
 }
@@ -88,10 +98,24 @@ struct Figures {
 /// `max_live` live actors and a document cache of `doc_cache` bytes, waits until the registry
 /// is back under its cap, and measures.
 fn touch(n: usize, max_live: usize, doc_cache: u64) -> Figures {
+    touch_with(n, max_live, doc_cache, None)
+}
+
+/// [`touch`]; with `idle_timeout`, the collections are also left idle past it, so their actors
+/// stop on their own, before measuring.
+fn touch_with(
+    n: usize,
+    max_live: usize,
+    doc_cache: u64,
+    idle_timeout: Option<Duration>,
+) -> Figures {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::new(dir.path().join("data"));
     config.max_live_collections = max_live;
     config.doc_cache_bytes = doc_cache;
+    if let Some(idle) = idle_timeout {
+        config.idle_timeout = idle;
+    }
     // A small sled cache, so sled's own share does not hide the actors'.
     config.cache_bytes = 8 * 1024 * 1024;
     actix::System::new().block_on(async move {
@@ -135,7 +159,12 @@ fn touch(n: usize, max_live: usize, doc_cache: u64) -> Figures {
         for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
             futures::future::join_all(chunk.iter().map(|i| write(format!("c-{i}")))).await;
         }
-        let live = settle(max_live as u64).await;
+        let live = match idle_timeout {
+            // Only the collection the lookups keep busy stays.
+            Some(_) => settle(1).await,
+            None => settle(max_live as u64).await,
+        };
+        tune_malloc_like_the_server();
         let grown = heap() - heap0;
         let figures = Figures {
             collections: n,
@@ -159,7 +188,11 @@ fn idle_collections_stay_within_their_budget() {
          RSS {:.1} MiB",
         f.live, f.heap_per_collection, f.rss_mib
     );
-    assert!(f.live <= 1_000, "{} actors live past the cap of 1,000", f.live);
+    assert!(
+        f.live <= 1_000,
+        "{} actors live past the cap of 1,000",
+        f.live
+    );
     let budget = (f.live as i64 * LIVE_ACTOR_BUDGET + 3_000 * EVICTED_BUDGET) as f64;
     assert!(
         f.heap_per_collection * 3_000.0 <= budget,
@@ -177,22 +210,48 @@ fn measure_idle_collections() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    // One case per process gives a clean RSS (glibc keeps a process's high-water mark):
+    // REPLICATE_IDLE_CASE=live, bare or docs; all three by default.
+    let case = std::env::var("REPLICATE_IDLE_CASE").unwrap_or_default();
+    let wanted = |c: &str| case.is_empty() || case == c;
     let defaults = Config::new("unused");
-    let all_live = touch(n.min(10_000), usize::MAX, 64 * 1024);
-    println!(
-        "{} collections, all live, no document cache: heap {:.0} B per live idle actor, RSS \
+    if wanted("live") {
+        let all_live = touch(n.min(10_000), usize::MAX, 64 * 1024);
+        println!(
+            "{} collections, all live, no document cache: heap {:.0} B per live idle actor, RSS \
          {:.1} MiB",
-        all_live.collections, all_live.heap_per_live, all_live.rss_mib
-    );
-    for (label, doc_cache) in [
-        ("no document cache", 64 * 1024),
-        ("default document cache", defaults.doc_cache_bytes),
-    ] {
+            all_live.collections, all_live.heap_per_live, all_live.rss_mib
+        );
+    }
+    if wanted("idle") {
+        let idle = touch_with(
+            n,
+            defaults.max_live_collections,
+            defaults.doc_cache_bytes,
+            Some(Duration::from_secs(2)),
+        );
+        println!(
+            "{} collections left idle past the idle timeout, default caches: {} live, heap {:.0} \
+             B per collection ({:.1} MiB in all; the document cache claims {:.1} MiB), RSS \
+             {:.1} MiB",
+            idle.collections,
+            idle.live,
+            idle.heap_per_collection,
+            idle.heap_per_collection * idle.collections as f64 / 1048576.0,
+            idle.doc_cache as f64 / 1048576.0,
+            idle.rss_mib
+        );
+    }
+    for (label, doc_cache) in [("bare", 64 * 1024), ("docs", defaults.doc_cache_bytes)] {
+        if !wanted(label) {
+            continue;
+        }
         let capped = touch(n, defaults.max_live_collections, doc_cache);
         println!(
-            "{} collections, default cap, {label}: {} live, heap {:.0} B per collection \
+            "{} collections, default cap, document cache {}: {} live, heap {:.0} B per collection \
              touched ({:.1} MiB in all; the document cache claims {:.1} MiB), RSS {:.1} MiB",
             capped.collections,
+            if label == "bare" { "64 KiB" } else { "default" },
             capped.live,
             capped.heap_per_collection,
             capped.heap_per_collection * capped.collections as f64 / 1048576.0,

@@ -5,8 +5,9 @@
 //! The soak judges the *server's* memory. In one process the load generator's own memory would
 //! be counted with it, and that grows by design: every peer keeps each seq it received (for the
 //! coverage checks) and a yrs replica of every document. A child process is the same code with
-//! the same defaults as `replicate-server` (the actors' `Config::new` and
-//! `ServerSettings::default()`), measured alone through `/proc/PID/status`.
+//! the same defaults as `replicate-server` (the actors' `Config::new`,
+//! `ServerSettings::default()` and its malloc tuning), measured alone through
+//! `/proc/PID/status`.
 //!
 //! The child serves until its stdin closes, so it cannot outlive the parent.
 
@@ -97,6 +98,7 @@ impl Drop for ChildServer {
 /// # Errors
 /// If the server cannot start.
 pub fn serve(dir: &Path) -> Result<()> {
+    replicate::malloc::tune(replicate::malloc::MallocTuning::default());
     let running =
         replicate::spawn_in_thread(Config::new(dir), replicate::ServerSettings::default())
             .context("cannot start the server")?;

@@ -16,11 +16,6 @@ use replicate_load::scenarios::{self, Ctx, Options, ALL};
 use replicate_load::server::Server;
 use replicate_load::targets::Targets;
 
-/// The allocator `replicate-server` uses, so the `soak` scenario's child server (this binary)
-/// measures what the service would.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "replicate-load",

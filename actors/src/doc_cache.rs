@@ -147,7 +147,7 @@ mod tests {
         assert!(cache.take("c", "b").is_none());
         assert!(cache.take("c", "a").is_some());
         // Too heavy to keep at all.
-        cache.put("c", "big", state_of_weight(1000));
+        cache.put("c", "big", state_of_weight(10_000));
         assert!(cache.take("c", "big").is_none());
     }
 }

@@ -74,7 +74,7 @@ pub struct Options {
     pub no_floors: bool,
     /// The PostgreSQL database `postgres` runs against (none: that scenario is skipped).
     pub postgres: Option<String>,
-    /// How long `soak` runs (default 10 minutes, 30 s with `--quick`, or `--duration`).
+    /// How long `soak` runs (default 10 minutes, 25 s with `--quick`, or `--duration`).
     pub soak: Duration,
     /// Whether the service is someone else's (`--target`) rather than started by this run.
     pub remote: bool,

@@ -1,4 +1,4 @@
-//! `soak`: the `mixed` workload for a long time (default 10 minutes, 30 s with `--quick`)
+//! `soak`: the `mixed` workload for a long time (default 10 minutes, 25 s with `--quick`)
 //! while the server's resident memory and data directory are sampled every few seconds
 //! ([`crate::memory`]). CORRECT needs `mixed`'s checks, RSS flat within ±10 % over the second
 //! half of the load (samples after it, while the verdict reads, are printed, not judged), and a

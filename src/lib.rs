@@ -42,6 +42,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod limits;
+pub mod malloc;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

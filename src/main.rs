@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use replicate::auth::jwt::{self, JwtVerifier, MintRequest};
 use replicate::auth::{AuthSettings, Choice, KeyFiles, Right};
+use replicate::malloc::MallocTuning;
 use replicate::ws::WsSettings;
 use replicate::ServerSettings;
 use replicate_actors::{Clock, Config, Replicate, SystemClock};
@@ -142,9 +143,16 @@ struct Args {
     /// Milliseconds of CPU one document may cost to rebuild; past it, writes to it get 422.
     #[arg(long, env = "REPLICATE_DOC_CPU_MS", default_value_t = millis(actor_defaults().yjs.doc_budget))]
     doc_cpu_ms: u64,
-    /// Bytes of updates kept built in memory to check writes against (least recently used go).
+    /// Estimated heap bytes of the documents kept built in memory to check writes against
+    /// (least recently used go).
     #[arg(long, env = "REPLICATE_DOC_CACHE_BYTES", default_value_t = actor_defaults().doc_cache_bytes)]
     doc_cache_bytes: u64,
+    /// Bound of sled's page cache in bytes (unused with --store).
+    #[arg(long, env = "REPLICATE_CACHE_BYTES", default_value_t = actor_defaults().cache_bytes)]
+    cache_bytes: u64,
+    /// Bytes of merged whole-collection states kept for repeated `state` and recovery calls.
+    #[arg(long, env = "REPLICATE_STATE_CACHE_BYTES", default_value_t = actor_defaults().state_cache_bytes)]
+    state_cache_bytes: usize,
     /// Seconds an opId is remembered for retries.
     #[arg(long, env = "REPLICATE_OP_ID_TTL_SECS", default_value_t = actor_defaults().op_id_ttl.as_secs())]
     op_id_ttl_secs: u64,
@@ -178,6 +186,13 @@ struct Args {
     /// Milliseconds between websocket pings; silent for two of them, a connection closes.
     #[arg(long, env = "REPLICATE_WS_PING_MS", default_value_t = millis(ws_defaults().ping_interval))]
     ws_ping_ms: u64,
+    /// Most glibc malloc arenas (0: glibc's default, 8 per core); fewer keep freed memory
+    /// reusable across threads. `MALLOC_ARENA_MAX`, when set, wins.
+    #[arg(long, env = "REPLICATE_MALLOC_ARENAS", default_value_t = MallocTuning::default().arenas)]
+    malloc_arenas: usize,
+    /// Milliseconds between hand-backs of freed memory to the kernel (`malloc_trim`; 0: never).
+    #[arg(long, env = "REPLICATE_MALLOC_TRIM_MS", default_value_t = millis(MallocTuning::default().trim_every))]
+    malloc_trim_ms: u64,
     /// Milliseconds in-flight requests get to finish on shutdown.
     #[arg(long, env = "REPLICATE_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     shutdown_grace_ms: u64,
@@ -200,6 +215,8 @@ impl Args {
         config.yjs.write_budget = Duration::from_millis(self.write_cpu_ms);
         config.yjs.doc_budget = Duration::from_millis(self.doc_cpu_ms);
         config.doc_cache_bytes = self.doc_cache_bytes;
+        config.cache_bytes = self.cache_bytes;
+        config.state_cache_bytes = self.state_cache_bytes;
         config.op_id_ttl = Duration::from_secs(self.op_id_ttl_secs);
         config.max_waiters_per_collection = self.max_waiters_per_collection;
         config.max_waiters = self.max_waiters;
@@ -408,6 +425,10 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
+    replicate::malloc::tune(MallocTuning {
+        arenas: args.malloc_arenas,
+        trim_every: Duration::from_millis(args.malloc_trim_ms),
+    });
     init_logging(args.log_format);
     let settings = args.settings();
     settings

@@ -34,6 +34,13 @@ pub const FLUSHES: &str = "replicate_flushes_total";
 pub const ACTOR_WAITERS: &str = "replicate_actor_waiters";
 pub const PENDING_WRITES: &str = "replicate_pending_writes";
 pub const STORAGE_FAILED: &str = "replicate_storage_failed";
+pub const DOC_CACHE_BYTES: &str = "replicate_doc_cache_bytes";
+pub const DOC_CACHE_DOCUMENTS: &str = "replicate_doc_cache_documents";
+pub const DOC_CACHE_CAPACITY: &str = "replicate_doc_cache_capacity_bytes";
+pub const STATE_CACHE_BYTES: &str = "replicate_state_cache_bytes";
+pub const STATE_CACHE_CAPACITY: &str = "replicate_state_cache_capacity_bytes";
+pub const STORE_CACHE_CAPACITY: &str = "replicate_store_cache_capacity_bytes";
+pub const RESIDENT_BYTES: &str = "replicate_process_resident_bytes";
 
 /// Latency buckets in seconds: 0.5 ms to 60 s (long polls wait up to a minute).
 const BUCKETS: &[f64] = &[
@@ -103,6 +110,40 @@ fn describe() {
         "Writes assigned a seq and waiting for their flush"
     );
     describe_gauge!(
+        DOC_CACHE_BYTES,
+        Unit::Bytes,
+        "Estimated heap of the documents kept built to check writes against"
+    );
+    describe_gauge!(
+        DOC_CACHE_DOCUMENTS,
+        "Documents kept built to check writes against"
+    );
+    describe_gauge!(
+        DOC_CACHE_CAPACITY,
+        Unit::Bytes,
+        "Bound of the document cache (--doc-cache-bytes)"
+    );
+    describe_gauge!(
+        STATE_CACHE_BYTES,
+        Unit::Bytes,
+        "Merged whole-collection states kept for state and recovery"
+    );
+    describe_gauge!(
+        STATE_CACHE_CAPACITY,
+        Unit::Bytes,
+        "Bound of the state cache (--state-cache-bytes)"
+    );
+    describe_gauge!(
+        STORE_CACHE_CAPACITY,
+        Unit::Bytes,
+        "Bound of sled's page cache (--cache-bytes; 0 on PostgreSQL)"
+    );
+    describe_gauge!(
+        RESIDENT_BYTES,
+        Unit::Bytes,
+        "Resident memory of the process (VmRSS; Linux only)"
+    );
+    describe_gauge!(
         STORAGE_FAILED,
         "1 once a commit failed (disk full, I/O error): no writes until restart; /healthz says why"
     );
@@ -123,8 +164,26 @@ pub fn render(handle: &PrometheusHandle, stats: &ServiceStats, storage_failed: b
             .map(|c| c.pending_writes)
             .sum::<u64>() as f64,
     );
+    let caches = &stats.caches;
+    metrics::gauge!(DOC_CACHE_BYTES).set(caches.doc_cache_bytes as f64);
+    metrics::gauge!(DOC_CACHE_DOCUMENTS).set(caches.doc_cache_documents as f64);
+    metrics::gauge!(DOC_CACHE_CAPACITY).set(caches.doc_cache_capacity as f64);
+    metrics::gauge!(STATE_CACHE_BYTES).set(caches.state_cache_bytes as f64);
+    metrics::gauge!(STATE_CACHE_CAPACITY).set(caches.state_cache_capacity as f64);
+    metrics::gauge!(STORE_CACHE_CAPACITY).set(caches.store_cache_capacity as f64);
+    if let Some(bytes) = resident_bytes() {
+        metrics::gauge!(RESIDENT_BYTES).set(bytes as f64);
+    }
     handle.run_upkeep();
     handle.render()
+}
+
+/// This process's resident memory (`VmRSS` of `/proc/self/status`), where Linux gives it.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Increments a gauge while alive; decrements it when dropped, however the request ends.

@@ -102,6 +102,19 @@ impl StateCache {
         }
     }
 
+    /// (collections, bytes) held.
+    pub fn size(&self) -> (usize, u64) {
+        self.inner
+            .lock()
+            .map(|i| (i.len(), i.values().map(|(_, s)| s.len() as u64).sum()))
+            .unwrap_or_default()
+    }
+
+    /// The bound in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.max_bytes as u64
+    }
+
     /// The merged state of `c` at `head`, if cached.
     pub fn get(&self, c: &str, head: u64) -> Option<Arc<Vec<u8>>> {
         let inner = self.inner.lock().ok()?;

@@ -41,7 +41,8 @@ pub struct Config {
     pub collection_arbiters: usize,
     /// Longest long-poll wait a caller may ask for (default 60 s).
     pub max_wait: Duration,
-    /// sled page cache size in bytes (default 256 MiB).
+    /// Bound of sled's page cache in bytes (default 64 MiB). sled counts what it caches
+    /// loosely, so resident memory for it can exceed this somewhat; see README *Memory*.
     pub cache_bytes: u64,
     /// Cap on the update bytes of one stream page (default 16 MiB): a page holds at most this
     /// plus one change (one snapshot or delta: the first, so every page moves), except for
@@ -56,9 +57,12 @@ pub struct Config {
     /// Bounds on "valid but hostile" Yjs updates: nesting, counts, CPU budgets (see
     /// [`YjsLimits`] for the defaults).
     pub yjs: YjsLimits,
-    /// Total weight (update bytes applied) of the documents kept built in memory to check
-    /// writes against (default 64 MiB); least recently used go first.
+    /// Estimated heap ([`crate::crdt::DocState::weight`]) of the documents kept built in
+    /// memory to check writes against (default 64 MiB); least recently used go first.
     pub doc_cache_bytes: u64,
+    /// Bytes of merged whole-collection states kept for repeated `state` and recovery calls at
+    /// the same head (default 64 MiB).
+    pub state_cache_bytes: usize,
     /// How long an op id is remembered for retries (default 7 days).
     pub op_id_ttl: Duration,
     /// Jobs that may wait for a worker thread before callers get 503 (default 1024).
@@ -100,11 +104,12 @@ impl Config {
             compactor_threads: 2,
             collection_arbiters: 1,
             max_wait: Duration::from_secs(60),
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
             max_page_bytes: 16 * 1024 * 1024,
             page_bucket_seqs: 1024,
             yjs: YjsLimits::default(),
             doc_cache_bytes: 64 * 1024 * 1024,
+            state_cache_bytes: 64 * 1024 * 1024,
             op_id_ttl: Duration::from_secs(7 * 24 * 3600),
             worker_queue: 1024,
             state_timeout: Duration::from_secs(30),

@@ -255,6 +255,17 @@ fn write_var(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
+/// Heap a built document holds per struct it integrated, beyond the update's own bytes: yrs's
+/// item (~150 bytes with its block-list slot), a map entry or the split it causes, and the
+/// shape model's record. Measured, with a margin, by `tests/doc_memory.rs` (which fails if a
+/// built document holds more than its weight).
+pub const STRUCT_WEIGHT: u64 = 512;
+
+/// Heap an empty built document holds (yrs's doc, store and root types, the shape model, the
+/// cache's keys): ~3 KiB measured by `tests/doc_memory.rs`, rounded up. Without it a cache of
+/// many tiny documents (one per collection touched) held twice its bound.
+pub const DOC_WEIGHT: u64 = 4096;
+
 /// One document as the server holds it: its yrs doc, its [`DocShape`] and what it cost to
 /// build. Every write is checked against it ([`DocState::apply`]) before it is stored, so two
 /// writes that are each fine alone but break the document together are refused, and every
@@ -266,7 +277,7 @@ pub struct DocState {
     built_cost: Duration,
     /// CPU spent on writes applied since.
     added_cost: Duration,
-    /// Update bytes applied: a proxy for memory held.
+    /// What the built document holds in memory, estimated as it grows (see [`Self::weight`]).
     weight: u64,
 }
 
@@ -277,7 +288,7 @@ impl Default for DocState {
             shape: DocShape::new(),
             built_cost: Duration::ZERO,
             added_cost: Duration::ZERO,
-            weight: 0,
+            weight: DOC_WEIGHT,
         }
     }
 }
@@ -316,7 +327,11 @@ impl DocState {
         self.built_cost
     }
 
-    /// Update bytes applied to this state: a proxy for the memory it holds.
+    /// An estimate of the heap this state holds, never below it for the edits measured in
+    /// `tests/doc_memory.rs`: [`DOC_WEIGHT`], plus the update bytes applied and
+    /// [`STRUCT_WEIGHT`] per struct they carried. Update bytes alone (the estimate before issue 13) claimed about a sixth of what
+    /// small edits cost once built (yrs keeps an item of ~100–200 bytes per struct, plus map
+    /// entries, splits and the shape model), so the document cache held several times its bound.
     pub fn weight(&self) -> u64 {
         self.weight
     }
@@ -442,7 +457,7 @@ impl DocState {
         }
         self.shape.commit(staged);
         self.added_cost += spent;
-        self.weight += bytes.len() as u64;
+        self.weight += bytes.len() as u64 + STRUCT_WEIGHT * layout.structs.len() as u64;
         Ok(())
     }
 

@@ -97,6 +97,11 @@ impl DocCache {
         }
     }
 
+    /// The bound on the total weight.
+    pub fn capacity(&self) -> u64 {
+        self.max_weight
+    }
+
     /// (documents, total weight) held.
     pub fn size(&self) -> (usize, u64) {
         self.inner
@@ -142,7 +147,7 @@ mod tests {
         assert!(cache.take("c", "b").is_none());
         assert!(cache.take("c", "a").is_some());
         // Too heavy to keep at all.
-        cache.put("c", "big", state_of_weight(1000));
+        cache.put("c", "big", state_of_weight(10_000));
         assert!(cache.take("c", "big").is_none());
     }
 }

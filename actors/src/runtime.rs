@@ -108,6 +108,7 @@ impl Replicate {
         let commit = GroupCommit::start(store.clone())?;
         let workers = Workers::start("crdt", config.compactor_threads, config.worker_queue)?;
         let config_waiters = (config.max_waiters_per_collection, config.max_waiters);
+        let config_max_live = config.max_live_collections;
         let state_workers = Workers::start("state", 1, 16)?;
         let recovery_workers = Workers::start("recovery", 1, 64)?;
         let read_workers = store
@@ -123,13 +124,13 @@ impl Replicate {
             commit,
             clock,
             docs: DocCache::new(config.doc_cache_bytes),
-            states: StateCache::new(64 * 1024 * 1024),
+            states: StateCache::new(config.state_cache_bytes),
             config,
             workers,
             state_workers,
             recovery_workers,
             read_workers,
-            registry: Registry::new(arbiters),
+            registry: Registry::new(arbiters, config_max_live),
         });
         watch_heads(&shared)?;
         Ok(Replicate {
@@ -551,6 +552,26 @@ impl Replicate {
             live_collections: collections.len() as u64,
             flushes: self.shared.commit.rounds(),
             collections,
+            caches: self.cache_stats(),
+        }
+    }
+
+    /// What the caches hold and their bounds (cheap: no actor is asked).
+    pub fn cache_stats(&self) -> CacheStats {
+        let (docs, doc_bytes) = self.shared.docs.size();
+        let (_, state_bytes) = self.shared.states.size();
+        let sled = self.shared.config.postgres.is_none();
+        CacheStats {
+            doc_cache_documents: docs as u64,
+            doc_cache_bytes: doc_bytes,
+            doc_cache_capacity: self.shared.docs.capacity(),
+            state_cache_bytes: state_bytes,
+            state_cache_capacity: self.shared.states.capacity(),
+            store_cache_capacity: if sled {
+                self.shared.config.cache_bytes
+            } else {
+                0
+            },
         }
     }
 

@@ -183,4 +183,26 @@ pub struct ServiceStats {
     pub live_collections: u64,
     pub flushes: u64,
     pub collections: Vec<CollectionStats>,
+    /// What the caches hold and their bounds.
+    #[serde(default)]
+    pub caches: CacheStats,
+}
+
+/// The service's caches: what each holds now and its bound, in bytes (issue 13: each cache has
+/// an explicit size, and shows it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStats {
+    /// Documents kept built to check writes against, and their estimated heap
+    /// ([`crate::crdt::DocState::weight`]), against `Config::doc_cache_bytes`.
+    pub doc_cache_documents: u64,
+    pub doc_cache_bytes: u64,
+    pub doc_cache_capacity: u64,
+    /// Merged whole-collection states kept for `state` and recovery, against
+    /// `Config::state_cache_bytes`.
+    pub state_cache_bytes: u64,
+    pub state_cache_capacity: u64,
+    /// The sled page cache's bound (`Config::cache_bytes`; sled does not report its fill; 0 on
+    /// PostgreSQL, which caches in the database).
+    pub store_cache_capacity: u64,
 }

@@ -11,12 +11,16 @@
 //! - [`floors`]: raw sled, raw yrs and raw PostgreSQL baselines.
 //! - [`verify`]: the correctness verdict (contiguous seqs, coverage, convergence, nothing lost).
 //! - [`metrics`], [`report`]: latency samples and counters; the table, JSON and progress line.
+//! - [`memory`]: a server process's RSS and data directory over time, and `soak`'s verdict on
+//!   them; [`child`]: the server in a child process of this binary, measured alone.
 //! - [`server`]: the in-process server (the real service on a temp dir, port 0) or `--target`.
 //! - [`targets`]: `--target URL1,URL2,…`, and which of them each peer talks to.
 
 pub mod auth;
 pub mod backend;
+pub mod child;
 pub mod floors;
+pub mod memory;
 pub mod metrics;
 pub mod peer;
 pub mod report;

@@ -22,8 +22,8 @@ use replicate_load::targets::Targets;
     about = "Load scenarios for replicate: throughput, latency, correctness"
 )]
 struct Args {
-    /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, hostile,
-    /// storage, postgres, or all (the default).
+    /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, soak,
+    /// hostile, storage, postgres, or all (the default).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Base URL of a running server (e.g. http://127.0.0.1:8080), or several, comma-separated
@@ -46,9 +46,19 @@ struct Args {
     /// Seed for every random choice (documents, edits, cursors), for repeatable runs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Seconds of load per scenario (default 20, or 3 with --quick).
+    /// Seconds of load per scenario (default 20, or 3 with --quick; `soak`: 600, or 25 with
+    /// --quick).
     #[arg(long)]
     duration: Option<f64>,
+    /// With --target: the server's process id, whose RSS `soak` samples (`/proc/PID/status`).
+    #[arg(long, requires = "target")]
+    server_pid: Option<u32>,
+    /// With --target: the server's data directory, whose size `soak` samples.
+    #[arg(long, requires = "target")]
+    server_data: Option<PathBuf>,
+    /// Internal: serve on this sled directory as `soak`'s child server (see `child.rs`).
+    #[arg(long, hide = true)]
+    serve_child: Option<PathBuf>,
     /// Concurrent writers in `append`.
     #[arg(long, default_value_t = 64)]
     writers: usize,
@@ -76,6 +86,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.serve_child {
+        return match replicate_load::child::serve(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("replicate-load: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match actix_rt::System::new().block_on(run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
@@ -125,6 +144,16 @@ async fn run(args: Args) -> Result<bool> {
             .clone()
             .or_else(|| std::env::var("REPLICATE_TEST_POSTGRES").ok())
             .filter(|url| !url.trim().is_empty()),
+        soak: Duration::from_secs_f64(
+            args.duration
+                // 25 s with --quick, so the whole scenario (child start, drain, verdict) stays
+                // within the 30 s CI gives it.
+                .unwrap_or(if args.quick { 25.0 } else { 600.0 })
+                .clamp(0.5, 24.0 * 3600.0),
+        ),
+        remote: args.target.is_some(),
+        server_pid: args.server_pid,
+        server_data: args.server_data.clone(),
     };
     let config = Config::new("unused");
     let server = match &args.target {
@@ -163,6 +192,7 @@ async fn run(args: Args) -> Result<bool> {
             "offline-peer" => scenarios::offline_peer::run(&ctx).await,
             "reconnect-storm" => scenarios::reconnect_storm::run(&ctx).await,
             "mixed" => scenarios::mixed::run(&ctx).await,
+            "soak" => scenarios::soak::run(&ctx).await,
             "hostile" => scenarios::hostile::run(&ctx).await,
             "storage" => scenarios::storage::run(&ctx).await,
             "postgres" => scenarios::postgres::run(&ctx).await,

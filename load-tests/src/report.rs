@@ -94,6 +94,12 @@ pub struct Report {
     /// Why the scenario did not run (e.g. `postgres` without a database URL).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Lines printed after the table (e.g. `soak`'s memory series).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The server's memory and data directory over the run (`soak`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<crate::memory::Sample>,
 }
 
 fn ms(micros: u64) -> f64 {
@@ -145,6 +151,8 @@ impl Report {
             verdict: Verdict::default(),
             ok: false,
             skipped: None,
+            notes: Vec::new(),
+            samples: Vec::new(),
         }
     }
 
@@ -158,6 +166,12 @@ impl Report {
         match &self.skipped {
             Some(why) => out.push_str(&format!("SKIPPED: {why}\n")),
             None => self.table(&mut out),
+        }
+        for note in &self.notes {
+            out.push_str(note);
+            if !note.ends_with('\n') {
+                out.push('\n');
+            }
         }
         for f in &self.floors {
             out.push_str(&format!(

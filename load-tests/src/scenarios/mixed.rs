@@ -25,15 +25,21 @@ const RETURN: &str = "recovery (returning)";
 const LATE: &str = "stream (late joiner)";
 
 pub async fn run(ctx: &Ctx) -> Result<Report> {
+    run_named(ctx, "mixed").await
+}
+
+/// The workload under another scenario's `name` (its report and collection): `soak` runs it
+/// for longer while it samples the server's memory.
+pub async fn run_named(ctx: &Ctx, name: &str) -> Result<Report> {
     let backend = &ctx.backend;
     let metrics = Metrics::new();
-    let c = ctx.collection("mixed");
+    let c = ctx.collection(name);
     let docs = Rc::new(doc_names(32));
     let ledger = Ledger::default();
     let target = Target::default();
     let subscribers = if ctx.opts.quick { 16 } else { 40 };
     let mut run = Run::start(
-        "mixed".into(),
+        name.into(),
         backend,
         &metrics,
         &[PUSH, POLL, SSE, "compact"],

@@ -18,6 +18,7 @@ pub mod offline_peer;
 pub mod postgres;
 pub mod reconnect_storm;
 pub mod slow_peer;
+pub mod soak;
 pub mod storage;
 
 use std::cell::Cell;
@@ -48,6 +49,7 @@ pub const ALL: &[&str] = &[
     "offline-peer",
     "reconnect-storm",
     "mixed",
+    "soak",
     "hostile",
     "storage",
     "postgres",
@@ -72,6 +74,14 @@ pub struct Options {
     pub no_floors: bool,
     /// The PostgreSQL database `postgres` runs against (none: that scenario is skipped).
     pub postgres: Option<String>,
+    /// How long `soak` runs (default 10 minutes, 25 s with `--quick`, or `--duration`).
+    pub soak: Duration,
+    /// Whether the service is someone else's (`--target`) rather than started by this run.
+    pub remote: bool,
+    /// The `--target` server's process, whose memory `soak` samples.
+    pub server_pid: Option<u32>,
+    /// The `--target` server's data directory, whose size `soak` samples.
+    pub server_data: Option<std::path::PathBuf>,
 }
 
 /// What a scenario runs against.

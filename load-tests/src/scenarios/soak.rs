@@ -1,0 +1,94 @@
+//! `soak`: the `mixed` workload for a long time (default 10 minutes, 25 s with `--quick`)
+//! while the server's resident memory and data directory are sampled every few seconds
+//! ([`crate::memory`]). CORRECT needs `mixed`'s checks, RSS flat within ±10 % over the second
+//! half of the load (samples after it, while the verdict reads, are printed, not judged), and a
+//! data directory that stops growing while compaction keeps up.
+//!
+//! Which process is sampled:
+//! - without `--target`: a child process running the same server code (see [`crate::child`]
+//!   for why not this one);
+//! - with `--target`: the `--server-pid` given (and `--server-data`'s size, if given). Without
+//!   `--server-pid` nothing is sampled and memory is reported as not judged.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::{mixed, Ctx};
+use crate::backend::{Backend, Http};
+use crate::child::ChildServer;
+use crate::memory::{self, Process, Sampler};
+use crate::report::Report;
+use crate::targets::Targets;
+
+/// Samples per run, about: the interval is the duration over this, between 1 and 15 s.
+const SAMPLES: u32 = 40;
+
+/// The interval between samples for a run of `duration`.
+fn every(duration: Duration) -> Duration {
+    (duration / SAMPLES).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Report> {
+    let mut opts = ctx.opts.clone();
+    opts.duration = ctx.opts.soak;
+    let child;
+    let (soak, process, data) = if ctx.opts.remote {
+        let soak = Ctx::new(opts, ctx.backend.clone(), ctx.floor_config.clone())
+            .with_credentials(ctx.credentials.clone());
+        let soak = match &ctx.targets {
+            Some(t) => soak.with_targets(t),
+            None => soak,
+        };
+        let process = ctx.opts.server_pid.map(Process::Pid);
+        (soak, process, ctx.opts.server_data.clone())
+    } else {
+        child = ChildServer::start()?;
+        let targets = Targets::one(&child.url);
+        let backend = Backend::Http(Http::new(targets.clone()));
+        let soak = Ctx::new(opts, backend, ctx.floor_config.clone()).with_targets(&targets);
+        (
+            soak,
+            Some(Process::Pid(child.pid)),
+            Some(child.data.clone()),
+        )
+    };
+    let duration = soak.opts.duration;
+    let sampler = process.map(|p| Sampler::start(p, data.clone(), every(duration)));
+
+    let mut report = mixed::run_named(&soak, "soak").await?;
+
+    let half = duration.as_secs_f64() / 2.0;
+    let mut params = report.params.clone();
+    if let Some(obj) = params.as_object_mut() {
+        obj.insert("duration_s".into(), json!(duration.as_secs_f64()));
+        obj.insert(
+            "sampled".into(),
+            json!(match process {
+                Some(Process::Pid(pid)) if !ctx.opts.remote => format!("child server pid {pid}"),
+                Some(Process::Pid(pid)) => format!("--server-pid {pid}"),
+                Some(Process::Myself) => "this process".to_string(),
+                None => "nothing (no --server-pid)".to_string(),
+            }),
+        );
+    }
+    report.params = params;
+    match (sampler, process) {
+        (Some(sampler), Some(process)) => {
+            let samples = sampler.stop(process, data.as_deref());
+            let load = memory::during(&samples, duration.as_secs_f64());
+            report.verdict.checks.push(memory::rss_flat(&load, half));
+            if let Some(check) = memory::disk_bounded(&load, half) {
+                report.verdict.checks.push(check);
+            }
+            report.notes.push(memory::format_series(&samples));
+            report.samples = samples;
+        }
+        _ => report.notes.push(
+            "memory not sampled: with --target, give --server-pid (and --server-data)".into(),
+        ),
+    }
+    report.ok = report.verdict.ok();
+    Ok(report)
+}

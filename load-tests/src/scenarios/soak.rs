@@ -1,8 +1,9 @@
 //! `soak`: the `mixed` workload for a long time (default 10 minutes, 25 s with `--quick`)
 //! while the server's resident memory and data directory are sampled every few seconds
 //! ([`crate::memory`]). CORRECT needs `mixed`'s checks, RSS flat within ±10 % over the second
-//! half of the load (samples after it, while the verdict reads, are printed, not judged), and a
-//! data directory that stops growing while compaction keeps up.
+//! half of the load (samples after it, while the verdict reads, are printed, not judged), and
+//! a data directory that stops growing while compaction keeps up. With `--quick` the memory
+//! checks are printed, not judged: 25 s is mostly warm-up.
 //!
 //! Which process is sampled:
 //! - without `--target`: a child process running the same server code (see [`crate::child`]
@@ -78,9 +79,20 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         (Some(sampler), Some(process)) => {
             let samples = sampler.stop(process, data.as_deref());
             let load = memory::during(&samples, duration.as_secs_f64());
-            report.verdict.checks.push(memory::rss_flat(&load, half));
-            if let Some(check) = memory::disk_bounded(&load, half) {
-                report.verdict.checks.push(check);
+            let mut checks = vec![memory::rss_flat(&load, half)];
+            checks.extend(memory::disk_bounded(&load, half));
+            for check in checks {
+                if ctx.opts.quick {
+                    // 25 s is mostly warm-up (the caches fill for minutes): reported, not
+                    // judged, so a busy CI machine cannot fail a run on it.
+                    let verdict = if check.ok { "within" } else { "outside" };
+                    report.notes.push(format!(
+                        "not judged with --quick: {}: {verdict} the bound: {}",
+                        check.name, check.detail
+                    ));
+                } else {
+                    report.verdict.checks.push(check);
+                }
             }
             report.notes.push(memory::format_series(&samples));
             report.samples = samples;

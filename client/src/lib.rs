@@ -141,10 +141,13 @@ impl Client {
             (None, None) => format!("replicate-client:{suffix}"),
         };
         check_name(&peer_id)?;
-        tracing::debug!(path = %path.display(), peer_id, "client opened");
+        // Collections synced before or with writes queued keep syncing after a restart,
+        // whether or not the app opens them again.
+        let known = store.known_collections()?;
+        tracing::debug!(path = %path.display(), peer_id, collections = ?known, "client opened");
         Ok(Client {
             syncer: Arc::new(Syncer::new(store, transport, options, peer_id)),
-            collections: Arc::new(Mutex::new(Vec::new())),
+            collections: Arc::new(Mutex::new(known)),
             background: Mutex::new(false),
         })
     }

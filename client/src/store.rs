@@ -276,6 +276,20 @@ impl Store {
         self.kv_set(&kv_epoch(collection), "1")
     }
 
+    /// Collections this database has synced or has writes queued for, sorted.
+    ///
+    /// # Errors
+    /// A SQLite failure.
+    pub fn known_collections(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT substr(key, 8) FROM kv WHERE key LIKE 'synced/%' \
+             UNION SELECT collection FROM pending ORDER BY 1",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<String>, _>>()?)
+    }
+
     /// Everything stored for a document, snapshot first, then its updates in order.
     ///
     /// # Errors

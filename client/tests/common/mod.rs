@@ -273,8 +273,20 @@ impl Transport for Flaky {
     }
 }
 
+/// Logs of the client under test, shown with a failing test's output (`RUST_LOG` filters).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "replicate_client=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// Opens a client on `path` through `flaky`.
 pub fn open(path: &Path, flaky: &Arc<Flaky>) -> Client {
+    init_tracing();
     Client::open_with_transport(path, flaky.clone(), options()).expect("client opens")
 }
 

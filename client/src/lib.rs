@@ -133,7 +133,7 @@ impl Client {
         options: SyncOptions,
         subject: Option<String>,
     ) -> Result<Client> {
-        let store = Arc::new(Store::open(path)?);
+        let store = Arc::new(Store::open_with(path, options.fsync_edits)?);
         let suffix = store.kv_get_or_init("peer_suffix", ids::peer_suffix)?;
         let peer_id = match (&options.peer_id, subject) {
             (Some(p), _) => p.clone(),

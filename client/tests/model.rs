@@ -22,7 +22,11 @@ const DOCS: usize = 3;
 enum Op {
     /// Client inserts a fresh token at the start or the end of a document's text, and sets a
     /// map key named after it.
-    Edit { client: usize, doc: usize, at_end: bool },
+    Edit {
+        client: usize,
+        doc: usize,
+        at_end: bool,
+    },
     Offline(usize),
     Online(usize),
     /// Drop the client and open it again from its file.
@@ -69,16 +73,25 @@ fn doc_name(d: usize) -> String {
 
 /// (text, map keys) of a document as a client holds it.
 fn content(client: &Client, c: &str, d: usize) -> (String, BTreeSet<String>) {
-    let doc = client.collection(c).and_then(|c| c.doc(&doc_name(d))).expect("doc");
+    let doc = client
+        .collection(c)
+        .and_then(|c| c.doc(&doc_name(d)))
+        .expect("doc");
     let text = doc.doc().get_or_insert_text("body");
     let map = doc.doc().get_or_insert_map("keys");
     let txn = doc.doc().transact();
-    (text.get_string(&txn), map.keys(&txn).map(str::to_string).collect())
+    (
+        text.get_string(&txn),
+        map.keys(&txn).map(str::to_string).collect(),
+    )
 }
 
 /// The whole state of a client's document as one update.
 fn state(client: &Client, c: &str, d: usize) -> Vec<u8> {
-    let doc = client.collection(c).and_then(|c| c.doc(&doc_name(d))).expect("doc");
+    let doc = client
+        .collection(c)
+        .and_then(|c| c.doc(&doc_name(d)))
+        .expect("doc");
     let txn = doc.doc().transact();
     txn.encode_state_as_update_v1(&yrs::StateVector::default())
 }
@@ -128,15 +141,22 @@ fn run_case(server: &Server, case: usize, ops: &[Op]) {
             Op::Restart(i) => {
                 let p = &mut peers[*i];
                 drop(p.client.take());
-                let client = Client::open_with_transport(&p.path, p.net.clone(), options())
-                    .expect("reopen");
+                let client =
+                    Client::open_with_transport(&p.path, p.net.clone(), options()).expect("reopen");
                 client.collection(&c).expect("collection");
                 p.client = Some(client);
             }
             Op::Sync(i) => {
-                let online = !peers[*i].net.offline.load(std::sync::atomic::Ordering::SeqCst);
+                let online = !peers[*i]
+                    .net
+                    .offline
+                    .load(std::sync::atomic::Ordering::SeqCst);
                 let r = peers[*i].client().sync_once();
-                assert_eq!(r.is_ok(), online, "sync of client {i} (online: {online}): {r:?}");
+                assert_eq!(
+                    r.is_ok(),
+                    online,
+                    "sync of client {i} (online: {online}): {r:?}"
+                );
             }
             Op::Compact(d) => compact_all(server.addr, &c, &doc_name(*d)),
         }
@@ -169,13 +189,23 @@ fn run_case(server: &Server, case: usize, ops: &[Op]) {
         };
         for (i, p) in peers.iter().enumerate() {
             let (text, keys) = content(p.client(), &c, d);
-            assert_eq!(text, ref_text, "client {i}, doc {d}: differs from the reference");
+            assert_eq!(
+                text, ref_text,
+                "client {i}, doc {d}: differs from the reference"
+            );
             assert_eq!(keys, tokens[d], "client {i}, doc {d}: map keys");
             for t in &tokens[d] {
-                assert!(text.contains(t.as_str()), "client {i}, doc {d}: edit {t} lost");
+                assert!(
+                    text.contains(t.as_str()),
+                    "client {i}, doc {d}: edit {t} lost"
+                );
             }
             assert_eq!(
-                p.client().collection(&c).and_then(|c| c.status()).map(|s| s.pending).ok(),
+                p.client()
+                    .collection(&c)
+                    .and_then(|c| c.status())
+                    .map(|s| s.pending)
+                    .ok(),
                 Some(0)
             );
         }

@@ -37,6 +37,8 @@ struct Persist {
     pushed: Arc<Signal>,
     collection: String,
     document_id: String,
+    /// Local compaction threshold (unmerged updates per document).
+    compact_threshold: u64,
     unsaved: Mutex<Unsaved>,
 }
 
@@ -74,6 +76,18 @@ impl Persist {
         }
         drop(unsaved);
         self.pushed.notify();
+        // Offline, no page ever arrives to trigger local compaction; a long editing session
+        // must not grow the document's rows without bound.
+        let (c, d) = (&self.collection, &self.document_id);
+        let over = self
+            .store
+            .update_count(c, d)
+            .is_ok_and(|n| n > self.compact_threshold);
+        if over {
+            if let Err(e) = self.store.compact_document(c, d, self.compact_threshold) {
+                tracing::warn!(collection = %c, document = %d, error = %e, "local compaction failed");
+            }
+        }
     }
 }
 
@@ -182,6 +196,7 @@ impl LiveDocs {
         &self,
         store: &Arc<Store>,
         pushed: &Arc<Signal>,
+        compact_threshold: u64,
         collection: &str,
         document_id: &str,
     ) -> Result<Document> {
@@ -203,6 +218,7 @@ impl LiveDocs {
             pushed: pushed.clone(),
             collection: collection.to_string(),
             document_id: document_id.to_string(),
+            compact_threshold,
             unsaved: Mutex::new(Unsaved::default()),
         });
         let observer = persist.clone();

@@ -72,6 +72,8 @@ fn check_name(name: &str) -> Result<()> {
 /// and documents are handles into it. Dropping it stops its background sync.
 pub struct Client {
     syncer: Arc<Syncer>,
+    /// The HTTP transport, when the client made it (so the token can be replaced).
+    http: Option<Arc<HttpTransport>>,
     collections: Arc<Mutex<Vec<String>>>,
     background: Mutex<bool>,
 }
@@ -111,8 +113,10 @@ impl Client {
         options: SyncOptions,
     ) -> Result<Client> {
         let subject = token.and_then(ids::jwt_subject);
-        let transport = Arc::new(HttpTransport::new(base_url, token.map(str::to_string)));
-        Client::open_inner(sqlite_path.as_ref(), transport, options, subject)
+        let http = Arc::new(HttpTransport::new(base_url, token.map(str::to_string)));
+        let mut client = Client::open_inner(sqlite_path.as_ref(), http.clone(), options, subject)?;
+        client.http = Some(http);
+        Ok(client)
     }
 
     /// Opens with a transport of the app's own (another HTTP stack, a test double).
@@ -147,9 +151,20 @@ impl Client {
         tracing::debug!(path = %path.display(), peer_id, collections = ?known, "client opened");
         Ok(Client {
             syncer: Arc::new(Syncer::new(store, transport, options, peer_id)),
+            http: None,
             collections: Arc::new(Mutex::new(known)),
             background: Mutex::new(false),
         })
+    }
+
+    /// Replaces the bearer token (tokens expire: on 401 `unauthenticated` in
+    /// [`Status::last_error`], get a fresh one and set it; queued writes then go). Does
+    /// nothing for a client opened with [`Client::open_with_transport`].
+    pub fn set_token(&self, token: Option<&str>) {
+        if let Some(http) = &self.http {
+            http.set_token(token.map(str::to_string));
+        }
+        self.syncer.pushed.notify();
     }
 
     /// The peer id this client acks as (persisted in the file).
@@ -227,9 +242,10 @@ impl Client {
             .collect()
     }
 
-    /// Stops background sync; after this returns nothing of this client writes the file
-    /// again (an answer still in flight is dropped: its writes stay queued with their opIds).
-    /// Document handles stay readable; edits made through them after this are not saved.
+    /// Stops background sync; after this returns the sync loop writes nothing more to the
+    /// file (an answer still in flight is dropped: its writes stay queued with their opIds).
+    /// Document handles stay usable: their edits are still saved and queued, and go to the
+    /// server with the next client opened on the file.
     pub fn close(&self) {
         self.syncer.close();
     }
@@ -269,9 +285,13 @@ impl Collection {
     /// [`Error::InvalidName`], a SQLite failure, or stored bytes that do not decode.
     pub fn doc(&self, id: &str) -> Result<Document> {
         check_name(id)?;
-        self.syncer
-            .live
-            .open(&self.syncer.store, &self.syncer.pushed, &self.name, id)
+        self.syncer.live.open(
+            &self.syncer.store,
+            &self.syncer.pushed,
+            self.syncer.compact_threshold(),
+            &self.name,
+            id,
+        )
     }
 
     /// The ids of the documents the file holds, sorted.

@@ -189,6 +189,11 @@ impl Syncer {
         }
     }
 
+    /// The local compaction threshold.
+    pub(crate) fn compact_threshold(&self) -> u64 {
+        self.options.local_compaction_threshold
+    }
+
     /// The peer id acks are sent as.
     pub fn peer_id(&self) -> &str {
         &self.peer_id

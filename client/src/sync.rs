@@ -1,7 +1,7 @@
 //! The sync loop: push the pending queue in batches, pull stream pages into SQLite, ack,
 //! follow the server's compaction hint, recover, back off. [`Syncer`] holds one client's
 //! shared state; its steps are called by [`Syncer::sync_once`] (apps that drive sync) and by
-//! the background threads of [`Syncer::spawn_puller`] / [`Syncer::spawn_pusher`].
+//! the background threads of `Syncer::spawn_puller` / `Syncer::spawn_pusher`.
 //!
 //! # Invariants
 //! - A page's changes and its cursor are stored in one SQLite transaction, before the cursor

@@ -64,6 +64,8 @@ pub trait Transport: Send + Sync {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time any request may take beyond its long-poll wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle pooled connection may be reused.
+const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(4);
 /// Largest answer read (a stream page is at most ~16 MiB of bytes, in base64).
 const MAX_ANSWER_BYTES: u64 = 64 << 20;
 
@@ -93,6 +95,9 @@ impl HttpTransport {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
+            // Below the server's default keep-alive (5 s), so a pooled connection is not
+            // reused just as the server closes it (a POST on it would fail as "offline").
+            .max_idle_age(IDLE_CONNECTION_AGE)
             .build();
         HttpTransport {
             agent: ureq::Agent::new_with_config(config),

@@ -28,6 +28,9 @@ struct FakeState {
     /// opIds answered `overloaded` once.
     overloaded_once: HashSet<String>,
     acks: Vec<u64>,
+    /// What recovery answers, and the documents it was asked for.
+    recovery_diff: Option<Vec<u8>>,
+    recovered: Vec<String>,
 }
 
 #[derive(Default)]
@@ -169,9 +172,11 @@ impl Transport for Fake {
         Ok(())
     }
 
-    fn recovery(&self, _c: &str, _d: &str, _sv: &[u8]) -> Result<(Vec<u8>, u64)> {
-        let s = self.s.lock().unwrap_or_else(|p| p.into_inner());
-        Ok((vec![0, 0], s.log.len() as u64))
+    fn recovery(&self, _c: &str, d: &str, _sv: &[u8]) -> Result<(Vec<u8>, u64)> {
+        let mut s = self.s.lock().unwrap_or_else(|p| p.into_inner());
+        s.recovered.push(d.to_string());
+        let diff = s.recovery_diff.clone().unwrap_or_else(|| vec![0, 0]);
+        Ok((diff, s.log.len() as u64))
     }
 }
 
@@ -347,4 +352,38 @@ fn two_clients_converge_through_the_fake() {
     };
     assert_eq!(read(&a), read(&b));
     assert_eq!(read(&a).matches(',').count(), 12);
+}
+
+#[test]
+fn the_first_sync_recovers_documents_made_offline_and_later_ones_do_not() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fake = Arc::new(Fake::default());
+    let server_side = {
+        let doc = yrs::Doc::with_client_id(99);
+        let t = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        t.push(&mut txn, "from-server,");
+        txn.encode_update_v1()
+    };
+    with(&fake, |s| s.recovery_diff = Some(server_side));
+    let path = dir.path().join("a.sqlite");
+    let c = client(&path, &fake);
+    edits(&c, 2);
+    c.sync_once().expect("sync");
+    let d = c.collection("c").and_then(|c| c.doc("d")).expect("doc");
+    let t = d.doc().get_or_insert_text("t");
+    let body = {
+        let txn = d.doc().transact();
+        yrs::GetString::get_string(&t, &txn)
+    };
+    assert!(
+        body.contains("from-server,") && body.contains("0,1,"),
+        "{body}"
+    );
+    assert_eq!(with(&fake, |s| s.recovered.clone()), vec!["d".to_string()]);
+    drop((d, c));
+    // Reopened, the collection has synced before: it streams from its cursor, no recovery.
+    let c = client(&path, &fake);
+    c.sync_once().expect("sync");
+    assert_eq!(with(&fake, |s| s.recovered.len()), 1);
 }

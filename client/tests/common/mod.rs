@@ -5,7 +5,8 @@
 //! The server binary lives in another package of the workspace, so `CARGO_BIN_EXE_…` is not
 //! available here. [`server_binary`] builds it once per test process with the cargo that runs
 //! the tests, into the same target directory (fresh after `cargo test --workspace`, so it
-//! only checks), or takes `REPLICATE_SERVER_BIN`.
+//! only checks; after `cargo test -p replicate-client` alone the first run builds the
+//! workspace's tests), or takes `REPLICATE_SERVER_BIN`.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -43,16 +44,12 @@ pub fn server_binary() -> PathBuf {
             .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "replicate",
-            "--bin",
-            "replicate-server",
-        ])
-        .current_dir(&workspace)
-        .env("CARGO_TARGET_DIR", &target_dir);
+        // `--workspace --tests` resolves features exactly as `cargo test --workspace` does, so
+        // after it (CI) this only checks freshness and leaves the root package's binary as
+        // it was; `-p replicate` alone would build a second variant with other features.
+        cmd.args(["build", "-q", "--workspace", "--tests"])
+            .current_dir(&workspace)
+            .env("CARGO_TARGET_DIR", &target_dir);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

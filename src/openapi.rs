@@ -16,10 +16,11 @@ use utoipa::openapi::{
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
-use crate::routes::{self, ack, compact, events, ops, recovery, state, stream, write, ws};
+use crate::routes::{self, ack, batch, compact, events, ops, recovery, state, stream, write, ws};
 use crate::wire::{
-    AckAnswer, AckBody, Base64, CompactAnswer, CompactBody, Name, OperationType, RecoveryAnswer,
-    RecoveryBody, StateAnswer, StreamAnswer, WireChange, WriteAnswer, WriteBody,
+    AckAnswer, AckBody, Base64, BatchAnswer, BatchBody, BatchError, BatchResult, BatchWrite,
+    CompactAnswer, CompactBody, Name, OperationType, RecoveryAnswer, RecoveryBody, StateAnswer,
+    StreamAnswer, WireChange, WriteAnswer, WriteBody, WriteOp,
 };
 use crate::wire_binary::BinaryChanges;
 
@@ -46,6 +47,7 @@ use crate::wire_binary::BinaryChanges;
         write::insert,
         write::update,
         write::delete,
+        batch::batch,
         stream::stream,
         ack::ack,
         compact::compact,
@@ -65,6 +67,12 @@ use crate::wire_binary::BinaryChanges;
         ErrorCode,
         WriteBody,
         WriteAnswer,
+        WriteOp,
+        BatchWrite,
+        BatchBody,
+        BatchError,
+        BatchResult,
+        BatchAnswer,
         AckBody,
         AckAnswer,
         CompactBody,

@@ -38,6 +38,66 @@ pub struct WriteAnswer {
     pub duplicate: bool,
 }
 
+/// Body of `batch`: writes of one collection, stored in one commit.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"writes": [
+    {"op": "insert", "documentId": "doc-1", "crdtBytes": "AQEBAAQBB2NvbnRlbnQCaGkA", "opId": "client-1:op-1"},
+    {"op": "update", "documentId": "doc-2", "crdtBytes": "AQEBAAQBB2NvbnRlbnQCaGkA"}
+]}))]
+pub struct BatchBody {
+    /// 1 to 1000 writes; the accepted ones get consecutive seqs in this order.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub writes: Vec<BatchWrite>,
+}
+
+/// One write of a batch: what `insert`, `update` or `delete` takes, and which of them.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchWrite {
+    pub op: WriteOp,
+    #[serde(flatten)]
+    pub write: WriteBody,
+}
+
+/// The operation of a batch write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Answer of `batch`: one result per write, in the request's order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[schema(example = json!({"results": [
+    {"seq": 41, "duplicate": false},
+    {"error": {"code": "invalid_yjs", "message": "crdtBytes is not a Yjs v1 update: …"}}
+]}))]
+pub struct BatchAnswer {
+    pub results: Vec<BatchResult>,
+}
+
+/// What became of one write of a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(untagged)]
+pub enum BatchResult {
+    /// Stored with `seq` (or a repeated `opId`: `duplicate: true`, the first write's seq).
+    Stored { seq: u64, duplicate: bool },
+    /// Refused, with the code and message the single-write route would answer; nothing of
+    /// it was stored.
+    Refused { error: BatchError },
+}
+
+/// Why one write of a batch was refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct BatchError {
+    /// A code of the error table (`invalid_yjs`, `yjs_limit`, `too_large`, `conflict`, …).
+    pub code: String,
+    pub message: String,
+}
+
 /// Body of `ack`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -361,9 +361,11 @@ fn contract(method: &str, path: &str) -> Access {
         ("GET", "/metrics" | "/stats") => Access::Service(Admin),
         ("GET", "/v1/{c}/stream" | "/v1/{c}/events" | "/v1/{c}/state") => Access::Collection(Read),
         ("POST", "/v1/{c}/ack" | "/v1/{c}/recovery") => Access::Collection(Read),
-        ("POST", "/v1/{c}/insert" | "/v1/{c}/update" | "/v1/{c}/delete" | "/v1/{c}/compact") => {
-            Access::Collection(Write)
-        }
+        (
+            "POST",
+            "/v1/{c}/insert" | "/v1/{c}/update" | "/v1/{c}/delete" | "/v1/{c}/batch"
+            | "/v1/{c}/compact",
+        ) => Access::Collection(Write),
         ("GET", "/v1/{c}/stats") => Access::Collection(Admin),
         ("GET", "/v1/{c}/ws/{documentId}") => Access::Collection(Read),
         _ => panic!("{method} {path} is not in the contract: add it (and a sample) here"),
@@ -385,6 +387,10 @@ fn sample(method: &str, path: &str, sub: &str, n: u64) -> (String, Vec<u8>) {
         }
         ("POST", "/v1/{c}/insert") => (format!("{c}/insert"), write),
         ("POST", "/v1/{c}/update") => (format!("{c}/update"), write),
+        ("POST", "/v1/{c}/batch") => (
+            format!("{c}/batch"),
+            json!({ "writes": [{ "op": "update", "documentId": "doc-b", "crdtBytes": "AAA=" }] }),
+        ),
         ("POST", "/v1/{c}/delete") => (
             format!("{c}/delete"),
             json!({ "documentId": "doc-0", "crdtBytes": "AAA=" }),
@@ -531,7 +537,7 @@ fn every_route_answers_what_its_access_allows() {
     }
     assert_eq!(
         rows.len(),
-        15,
+        16,
         "the route table lists every route: {rows:?}"
     );
     rows.push((

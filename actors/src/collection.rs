@@ -18,6 +18,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
+mod batch;
+
+pub use batch::AppendBatch;
+
 use crate::compaction;
 use crate::compactor;
 use crate::crdt::{self, DocState, Merged, YjsLimits};
@@ -89,9 +93,13 @@ pub struct CollectionActor {
     /// (the store cannot answer for them).
     pending_ops: HashMap<(String, String), (u64, u64)>,
     /// Per document, the writes waiting for the running check of that document (whose entry
-    /// is present while it runs). One document's writes are checked one batch at a time, each
-    /// against the state the previous ones left.
-    checking: HashMap<String, VecDeque<QueuedWrite>>,
+    /// is present while it runs, or while a write batch holds the document: see
+    /// [`batch`]). One document's writes are checked one group at a time, each against the
+    /// state the previous ones left.
+    checking: HashMap<String, VecDeque<Queued>>,
+    /// Write batches (`AppendBatch`) whose parts are being checked.
+    batches: HashMap<u64, batch::PendingBatch>,
+    next_batch: u64,
     /// Per document, the compaction waiting behind the running one (whose entry is present
     /// while it runs; later requests join the waiting one). Compactions of one document run one
     /// after another, each reading what the previous one committed, so none can lose another's
@@ -142,6 +150,8 @@ impl CollectionActor {
             peers: PeerTable::from_records(loaded.peers),
             pending_ops: HashMap::new(),
             checking: HashMap::new(),
+            batches: HashMap::new(),
+            next_batch: 0,
             compactions: HashMap::new(),
             last_activity: now,
             stopped: false,
@@ -380,6 +390,14 @@ pub struct Append {
     pub write: Write,
 }
 
+/// What waits in a document's check queue.
+enum Queued {
+    /// A write of its own (`Append`).
+    One(QueuedWrite),
+    /// A write batch's writes of this document, checked together and alone.
+    Part(batch::Part),
+}
+
 /// A write waiting for its document's check, or being checked.
 struct QueuedWrite {
     operation: OperationType,
@@ -399,6 +417,14 @@ struct Checked {
     state: Option<DocState>,
     outcomes: Vec<Option<Result<()>>>,
     quarantined: Vec<(u64, String)>,
+}
+
+/// The answer to an op id used again for other bytes of `doc` (first used by `seq`).
+fn op_conflict(op: &str, doc: &str, seq: u64) -> Error {
+    Error::Conflict(format!(
+        "opId {op:?} was already used for other bytes of document {doc:?} (seq {seq}); use a \
+         new opId for a new write"
+    ))
 }
 
 /// A stable hash of a write's bytes, remembered with its op id (SipHash with fixed keys: the
@@ -439,13 +465,7 @@ impl Handler<Append> for CollectionActor {
             hash,
             answer: tx,
         };
-        match self.checking.get_mut(&doc) {
-            Some(waiting) => waiting.push_back(queued),
-            None => {
-                self.checking.insert(doc.clone(), VecDeque::new());
-                self.start_check(doc, vec![queued], ctx);
-            }
-        }
+        self.enqueue_check(doc, Queued::One(queued), ctx);
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(Error::Internal("write was dropped".into())))
@@ -454,6 +474,17 @@ impl Handler<Append> for CollectionActor {
 }
 
 impl CollectionActor {
+    /// Queues `queued` behind `doc`'s running check, or checks it now if none runs.
+    fn enqueue_check(&mut self, doc: String, queued: Queued, ctx: &mut Context<Self>) {
+        match self.checking.get_mut(&doc) {
+            Some(waiting) => waiting.push_back(queued),
+            None => {
+                self.checking.insert(doc.clone(), VecDeque::from([queued]));
+                self.next_check(doc, ctx);
+            }
+        }
+    }
+
     /// The seq an earlier write with this op id got, if it was the same write.
     ///
     /// # Errors
@@ -480,11 +511,7 @@ impl CollectionActor {
         };
         match record {
             Some((seq, h)) if h == hash => Ok(Some(seq)),
-            Some((seq, _)) => Err(Error::Conflict(format!(
-                "opId {op:?} was already used for other bytes of document {:?} (seq {seq}); \
-                 use a new opId for a new write",
-                write.document_id
-            ))),
+            Some((seq, _)) => Err(op_conflict(op, &write.document_id, seq)),
             None => Ok(None),
         }
     }
@@ -507,27 +534,40 @@ impl CollectionActor {
     /// Checks `batch` (writes of `doc`, in arrival order) against the document's state on a
     /// worker thread, then numbers and stores the accepted ones in that order.
     fn start_check(&mut self, doc: String, batch: Vec<QueuedWrite>, ctx: &mut Context<Self>) {
-        let cached = self.shared.docs.take(&self.name, &doc);
+        let bytes: Vec<Vec<u8>> = batch.iter().map(|q| q.write.bytes.clone()).collect();
+        let work = self.check_job(&doc, bytes, check_writes, false);
+        ctx.spawn(work.into_actor(self).map(move |checked, act, ctx| {
+            act.finish_check(doc, batch, checked, ctx);
+        }));
+    }
+
+    /// The worker job that checks `bytes` (writes of `doc`, in order) with `check` against the
+    /// document's cached state, or a rebuild once everything numbered before is in the store
+    /// (`rebuilds`: the check may rebuild even with a cached state, so settle first anyway).
+    fn check_job(
+        &mut self,
+        doc: &str,
+        bytes: Vec<Vec<u8>>,
+        check: CheckFn,
+        rebuilds: bool,
+    ) -> impl std::future::Future<Output = Result<Checked>> + 'static {
+        let cached = self.shared.docs.take(&self.name, doc);
         // A rebuild reads the store: everything numbered before must be in it first.
-        let settle = (cached.is_none() || self.assigned > self.durable)
-            .then(|| self.shared.commit.durable());
+        let must_settle = cached.is_none() || rebuilds;
+        let settle = must_settle.then(|| self.shared.commit.durable());
         let store = self.shared.store.clone();
         let limits = self.shared.config.yjs;
         let workers = self.shared.workers.clone();
         let name = self.name.clone();
-        let job_doc = doc.clone();
-        let bytes: Vec<Vec<u8>> = batch.iter().map(|q| q.write.bytes.clone()).collect();
-        let work = async move {
-            if let Some(settle) = settle.filter(|_| cached.is_none()) {
+        let doc = doc.to_string();
+        async move {
+            if let Some(settle) = settle {
                 settle.await?;
             }
             workers
-                .run(move || check_writes(&store, &name, &job_doc, cached, &bytes, &limits))
+                .run(move || check(&store, &name, &doc, cached, &bytes, &limits))
                 .await?
-        };
-        ctx.spawn(work.into_actor(self).map(move |checked, act, ctx| {
-            act.finish_check(doc, batch, checked, ctx);
-        }));
+        }
     }
 
     fn finish_check(
@@ -564,24 +604,40 @@ impl CollectionActor {
         if !again.is_empty() {
             let waiting = self.checking.entry(doc.clone()).or_default();
             for q in again.into_iter().rev() {
-                waiting.push_front(q);
+                waiting.push_front(Queued::One(q));
             }
         }
         self.next_check(doc, ctx);
     }
 
+    /// Starts the check of what waits first for `doc`: a write batch's part alone, or up to
+    /// [`CHECK_BATCH`] writes of their own; forgets the queue when nothing waits.
     fn next_check(&mut self, doc: String, ctx: &mut Context<Self>) {
-        let batch: Vec<QueuedWrite> = match self.checking.get_mut(&doc) {
-            Some(waiting) if !waiting.is_empty() => {
-                let n = waiting.len().min(CHECK_BATCH);
-                waiting.drain(..n).collect()
-            }
-            _ => {
-                self.checking.remove(&doc);
-                return;
-            }
+        let Some(waiting) = self.checking.get_mut(&doc) else {
+            return;
         };
-        self.start_check(doc, batch, ctx);
+        if let Some(Queued::Part(_)) = waiting.front() {
+            if let Some(Queued::Part(part)) = waiting.pop_front() {
+                self.start_part_check(doc, part, ctx);
+            }
+            return;
+        }
+        let mut ones = Vec::new();
+        while ones.len() < CHECK_BATCH {
+            match waiting.pop_front() {
+                Some(Queued::One(q)) => ones.push(q),
+                Some(part) => {
+                    waiting.push_front(part);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if ones.is_empty() {
+            self.checking.remove(&doc);
+            return;
+        }
+        self.start_check(doc, ones, ctx);
     }
 
     /// Persists quarantine records of stored updates a rebuild left out.
@@ -661,52 +717,77 @@ impl CollectionActor {
             hash,
             answer,
         } = q;
-        let doc = write.document_id.clone();
-        let len = write.bytes.len() as u64;
-        let (record, op_id) = self.delta_record(operation, write);
-        let op = op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
-        // The engine counts the document's bytes itself; the seq is its to give.
-        let prepared = Batch::append(&self.name, 0, &record, &DocStats::default(), op);
+        let (prepared, doc, len, op_id) = self.numbered_append(operation, write, hash);
         let round = self.shared.commit.submit_outcomes(prepared);
         self.stats.pending_writes += 1;
         ctx.spawn(round.into_actor(self).map(move |res, act, ctx| {
             act.stats.pending_writes -= 1;
             let written = match res.map(|mut o| o.pop()) {
-                Ok(Some(Outcome::Stored(seq))) => {
-                    act.mark_durable(seq);
-                    act.stats.appends += 1;
-                    act.stats.appended_bytes += len;
-                    act.docs.add_counted(&doc, len);
-                    act.auto_compact(&doc, ctx);
-                    Ok(Written {
-                        seq,
-                        duplicate: false,
-                    })
+                Ok(outcome) => act.settle_numbered(outcome, &doc, len, hash, op_id, ctx),
+                Err(e) => {
+                    // The checked state holds the write the store lacks.
+                    act.shared.docs.forget(&act.name, &doc);
+                    Err(e)
                 }
-                Ok(Some(Outcome::Duplicate(first))) => {
-                    act.head_moved(first.seq);
-                    act.stats.duplicate_writes += 1;
-                    if first.hash == hash {
-                        Ok(Written {
-                            seq: first.seq,
-                            duplicate: true,
-                        })
-                    } else {
-                        Err(Error::Conflict(format!(
-                            "opId {:?} was already used for other bytes of document {doc:?} \
-                             (seq {}); use a new opId for a new write",
-                            op_id.unwrap_or_default(),
-                            first.seq
-                        )))
-                    }
-                }
-                Ok(other) => Err(Error::Internal(format!(
-                    "the store answered {other:?} for an append"
-                ))),
-                Err(e) => Err(e),
             };
             let _ = answer.send(written);
         }));
+    }
+
+    /// An accepted write prepared for a shared engine, which numbers it and counts the
+    /// document's bytes itself; with its document, length and op id.
+    fn numbered_append(
+        &self,
+        operation: OperationType,
+        write: Write,
+        hash: u64,
+    ) -> (Batch, String, u64, Option<String>) {
+        let len = write.bytes.len() as u64;
+        let (record, op_id) = self.delta_record(operation, write);
+        let op = op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
+        let prepared = Batch::append(&self.name, 0, &record, &DocStats::default(), op);
+        (prepared, record.document_id, len, op_id)
+    }
+
+    /// What a shared engine's commit did with one append of `doc` (`len` bytes, `hash`, with
+    /// `op_id`): the seq it gave, or the earlier write its op id names.
+    fn settle_numbered(
+        &mut self,
+        outcome: Option<Outcome>,
+        doc: &str,
+        len: u64,
+        hash: u64,
+        op_id: Option<String>,
+        ctx: &mut Context<Self>,
+    ) -> Result<Written> {
+        match outcome {
+            Some(Outcome::Stored(seq)) => {
+                self.mark_durable(seq);
+                self.stats.appends += 1;
+                self.stats.appended_bytes += len;
+                self.docs.add_counted(doc, len);
+                self.auto_compact(doc, ctx);
+                Ok(Written {
+                    seq,
+                    duplicate: false,
+                })
+            }
+            Some(Outcome::Duplicate(first)) => {
+                self.head_moved(first.seq);
+                self.stats.duplicate_writes += 1;
+                if first.hash == hash {
+                    Ok(Written {
+                        seq: first.seq,
+                        duplicate: true,
+                    })
+                } else {
+                    Err(op_conflict(&op_id.unwrap_or_default(), doc, first.seq))
+                }
+            }
+            other => Err(Error::Internal(format!(
+                "the store answered {other:?} for an append"
+            ))),
+        }
     }
 
     /// The record an accepted write is stored as (created now), and its op id.
@@ -756,6 +837,9 @@ impl CollectionActor {
         Ok((seq, prepared))
     }
 }
+
+/// A check job's work: see [`check_writes`] and [`batch::check_part`].
+type CheckFn = fn(&Store, &str, &str, Option<DocState>, &[Vec<u8>], &YjsLimits) -> Result<Checked>;
 
 /// The check job: rebuilds the document's state if it is not cached (or its cost calls for a
 /// fresh measure), then applies each write in order, each within the write budget.

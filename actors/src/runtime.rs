@@ -15,7 +15,9 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
 use crate::clock::{Clock, SystemClock};
-use crate::collection::{Ack, Append, CollectionActor, Compact, GetState, Head, ReadPage};
+use crate::collection::{
+    Ack, Append, AppendBatch, CollectionActor, Compact, GetState, Head, ReadPage,
+};
 use crate::compactor::{self, StateCache};
 use crate::config::Config;
 use crate::crdt;
@@ -239,6 +241,69 @@ impl Replicate {
     pub async fn write(&self, c: &str, operation: OperationType, write: Write) -> Result<Written> {
         self.check_open()?;
         names::validate("collection", c)?;
+        self.check_write(operation, &write)?;
+        self.call(c, || Append {
+            operation,
+            write: write.clone(),
+        })
+        .await
+    }
+
+    /// Stores several writes of collection `c` in one commit: each is checked on its own
+    /// (one result per write, in order), and the accepted ones get consecutive seqs in the
+    /// order given, answered once on disk.
+    ///
+    /// # Errors
+    /// For the whole batch: [`Error::InvalidArgument`] for no writes or more than
+    /// [`MAX_BATCH_WRITES`], [`Error::InvalidName`] for the collection, and a storage error
+    /// when the commit failed (nothing of the batch was stored).
+    pub async fn write_batch(
+        &self,
+        c: &str,
+        writes: Vec<(OperationType, Write)>,
+    ) -> Result<Vec<Result<Written>>> {
+        self.check_open()?;
+        names::validate("collection", c)?;
+        if writes.is_empty() || writes.len() > MAX_BATCH_WRITES {
+            return Err(Error::InvalidArgument {
+                field: "writes",
+                reason: format!(
+                    "must hold 1 to {MAX_BATCH_WRITES} writes, got {}",
+                    writes.len()
+                ),
+            });
+        }
+        let mut answers: Vec<Option<Result<Written>>> = Vec::with_capacity(writes.len());
+        let mut valid = Vec::with_capacity(writes.len());
+        for (operation, write) in writes {
+            match self.check_write(operation, &write) {
+                Ok(()) => {
+                    answers.push(None);
+                    valid.push((operation, write));
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let mut checked = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.call(c, || AppendBatch {
+                writes: valid.clone(),
+            })
+            .await?
+        }
+        .into_iter();
+        Ok(answers
+            .into_iter()
+            .map(|a| {
+                a.or_else(|| checked.next())
+                    .unwrap_or_else(|| Err(Error::Internal("a batch answer is missing".into())))
+            })
+            .collect())
+    }
+
+    /// The checks of a write that need no actor: names, operation and size.
+    fn check_write(&self, operation: OperationType, write: &Write) -> Result<()> {
         names::validate("documentId", &write.document_id)?;
         if let Some(op) = &write.op_id {
             names::validate("opId", op)?;
@@ -253,12 +318,7 @@ impl Replicate {
             "crdtBytes",
             &write.bytes,
             self.shared.config.max_update_bytes,
-        )?;
-        self.call(c, || Append {
-            operation,
-            write: write.clone(),
-        })
-        .await
+        )
     }
 
     pub async fn insert(&self, c: &str, write: Write) -> Result<Written> {

@@ -61,6 +61,8 @@ pub struct StreamRequest {
 pub const DEFAULT_STREAM_LIMIT: usize = 100;
 /// Largest page size for a stream.
 pub const MAX_STREAM_LIMIT: usize = 1000;
+/// Most writes in one write batch ([`crate::Replicate::write_batch`]).
+pub const MAX_BATCH_WRITES: usize = 1000;
 
 impl StreamRequest {
     pub fn after(cursor: u64) -> Self {

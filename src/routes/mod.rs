@@ -24,6 +24,7 @@ use crate::settings::ServerSettings;
 use crate::wire::path_segment;
 
 pub mod ack;
+pub mod batch;
 pub mod compact;
 pub mod events;
 pub mod ops;
@@ -180,6 +181,7 @@ fn table() -> Vec<(RouteSpec, Route)> {
         entry(post(), "/v1/{c}/insert", c(Write), write::insert),
         entry(post(), "/v1/{c}/update", c(Write), write::update),
         entry(post(), "/v1/{c}/delete", c(Write), write::delete),
+        entry(post(), "/v1/{c}/batch", c(Write), batch::batch),
         entry(get(), "/v1/{c}/stream", c(Read), stream::stream),
         entry(post(), "/v1/{c}/ack", c(Read), ack::ack),
         entry(post(), "/v1/{c}/compact", c(Write), compact::compact),

@@ -369,19 +369,20 @@ impl Syncer {
         let mut reset = false;
         loop {
             let cursor = self.store.cursor(collection)?;
-            let page =
-                match self
-                    .transport
-                    .stream(collection, cursor, self.options.page_limit, wait_ms)
-                {
-                    Ok(page) => page,
-                    Err(e) if e.code() == Some("cursor_ahead") && !reset => {
-                        self.server_reset(collection)?;
-                        reset = true;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
+            let page = match self.transport.stream(
+                collection,
+                cursor,
+                self.options.page_limit.clamp(1, 1000),
+                wait_ms,
+            ) {
+                Ok(page) => page,
+                Err(e) if e.code() == Some("cursor_ahead") && !reset => {
+                    self.server_reset(collection)?;
+                    reset = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut changes = Vec::with_capacity(page.changes.len());
             for change in page.changes {
                 if let Err(e) = crdt::decode(&change.bytes) {

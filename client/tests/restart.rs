@@ -86,6 +86,12 @@ fn restart_resumes_at_the_cursor_and_pushes_each_pending_edit_once() {
         25,
         "only A's own 25 writes come back; the 60 below the cursor are not downloaded again"
     );
+    assert_eq!(
+        a_net.batches_answered.load(Ordering::SeqCst),
+        1,
+        "the 25 queued edits went in one batch"
+    );
+    assert_eq!(a_net.single_writes.load(Ordering::SeqCst), 0);
     let expected: String = (0..25).map(|i| format!("a{i};")).collect();
     assert_eq!(text(&a, c, "mine"), expected);
     settle(&b);

@@ -194,6 +194,10 @@ pub struct Flaky {
     /// Batches whose answer is dropped after the server stored them.
     pub lose_answers: AtomicUsize,
     pub batches: AtomicUsize,
+    /// Batches the server answered (200).
+    pub batches_answered: AtomicUsize,
+    /// Writes sent one per request (the fallback without the batch route).
+    pub single_writes: AtomicUsize,
     pub writes_sent: AtomicUsize,
     pub changes_received: AtomicUsize,
 }
@@ -205,6 +209,8 @@ impl Flaky {
             offline: AtomicBool::new(false),
             lose_answers: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
+            batches_answered: AtomicUsize::new(0),
+            single_writes: AtomicUsize::new(0),
             writes_sent: AtomicUsize::new(0),
             changes_received: AtomicUsize::new(0),
         })
@@ -235,6 +241,7 @@ impl Transport for Flaky {
         self.batches.fetch_add(1, Ordering::SeqCst);
         self.writes_sent.fetch_add(writes.len(), Ordering::SeqCst);
         let r = self.inner.batch(c, writes)?;
+        self.batches_answered.fetch_add(1, Ordering::SeqCst);
         if self.lose() {
             return Err(Error::Network("answer lost (test)".into()));
         }
@@ -243,6 +250,7 @@ impl Transport for Flaky {
     fn write(&self, c: &str, w: &PendingWrite) -> Result<Accepted> {
         self.check()?;
         self.writes_sent.fetch_add(1, Ordering::SeqCst);
+        self.single_writes.fetch_add(1, Ordering::SeqCst);
         let r = self.inner.write(c, w)?;
         if self.lose() {
             return Err(Error::Network("answer lost (test)".into()));

@@ -274,6 +274,7 @@ impl Syncer {
     /// The first failure (the queue and the cursor stay as they were for what did not
     /// complete; calling again resumes).
     pub fn sync_once(&self, collection: &str) -> Result<SyncReport> {
+        let _span = tracing::info_span!("replicate_sync_once", collection).entered();
         let mut report = SyncReport::default();
         report.pulled += self.pull(collection, 0)?;
         let (pushed, rejected) = self.push(collection)?;
@@ -352,6 +353,7 @@ impl Syncer {
     /// # Errors
     /// The server or the network failed (what was stored stays stored).
     pub fn pull(&self, collection: &str, wait_ms: u64) -> Result<usize> {
+        let _span = tracing::debug_span!("replicate_pull", collection, wait_ms).entered();
         let locks = self.locks(collection);
         let _pull = lock(&locks.pull);
         let result = self.pull_locked(collection, wait_ms);
@@ -465,6 +467,7 @@ impl Syncer {
     /// # Errors
     /// A failure that leaves writes queued (network, 5xx, auth).
     pub fn push(&self, collection: &str) -> Result<(usize, usize)> {
+        let _span = tracing::debug_span!("replicate_push", collection).entered();
         let locks = self.locks(collection);
         let _push = lock(&locks.push);
         let result = self.push_locked(collection);
@@ -525,6 +528,13 @@ impl Syncer {
                 )));
             }
             let (a, r, retry) = self.settle(collection, &batch, &results)?;
+            tracing::debug!(
+                collection,
+                writes = batch.len(),
+                acked = a,
+                rejected = r,
+                "batch answered"
+            );
             acked += a;
             rejected += r;
             if let Some(e) = retry {

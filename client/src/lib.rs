@@ -22,6 +22,8 @@
 //! - [`wire`]: the JSON bodies of the server's wire contract.
 //! - [`transport`]: the [`Transport`] trait and its HTTP implementation.
 //! - [`sync`]: push, pull, ack, compaction hints, recovery, backoff, background threads.
+//! - [`landmark`]: the last delta applied, read back on reconnection to notice a server
+//!   whose data was reset and refilled past the cursor.
 //! - `signal`, `ids`: a wake-up signal; random ids.
 //! - [`error`]: the one error type.
 
@@ -29,6 +31,7 @@ pub mod crdt;
 pub mod doc;
 pub mod error;
 mod ids;
+pub mod landmark;
 mod signal;
 pub mod store;
 pub mod sync;

@@ -24,6 +24,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
 
 use crate::crdt::{self, Merged};
 use crate::error::{Error, Result};
+use crate::landmark::Landmark;
 
 /// `PRAGMA application_id` of our files: "RPLC" as a big-endian i32.
 pub const APPLICATION_ID: i32 = 0x5250_4c43;
@@ -99,6 +100,10 @@ pub struct Store {
 
 fn kv_cursor(collection: &str) -> String {
     format!("cursor/{collection}")
+}
+
+fn kv_landmark(collection: &str) -> String {
+    format!("landmark/{collection}")
 }
 
 fn kv_epoch(collection: &str) -> String {
@@ -269,6 +274,17 @@ impl Store {
         }
     }
 
+    /// The last delta applied from the server (see [`Landmark`]).
+    ///
+    /// # Errors
+    /// A SQLite failure.
+    pub fn landmark(&self, collection: &str) -> Result<Option<Landmark>> {
+        Ok(self
+            .kv_get(&kv_landmark(collection))?
+            .as_deref()
+            .and_then(Landmark::decode))
+    }
+
     /// Whether this collection has been synced with the server since the database was made
     /// (recovery on first open keys off this).
     ///
@@ -355,6 +371,7 @@ impl Store {
         collection: &str,
         changes: &[IncomingChange],
         cursor: u64,
+        landmark: Option<&Landmark>,
     ) -> Result<()> {
         let mut conn = self.conn();
         let txn = conn.transaction()?;
@@ -368,6 +385,9 @@ impl Store {
         }
         kv_put(&txn, &kv_cursor(collection), &cursor.to_string())?;
         kv_put(&txn, &kv_epoch(collection), "1")?;
+        if let Some(l) = landmark {
+            kv_put(&txn, &kv_landmark(collection), &l.encode())?;
+        }
         txn.commit()?;
         Ok(())
     }
@@ -609,6 +629,7 @@ impl Store {
             queued += 1;
         }
         kv_put(&txn, &kv_cursor(collection), "0")?;
+        txn.execute("DELETE FROM kv WHERE key = ?1", [kv_landmark(collection)])?;
         txn.commit()?;
         Ok(queued)
     }
@@ -682,7 +703,8 @@ mod tests {
             let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
             s.record_local("c", "d", &[0, 0], "op-1", false)
                 .unwrap_or_else(|e| panic!("{e}"));
-            s.apply_page("c", &[], 42).unwrap_or_else(|e| panic!("{e}"));
+            s.apply_page("c", &[], 42, None)
+                .unwrap_or_else(|e| panic!("{e}"));
             s.kv_set("peer", "p").unwrap_or_else(|e| panic!("{e}"));
         }
         let s = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -21,6 +21,7 @@ use crate::crdt;
 use crate::doc::LiveDocs;
 use crate::error::{Error, Result};
 use crate::ids;
+use crate::landmark::Landmark;
 use crate::signal::Signal;
 use crate::store::{IncomingChange, PendingWrite, Store};
 use crate::transport::Transport;
@@ -116,6 +117,9 @@ struct CollectionState {
     compact_hints: HashMap<String, Instant>,
     recovered: bool,
     pulled_once: bool,
+    /// When the server was last checked to be the one the cursor came from (see
+    /// [`Landmark`]); cleared by any failed pull (a reconnection).
+    verified_at: Option<Instant>,
 }
 
 /// Serializes pulls and pushes of one collection (background and `sync_once`).
@@ -128,6 +132,10 @@ struct CollectionLocks {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// How often a connected client reads its landmark back anyway: a server can be reset and
+/// refilled between two requests without the client ever seeing an error.
+const VERIFY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Per-write error codes that say "try again later", not "this write is wrong".
 fn is_transient_code(code: &str) -> bool {
@@ -327,8 +335,8 @@ impl Syncer {
         Ok(())
     }
 
-    /// The server answered `cursor_ahead`: it holds fewer seqs than this client has seen, so
-    /// its data was reset. Queues every document's whole local state (fresh opIds) and
+    /// The server answered `cursor_ahead` (it holds fewer seqs than this client has seen) or
+    /// holds another change where this client's last one was: its data was reset. Queues every document's whole local state (fresh opIds) and
     /// restarts the stream from 0, so nothing this client holds is lost and everything the
     /// reset server got since comes in.
     fn server_reset(&self, collection: &str) -> Result<()> {
@@ -339,8 +347,8 @@ impl Syncer {
         tracing::warn!(
             collection,
             documents = queued,
-            "the server holds fewer changes than this client has seen (its data was reset): \
-             pushing the whole local state again and streaming from 0"
+            "the server does not hold the changes this client's cursor covers (its data was \
+             reset): pushing the whole local state again and streaming from 0"
         );
         self.with_state(collection, |s| s.last_ack = None);
         self.pushed.notify();
@@ -361,12 +369,47 @@ impl Syncer {
         if result.is_ok() {
             self.with_state(collection, |s| s.pulled_once = true);
             self.pushed.notify();
+        } else {
+            // Whatever comes back after an outage may be another server: check again.
+            self.with_state(collection, |s| s.verified_at = None);
         }
         result
     }
 
+    /// Reads back the last delta this client applied: if the server now holds another
+    /// change at that seq, its data was reset (and refilled past the cursor, or the stream
+    /// would have answered `cursor_ahead`).
+    fn verify_server(&self, collection: &str) -> Result<()> {
+        let now = Instant::now();
+        let fresh = self.with_state(collection, |s| {
+            s.verified_at
+                .is_some_and(|at| now.duration_since(at) < VERIFY_INTERVAL)
+        });
+        if fresh {
+            return Ok(());
+        }
+        let cursor = self.store.cursor(collection)?;
+        if let Some(landmark) = self.store.landmark(collection)? {
+            if landmark.seq >= 1 && landmark.seq <= cursor {
+                match self.transport.stream(collection, landmark.seq - 1, 1, 0) {
+                    Ok(page) => {
+                        if landmark.matches(&page.changes) == Some(false) {
+                            self.server_reset(collection)?;
+                        }
+                    }
+                    // The stream below says so again and resets.
+                    Err(e) if e.code() == Some("cursor_ahead") => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.with_state(collection, |s| s.verified_at = Some(now));
+        Ok(())
+    }
+
     fn pull_locked(&self, collection: &str, mut wait_ms: u64) -> Result<usize> {
         self.recover_on_first_open(collection)?;
+        self.verify_server(collection)?;
         let mut applied = 0;
         let mut reset = false;
         loop {
@@ -385,6 +428,7 @@ impl Syncer {
                 }
                 Err(e) => return Err(e),
             };
+            let landmark = page.changes.iter().rev().find_map(Landmark::of);
             let mut changes = Vec::with_capacity(page.changes.len());
             for change in page.changes {
                 if let Err(e) = crdt::decode(&change.bytes) {
@@ -400,7 +444,8 @@ impl Syncer {
             }
             {
                 let _gate = self.gate()?;
-                self.store.apply_page(collection, &changes, page.cursor)?;
+                self.store
+                    .apply_page(collection, &changes, page.cursor, landmark.as_ref())?;
                 let live: Vec<(String, Vec<u8>)> = changes
                     .iter()
                     .map(|c| (c.document_id.clone(), c.bytes.clone()))

@@ -83,8 +83,9 @@ fn restart_resumes_at_the_cursor_and_pushes_each_pending_edit_once() {
     assert_eq!(status.last_synced_seq, 85);
     assert_eq!(
         a_net.changes_received.load(Ordering::SeqCst),
-        25,
-        "only A's own 25 writes come back; the 60 below the cursor are not downloaded again"
+        26,
+        "only A's own 25 writes come back, plus seq 60 read back once to check the server is \
+         the same; the 60 below the cursor are not downloaded again"
     );
     assert_eq!(
         a_net.batches_answered.load(Ordering::SeqCst),

@@ -183,6 +183,55 @@ fn clients_recover_from_a_wiped_server() {
     assert_eq!(text(&b, c, "r"), "new-doc;");
 }
 
+/// The server is wiped and another client refills it past this client's cursor before this
+/// one reconnects: no `cursor_ahead` then, but the change at its last seq is another one, so
+/// it still notices, pushes its state back and streams from 0.
+#[test]
+fn a_wiped_server_refilled_past_the_cursor_is_noticed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server::start(&dir.path().join("data"));
+    let c = "todos";
+    let na = Flaky::new(&server.url());
+    let a = open(&dir.path().join("a.sqlite"), &na);
+    for i in 0..10 {
+        append(&a, c, "p", &format!("a{i};"));
+    }
+    settle(&a);
+    assert_eq!(
+        a.collection(c)
+            .and_then(|c| c.status())
+            .expect("status")
+            .last_synced_seq,
+        10
+    );
+    na.set_offline(true);
+    append(&a, c, "p", "offline;");
+    assert!(a.sync_once().is_err(), "A notices it is offline");
+    server.restart_on(&dir.path().join("fresh-data"));
+    let nc = Flaky::new(&server.url());
+    let fresh = open(&dir.path().join("c.sqlite"), &nc);
+    for i in 0..30 {
+        append(&fresh, c, "z", &format!("c{i};"));
+    }
+    settle(&fresh);
+    assert_eq!(head(server.addr, c), 30, "refilled past A's cursor");
+    na.set_offline(false);
+    settle(&a);
+    settle(&fresh);
+    let expected_z: String = (0..30).map(|i| format!("c{i};")).collect();
+    assert_eq!(
+        text(&a, c, "z"),
+        expected_z,
+        "A missed the refilled changes below its cursor"
+    );
+    let p = text(&fresh, c, "p");
+    assert!(
+        p.contains("a0;") && p.contains("a9;") && p.contains("offline;"),
+        "{p}"
+    );
+    assert_eq!(text(&a, c, "p"), p);
+}
+
 /// A corrupt file and another application's SQLite file are refused with a clear error.
 #[test]
 fn corrupt_or_foreign_files_are_refused_clearly() {

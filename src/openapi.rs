@@ -8,6 +8,8 @@
 
 use std::sync::OnceLock;
 
+use serde_json::json;
+use utoipa::openapi::link::{Link, LinkBuilder};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
@@ -187,6 +189,7 @@ impl Modify for Contract {
                 if *method == "POST" {
                     shared.extend_from_slice(BODY_ERRORS);
                 }
+                add_links(op);
                 for (status, description) in shared {
                     if op.responses.responses.contains_key(status) {
                         continue;
@@ -202,6 +205,55 @@ impl Modify for Contract {
                         .insert(status.to_string(), RefOr::T(error(description, header)));
                 }
             }
+        }
+    }
+}
+
+/// Links between operations where one's answer (or request) feeds the next, so a reader, and
+/// schemathesis's stateful phase, can follow a sync session: a write, then `stream` of that
+/// collection and `compact` of that document; a page, then `ack` of its cursor.
+fn add_links(op: &mut Operation) {
+    let same_collection = |to: &str| {
+        LinkBuilder::new()
+            .operation_id(to)
+            .parameter("c", "$request.path.c")
+    };
+    let links: Vec<(&str, Link)> = match op.operation_id.as_deref() {
+        Some("insert" | "update" | "delete") => vec![
+            (
+                "StreamTheCollection",
+                same_collection("stream")
+                    .description("The changes of the collection the write went to.")
+                    .build(),
+            ),
+            (
+                "CompactTheDocument",
+                same_collection("compact")
+                    .request_body(Some(json!({ "documentId": "$request.body#/documentId" })))
+                    .description("Compact the document the write went to.")
+                    .build(),
+            ),
+        ],
+        Some("batch") => vec![(
+            "StreamTheCollection",
+            same_collection("stream")
+                .description("The changes of the collection the writes went to.")
+                .build(),
+        )],
+        Some("stream") => vec![(
+            "AckTheCursor",
+            same_collection("ack")
+                .request_body(Some(
+                    json!({ "peerId": "fuzz", "syncedSeq": "$response.body#/cursor" }),
+                ))
+                .description("Acknowledge the page's cursor (`peerId` must be the token's `sub`).")
+                .build(),
+        )],
+        _ => return,
+    };
+    if let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200") {
+        for (name, link) in links {
+            ok.links.insert(name.to_string(), RefOr::T(link));
         }
     }
 }

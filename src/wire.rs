@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 
 /// Body of `insert`, `update` and `delete`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WriteBody {
     #[schema(value_type = Name)]
@@ -23,7 +23,7 @@ pub struct WriteBody {
     pub crdt_bytes: String,
     /// An idempotency key: the same `opId` again answers the first write's `seq` with
     /// `duplicate: true` and stores nothing.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Name>)]
     pub op_id: Option<String>,
 }
@@ -39,7 +39,7 @@ pub struct WriteAnswer {
 }
 
 /// Body of `batch`: writes of one collection, stored in one commit.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({"writes": [
     {"op": "insert", "documentId": "doc-1", "crdtBytes": "AQEBAAQBB2NvbnRlbnQCaGkA", "opId": "client-1:op-1"},
@@ -52,7 +52,7 @@ pub struct BatchBody {
 }
 
 /// One write of a batch: what `insert`, `update` or `delete` takes, and which of them.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchWrite {
     pub op: WriteOp,
@@ -99,7 +99,7 @@ pub struct BatchError {
 }
 
 /// Body of `ack`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AckBody {
     /// With authentication on, the token's `sub` or `sub:` followed by anything.
@@ -119,22 +119,22 @@ pub struct AckAnswer {
 }
 
 /// Body of `compact`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompactBody {
     #[schema(value_type = Name)]
     pub document_id: String,
     /// A client's snapshot of the document (a Yjs v1 update); needs `admin`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Base64>)]
     pub snapshot_bytes: Option<String>,
     /// The state vector `snapshotBytes` corresponds to (Yjs v1).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Base64>)]
     pub state_vector: Option<String>,
     /// Milliseconds: peers not seen for this long no longer hold back compaction; needs
     /// `admin`. Written as an integer: `1.0` or `1e3` is 400 `invalid_argument`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<u64>, minimum = 0)]
     pub peer_timeout: Option<Number>,
 }
@@ -150,14 +150,14 @@ pub struct CompactAnswer {
 }
 
 /// Body of `recovery`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryBody {
     /// The peer's Yjs v1 state vector.
     #[schema(value_type = Base64)]
     pub state_vector: String,
     /// One document; without it, the whole collection.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Name>)]
     pub document_id: Option<String>,
 }
@@ -205,6 +205,30 @@ impl From<&Change> for WireChange {
             crdt_bytes: encode(&c.bytes),
             operation_type: c.operation.as_str().to_string(),
         }
+    }
+}
+
+impl WireChange {
+    /// The change a client applies: bytes decoded, operation parsed (the other half of
+    /// `From<&Change>`, for clients of this contract such as the load tool).
+    ///
+    /// # Errors
+    /// 400 `invalid_base64` for bytes that are not base64, `invalid_argument` for an unknown
+    /// `operationType`.
+    pub fn into_change(self) -> Result<Change, ApiError> {
+        let operation = match self.operation_type.as_str() {
+            "insert" => replicate_actors::OperationType::Insert,
+            "update" => replicate_actors::OperationType::Update,
+            "delete" => replicate_actors::OperationType::Delete,
+            "snapshot" => replicate_actors::OperationType::Snapshot,
+            other => return Err(ApiError::invalid_argument("operationType", other)),
+        };
+        Ok(Change {
+            bytes: decode("crdtBytes", &self.crdt_bytes)?,
+            document_id: self.document_id,
+            seq: self.seq,
+            operation,
+        })
     }
 }
 

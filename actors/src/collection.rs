@@ -535,26 +535,22 @@ impl CollectionActor {
     /// worker thread, then numbers and stores the accepted ones in that order.
     fn start_check(&mut self, doc: String, batch: Vec<QueuedWrite>, ctx: &mut Context<Self>) {
         let bytes: Vec<Vec<u8>> = batch.iter().map(|q| q.write.bytes.clone()).collect();
-        let work = self.check_job(&doc, bytes, check_writes, false);
+        let work = self.check_job(&doc, bytes);
         ctx.spawn(work.into_actor(self).map(move |checked, act, ctx| {
             act.finish_check(doc, batch, checked, ctx);
         }));
     }
 
-    /// The worker job that checks `bytes` (writes of `doc`, in order) with `check` against the
-    /// document's cached state, or a rebuild once everything numbered before is in the store
-    /// (`rebuilds`: the check may rebuild even with a cached state, so settle first anyway).
+    /// The worker job that checks `bytes` (writes of `doc`, in order) against the document's
+    /// cached state, or a rebuild once everything numbered before is in the store.
     fn check_job(
         &mut self,
         doc: &str,
         bytes: Vec<Vec<u8>>,
-        check: CheckFn,
-        rebuilds: bool,
     ) -> impl std::future::Future<Output = Result<Checked>> + 'static {
         let cached = self.shared.docs.take(&self.name, doc);
         // A rebuild reads the store: everything numbered before must be in it first.
-        let must_settle = cached.is_none() || rebuilds;
-        let settle = must_settle.then(|| self.shared.commit.durable());
+        let settle = cached.is_none().then(|| self.shared.commit.durable());
         let store = self.shared.store.clone();
         let limits = self.shared.config.yjs;
         let workers = self.shared.workers.clone();
@@ -565,7 +561,7 @@ impl CollectionActor {
                 settle.await?;
             }
             workers
-                .run(move || check(&store, &name, &doc, cached, &bytes, &limits))
+                .run(move || check_writes(&store, &name, &doc, cached, &bytes, &limits))
                 .await?
         }
     }
@@ -837,9 +833,6 @@ impl CollectionActor {
         Ok((seq, prepared))
     }
 }
-
-/// A check job's work: see [`check_writes`] and [`batch::check_part`].
-type CheckFn = fn(&Store, &str, &str, Option<DocState>, &[Vec<u8>], &YjsLimits) -> Result<Checked>;
 
 /// The check job: rebuilds the document's state if it is not cached (or its cost calls for a
 /// fresh measure), then applies each write in order, each within the write budget.

@@ -19,10 +19,16 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use futures::{Stream, StreamExt};
+use replicate::wire::{
+    AckAnswer, AckBody, BatchAnswer, BatchBody, BatchResult, BatchWrite, CompactAnswer,
+    CompactBody, RecoveryAnswer, RecoveryBody, StreamAnswer, WireChange, WriteAnswer, WriteBody,
+    WriteOp,
+};
 use replicate::wire_binary::{self, Decoder, Record};
 use replicate_actors::{CompactRequest, OperationType, Replicate, StreamRequest, Write};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::auth::Credentials;
 use crate::targets::Targets;
@@ -151,7 +157,8 @@ impl Http {
         format!("{}/v1/{}/{}", self.base, c, route)
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<Value> {
+    /// POSTs `body` (a wire type of `replicate::wire`) and reads the answer as `A`.
+    async fn post<B: Serialize, A: DeserializeOwned>(&self, url: &str, body: &B) -> Result<A> {
         let body = serde_json::to_vec(body)?;
         self.wire.add_sent(body.len());
         let mut res = self
@@ -166,7 +173,8 @@ impl Http {
             .await
             .map_err(|e| anyhow!("POST {url}: body: {e}"))?;
         self.wire.add_received(bytes.len());
-        decode_answer(res.status(), &bytes, url)
+        let answer = decode_answer(res.status(), &bytes, url)?;
+        serde_json::from_value(answer).with_context(|| format!("POST {url}: answer"))
     }
 
     async fn get(&self, url: &str, timeout: Duration) -> Result<Value> {
@@ -229,49 +237,20 @@ fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
-fn unb64(v: &Value, field: &str) -> Result<Vec<u8>> {
-    let s = v
-        .get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("answer lacks string field {field}"))?;
-    B64.decode(s)
-        .with_context(|| format!("field {field} is not base64"))
+/// A wire change as the load tool applies it.
+fn into_change(change: WireChange) -> Result<Change> {
+    change
+        .into_change()
+        .map_err(|e| anyhow!("change: {}: {}", e.code, e.message))
 }
 
-fn num(v: &Value, field: &str) -> Result<u64> {
-    v.get(field)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| anyhow!("answer lacks number field {field}: {v}"))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireChange {
-    document_id: String,
-    seq: u64,
-    crdt_bytes: String,
-    operation_type: OperationType,
-}
-
-impl WireChange {
-    fn into_change(self) -> Result<Change> {
-        Ok(Change {
-            bytes: B64
-                .decode(&self.crdt_bytes)
-                .context("change crdtBytes is not base64")?,
-            document_id: self.document_id,
-            seq: self.seq,
-            operation: self.operation_type,
-        })
+/// The body of `insert`, `update` and `delete` (and of a batch write).
+fn write_body(doc: &str, bytes: &[u8], op_id: Option<String>) -> WriteBody {
+    WriteBody {
+        document_id: doc.to_string(),
+        crdt_bytes: b64(bytes),
+        op_id,
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WirePage {
-    changes: Vec<WireChange>,
-    cursor: u64,
-    has_more: bool,
 }
 
 /// The service, over HTTP or in-process.
@@ -337,12 +316,9 @@ impl Backend {
     ) -> Result<u64> {
         match self {
             Backend::Http(h) => {
-                let mut body = json!({ "documentId": doc, "crdtBytes": b64(bytes) });
-                if let Some(op_id) = op_id {
-                    body["opId"] = json!(op_id);
-                }
-                let answer = h.post(&h.url(c, op.as_str()), &body).await?;
-                num(&answer, "seq")
+                let body = write_body(doc, bytes, op_id.map(str::to_string));
+                let answer: WriteAnswer = h.post(&h.url(c, op.as_str()), &body).await?;
+                Ok(answer.seq)
             }
             Backend::Offline => bail!("offline"),
             Backend::Actor(r) => {
@@ -352,6 +328,64 @@ impl Backend {
                     op_id: op_id.map(str::to_string),
                 };
                 Ok(r.write(c, op, write).await?.seq)
+            }
+        }
+    }
+
+    /// Stores `writes` (operation, document, update, op id) in one `batch` request; answers
+    /// each write's seq or its refusal, in order.
+    pub async fn write_batch(
+        &self,
+        c: &str,
+        writes: &[(OperationType, String, Vec<u8>, String)],
+    ) -> Result<Vec<Result<u64>>> {
+        match self {
+            Backend::Http(h) => {
+                let writes = writes
+                    .iter()
+                    .map(|(op, doc, bytes, op_id)| {
+                        let op = match op {
+                            OperationType::Insert => Ok(WriteOp::Insert),
+                            OperationType::Update => Ok(WriteOp::Update),
+                            OperationType::Delete => Ok(WriteOp::Delete),
+                            OperationType::Snapshot => Err(anyhow!("a snapshot is not a write")),
+                        }?;
+                        let write = write_body(doc, bytes, Some(op_id.clone()));
+                        Ok(BatchWrite { op, write })
+                    })
+                    .collect::<Result<_>>()?;
+                let answer: BatchAnswer = h.post(&h.url(c, "batch"), &BatchBody { writes }).await?;
+                Ok(answer
+                    .results
+                    .into_iter()
+                    .map(|r| match r {
+                        BatchResult::Stored { seq, .. } => Ok(seq),
+                        BatchResult::Refused { error } => Err(anyhow!(
+                            "batch write refused: {}: {}",
+                            error.code,
+                            error.message
+                        )),
+                    })
+                    .collect())
+            }
+            Backend::Offline => bail!("offline"),
+            Backend::Actor(r) => {
+                let writes = writes
+                    .iter()
+                    .map(|(op, doc, bytes, op_id)| {
+                        let write = Write {
+                            document_id: doc.clone(),
+                            bytes: bytes.clone(),
+                            op_id: Some(op_id.clone()),
+                        };
+                        (*op, write)
+                    })
+                    .collect();
+                Ok(r.write_batch(c, writes)
+                    .await?
+                    .into_iter()
+                    .map(|w| w.map(|w| w.seq).map_err(anyhow::Error::from))
+                    .collect())
             }
         }
     }
@@ -380,12 +414,12 @@ impl Backend {
                     });
                 }
                 let answer = h.get(&url, timeout).await?;
-                let page: WirePage = serde_json::from_value(answer).context("stream answer")?;
+                let page: StreamAnswer = serde_json::from_value(answer).context("stream answer")?;
                 Ok(Page {
                     changes: page
                         .changes
                         .into_iter()
-                        .map(WireChange::into_change)
+                        .map(into_change)
                         .collect::<Result<_>>()?,
                     cursor: page.cursor,
                     has_more: page.has_more,
@@ -422,13 +456,12 @@ impl Backend {
     pub async fn ack(&self, c: &str, peer: &str, synced: u64) -> Result<u64> {
         match self {
             Backend::Http(h) => {
-                let answer = h
-                    .post(
-                        &h.url(c, "ack"),
-                        &json!({ "peerId": h.peer_id(peer), "syncedSeq": synced }),
-                    )
-                    .await?;
-                num(&answer, "lastSyncedSeq")
+                let body = AckBody {
+                    peer_id: h.peer_id(peer),
+                    synced_seq: synced.into(),
+                };
+                let answer: AckAnswer = h.post(&h.url(c, "ack"), &body).await?;
+                Ok(answer.last_synced_seq)
             }
             Backend::Offline => bail!("offline"),
             Backend::Actor(r) => Ok(r.ack(c, peer, synced).await?),
@@ -444,15 +477,17 @@ impl Backend {
     ) -> Result<Compacted> {
         match self {
             Backend::Http(h) => {
-                let mut body = json!({ "documentId": doc });
-                if let Some(t) = peer_timeout {
-                    body["peerTimeout"] = json!(t.as_millis() as u64);
-                }
-                let a = h.post(&h.url(c, "compact"), &body).await?;
+                let body = CompactBody {
+                    document_id: doc.to_string(),
+                    snapshot_bytes: None,
+                    state_vector: None,
+                    peer_timeout: peer_timeout.map(|t| (t.as_millis() as u64).into()),
+                };
+                let a: CompactAnswer = h.post(&h.url(c, "compact"), &body).await?;
                 Ok(Compacted {
-                    removed: num(&a, "removed")?,
-                    retained: num(&a, "retained")?,
-                    snapshot_seq: num(&a, "snapshotSeq")?,
+                    removed: a.removed,
+                    retained: a.retained,
+                    snapshot_seq: a.snapshot_seq,
                 })
             }
             Backend::Offline => bail!("offline"),
@@ -480,14 +515,14 @@ impl Backend {
     ) -> Result<StateAt> {
         match self {
             Backend::Http(h) => {
-                let mut body = json!({ "stateVector": b64(state_vector) });
-                if let Some(doc) = doc {
-                    body["documentId"] = json!(doc);
-                }
-                let a = h.post(&h.url(c, "recovery"), &body).await?;
+                let body = RecoveryBody {
+                    state_vector: b64(state_vector),
+                    document_id: doc.map(str::to_string),
+                };
+                let a: RecoveryAnswer = h.post(&h.url(c, "recovery"), &body).await?;
                 Ok(StateAt {
-                    update: unb64(&a, "diff")?,
-                    cursor: num(&a, "cursor")?,
+                    update: B64.decode(&a.diff).context("recovery diff is not base64")?,
+                    cursor: a.cursor,
                 })
             }
             Backend::Offline => bail!("offline"),
@@ -584,7 +619,7 @@ impl Events {
                     if let Some(data) = event {
                         let change: WireChange =
                             serde_json::from_str(&data).context("SSE data is not a change")?;
-                        return change.into_change().map(Some);
+                        return into_change(change).map(Some);
                     }
                 }
                 Ok(None)

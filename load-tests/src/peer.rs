@@ -319,6 +319,59 @@ impl Peer {
         Err(last.expect("at least one attempt"))
     }
 
+    /// Makes `n` edits of documents picked from `docs` and pushes them in one `batch`
+    /// request, retrying the whole batch with the same op ids on errors. Records each stored
+    /// write in `ledger` once answered (a refused write counts as an error); answers the
+    /// stored writes' seqs in request order.
+    ///
+    /// # Errors
+    /// The last error, after [`PUSH_ATTEMPTS`] attempts.
+    pub async fn push_batch(
+        &mut self,
+        docs: &[String],
+        n: usize,
+        op_name: &str,
+        ledger: &Ledger,
+    ) -> Result<Vec<u64>> {
+        let mut writes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let doc = docs[self.rng.gen_range(0..docs.len())].clone();
+            let (update, key) = self.edit(&doc);
+            writes.push((OperationType::Update, doc, update, key));
+        }
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        let mut last = None;
+        for _ in 0..PUSH_ATTEMPTS {
+            let attempt = Instant::now();
+            match self.backend.write_batch(&self.collection, &writes).await {
+                Ok(results) => {
+                    self.metrics.record(op_name, attempt.elapsed());
+                    self.metrics.items(op_name, n as u64);
+                    let mut seqs = Vec::with_capacity(n);
+                    for ((_, doc, update, key), result) in writes.iter().zip(results) {
+                        self.metrics.raw(op_name, update.len());
+                        match result {
+                            Ok(seq) => {
+                                ledger.record(seq, doc, key, started);
+                                seqs.push(seq);
+                            }
+                            Err(e) => self.metrics.error(op_name, &e),
+                        }
+                    }
+                    return Ok(seqs);
+                }
+                Err(e) => {
+                    self.metrics.error(op_name, &e);
+                    last = Some(e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
     /// Applies one received change. Snapshots merge like any update (Yjs merges are
     /// idempotent); deltas must come in increasing seq order.
     pub fn apply(&mut self, change: &Change, op_name: &str) -> Result<()> {

@@ -21,9 +21,10 @@
 //! - Every part of a batch is queued in one turn, so in every document's queue batches stand
 //!   in arrival order: a batch waits only for earlier ones, never in a cycle.
 //! - A write that poisons its part's state (a refusal after yrs changed it) is answered its
-//!   refusal; the part's state is rebuilt from the store, the part's accepted writes checked
-//!   again, and the check goes on with the next write ([`check_part`]). So that rebuild sees
-//!   every write numbered before, a part's check starts once those are committed.
+//!   refusal; the part's accepted writes and the ones after it are checked again, as a part
+//!   of their own at the head of the queue, against a rebuild from the store (which lacks
+//!   them until the batch commits). Each round answers at least the poisoning write, so it
+//!   ends.
 //! - A write repeating an earlier write's op id, document and bytes of the same batch answers
 //!   as a duplicate of it (its seq, or its refusal) and is never checked or stored. With other
 //!   bytes it is a conflict (on a shared engine the commit says so, as it knows what other
@@ -34,10 +35,9 @@ use std::collections::HashMap;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::{check_writes, hash_bytes, Checked, CollectionActor, Queued};
-use crate::crdt::{DocState, YjsLimits};
+use super::{hash_bytes, Checked, CollectionActor, Queued};
 use crate::error::{Error, Result};
-use crate::store::{Batch, Outcome, Store};
+use crate::store::{Batch, Outcome};
 use crate::types::{OperationType, Write, Written};
 
 /// Store several writes of one collection (the handle checked names and sizes): each is
@@ -192,7 +192,7 @@ impl CollectionActor {
     pub(super) fn start_part_check(&mut self, doc: String, part: Part, ctx: &mut Context<Self>) {
         let Part { batch, writes } = part;
         let (indices, bytes): (Vec<usize>, Vec<Vec<u8>>) = writes.into_iter().unzip();
-        let work = self.check_job(&doc, bytes, check_part, true);
+        let work = self.check_job(&doc, bytes);
         ctx.spawn(work.into_actor(self).map(move |checked, act, ctx| {
             act.finish_part_check(doc, batch, indices, checked, ctx);
         }));
@@ -206,36 +206,58 @@ impl CollectionActor {
         checked: Result<Checked>,
         ctx: &mut Context<Self>,
     ) {
-        let outcomes: Vec<Result<()>> = match checked {
+        let outcomes: Vec<Option<Result<()>>> = match checked {
             Ok(checked) => {
                 if let Some(state) = checked.state {
                     self.shared.docs.put(&self.name, &doc, state);
                 }
                 self.quarantine(&doc, &checked.quarantined);
-                checked
-                    .outcomes
-                    .into_iter()
-                    .map(|o| o.unwrap_or_else(|| Err(unchecked())))
-                    .collect()
+                checked.outcomes
             }
-            Err(e) => indices.iter().map(|_| Err(e.clone())).collect(),
+            Err(e) => indices.iter().map(|_| Some(Err(e.clone()))).collect(),
         };
         let Some(batch) = self.batches.get_mut(&id) else {
             // Cannot happen: a batch leaves only once every part is checked.
             return self.next_check(doc, ctx);
         };
+        // A refusal spoiled the checked state (no outcome for the writes after it): the
+        // accepted writes go again with the unanswered ones, against a rebuild (the state is
+        // not cached, so the next check settles and rebuilds), ahead of anything waiting.
+        let poisoned = outcomes.iter().any(Option::is_none);
+        let mut again = Vec::new();
         for (index, outcome) in indices.into_iter().zip(outcomes) {
-            let slot = std::mem::replace(&mut batch.slots[index], Slot::Done(Err(unchecked())));
-            batch.slots[index] = match (slot, outcome) {
-                (Slot::Checking(operation, write, hash), Ok(())) => {
-                    Slot::Accepted(operation, write, hash)
+            match outcome {
+                Some(Ok(())) if !poisoned => {
+                    let slot =
+                        std::mem::replace(&mut batch.slots[index], Slot::Done(Err(unchecked())));
+                    batch.slots[index] = match slot {
+                        Slot::Checking(operation, write, hash) => {
+                            Slot::Accepted(operation, write, hash)
+                        }
+                        other => other,
+                    };
                 }
-                (_, Err(e)) => {
+                Some(Err(e)) => {
                     self.stats.rejected_writes += 1;
-                    Slot::Done(Err(e))
+                    batch.slots[index] = Slot::Done(Err(e));
                 }
-                (other, Ok(())) => other,
+                Some(Ok(())) | None => {
+                    if let Slot::Checking(_, write, _) = &batch.slots[index] {
+                        again.push((index, write.bytes.clone()));
+                    }
+                }
+            }
+        }
+        if poisoned {
+            let part = Part {
+                batch: id,
+                writes: again,
             };
+            self.checking
+                .entry(doc.clone())
+                .or_default()
+                .push_front(Queued::Part(part));
+            return self.next_check(doc, ctx);
         }
         batch.held.push(doc);
         batch.unchecked -= 1;
@@ -407,48 +429,4 @@ impl CollectionActor {
 /// The error of a write whose check never answered (a bug, if it ever shows).
 fn unchecked() -> Error {
     Error::Internal("a write of the batch was not checked".into())
-}
-
-/// [`check_writes`] for a batch's part: answers every write. After a refusal that poisoned
-/// the state, the next round checks the part's accepted writes again, then the rest, against
-/// a rebuild from the store (which lacks them until the batch commits).
-pub(super) fn check_part(
-    store: &Store,
-    c: &str,
-    doc: &str,
-    cached: Option<DocState>,
-    writes: &[Vec<u8>],
-    limits: &YjsLimits,
-) -> Result<Checked> {
-    let mut outcomes: Vec<Option<Result<()>>> = vec![None; writes.len()];
-    let mut quarantined = Vec::new();
-    let mut cached = cached;
-    // The writes this round checks, in order. Each round after the first drops at least the
-    // write that poisoned the one before, so this ends.
-    let mut order: Vec<usize> = (0..writes.len()).collect();
-    loop {
-        let bytes: Vec<Vec<u8>> = order.iter().map(|&i| writes[i].clone()).collect();
-        let checked = check_writes(store, c, doc, cached.take(), &bytes, limits)?;
-        quarantined.extend(checked.quarantined);
-        let mut unanswered = None;
-        for (k, outcome) in checked.outcomes.into_iter().enumerate() {
-            match outcome {
-                Some(result) => outcomes[order[k]] = Some(result),
-                None => {
-                    unanswered = Some(k);
-                    break;
-                }
-            }
-        }
-        let Some(k) = unanswered else {
-            return Ok(Checked {
-                state: checked.state,
-                outcomes,
-                quarantined,
-            });
-        };
-        let rest = order.split_off(k);
-        order.retain(|&i| matches!(outcomes[i], Some(Ok(()))));
-        order.extend(rest);
-    }
 }

@@ -1,8 +1,10 @@
 //! `append`: N writers (default 64) push real updates as fast as they are answered, first all
-//! into one collection (the hot case: one actor numbers every write), then spread over 16.
+//! into one collection (the hot case: one actor numbers every write), then spread over 16,
+//! then into one collection again in `batch` requests of [`BATCH`] updates each (an app
+//! coming back online with queued edits).
 //!
 //! Floors: raw sled inserts with one flush per group of N (group commit with nothing around
-//! it), and the same workload through the in-process actors (no HTTP).
+//! it), and the same workload through the in-process actors (no HTTP), batches included.
 //!
 //! Authentication: with a token (the default in-process server verifies one on every
 //! request), the cost of verification is measured in the same run, two ways: one verification
@@ -14,6 +16,7 @@
 //! With several `--target`s the writers are spread over them (writer i on target i mod n):
 //! every node's writes share the collection's one numbering.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +41,9 @@ const DOCS: usize = 16;
 const COLLECTIONS: usize = 16;
 const ONE: &str = "push (1 collection)";
 const MANY: &str = "push (16 collections)";
+const BATCHED: &str = "push batch of 100 (1 collection)";
+/// Updates per `batch` request.
+const BATCH: usize = 100;
 
 pub async fn run(ctx: &Ctx) -> Result<Report> {
     let mut report = workload(ctx, &ctx.backend, ctx.opts.duration, true, "").await?;
@@ -72,6 +78,13 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
                 figure(&floor, ONE, |r| r.per_sec),
                 "appends/s",
                 "same writers, no HTTP",
+            ));
+            report.floors.push(Floor::rate(
+                "updates/s in batches of 100 vs in-process actor",
+                figure(&report, BATCHED, |r| r.items_per_sec.unwrap_or(0.0)),
+                figure(&floor, BATCHED, |r| r.items_per_sec.unwrap_or(0.0)),
+                "updates/s",
+                "same writers and batches, no HTTP",
             ));
             latencies_vs_actor(
                 &mut report,
@@ -163,10 +176,19 @@ async fn workload(
     let n = ctx.opts.writers;
     let metrics = Metrics::new();
     let docs = Rc::new(doc_names(DOCS));
-    let mut run = Run::start(format!("append{suffix}"), backend, &metrics, &[ONE, MANY]);
+    let mut run = Run::start(
+        format!("append{suffix}"),
+        backend,
+        &metrics,
+        &[ONE, MANY, BATCHED],
+    );
 
     // Phase 1: every writer into one collection.
-    let phase = if with_many { duration / 2 } else { duration };
+    let phase = if with_many {
+        duration / 3
+    } else {
+        duration / 2
+    };
     let one = ctx.collection(&format!("append-one{suffix}"));
     let ledger_one = Ledger::default();
     let writes = Writes::new(&docs, &ledger_one, Instant::now() + phase, ONE);
@@ -192,6 +214,26 @@ async fn workload(
         }
         join_peers(handles).await?;
     }
+
+    // Phase 3: every writer into one collection, in batches.
+    let batched = ctx.collection(&format!("append-batched{suffix}"));
+    let ledger_batched = Ledger::default();
+    let split = Rc::new(Cell::new(0u64));
+    let deadline = Instant::now() + phase;
+    let handles: Vec<_> = writers(ctx, backend, &batched, 2000, n, &metrics)
+        .into_iter()
+        .map(|p| {
+            let job = batch_loop(
+                p,
+                docs.clone(),
+                deadline,
+                ledger_batched.clone(),
+                split.clone(),
+            );
+            actix_rt::spawn(job)
+        })
+        .collect();
+    join_peers(handles).await?;
     run.stop();
 
     // Verdict: untimed. Fresh readers stream each collection from 0 and must match the server.
@@ -210,6 +252,26 @@ async fn workload(
     verdict
         .standard(backend, &one, &refs, &ledger_one, "1 collection")
         .await;
+    let (r, caught) = read_from_zero(
+        ctx,
+        backend,
+        &batched,
+        7000,
+        ledger_batched.head(),
+        deadline,
+    )
+    .await;
+    if caught.is_err() {
+        verdict.result("verifier caught up", &caught, String::new());
+    }
+    verdict
+        .standard(backend, &batched, &[&r], &ledger_batched, "batches")
+        .await;
+    verdict.check(
+        "each batch's seqs consecutive",
+        split.get() == 0,
+        format!("{} batches with a gap", split.get()),
+    );
     if !many.is_empty() {
         let (mut contiguous, mut converged, mut lost) = (Vec::new(), Vec::new(), Vec::new());
         for (i, (c, ledger)) in many.iter().enumerate() {
@@ -238,6 +300,7 @@ async fn workload(
     }
     let p = params(&[
         ("writers", json!(n)),
+        ("batch", json!(BATCH)),
         ("documents", json!(DOCS)),
         (
             "collections",
@@ -245,4 +308,25 @@ async fn workload(
         ),
     ]);
     Ok(run.report(p, verdict))
+}
+
+/// Pushes batches of [`BATCH`] until `deadline`, counting in `split` the batches whose
+/// stored writes did not get consecutive seqs.
+async fn batch_loop(
+    mut peer: Peer,
+    docs: Rc<Vec<String>>,
+    deadline: Instant,
+    ledger: Ledger,
+    split: Rc<Cell<u64>>,
+) -> Peer {
+    while Instant::now() < deadline {
+        // A batch that fails all its retries is counted in the errors; the verdict then
+        // shows whether anything was lost.
+        if let Ok(seqs) = peer.push_batch(&docs, BATCH, BATCHED, &ledger).await {
+            if seqs.windows(2).any(|w| w[1] != w[0] + 1) {
+                split.set(split.get() + 1);
+            }
+        }
+    }
+    peer
 }

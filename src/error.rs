@@ -183,9 +183,10 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::AckAhead { .. }
         | Error::CursorAhead { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::Conflict(_) => StatusCode::CONFLICT,
-        Error::Overloaded { .. } | Error::ShuttingDown | Error::Relocated => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::Overloaded { .. }
+        | Error::ShuttingDown
+        | Error::Relocated
+        | Error::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         // Sticky until restart (see `replicate_actors::durability`): 507 names the cause a

@@ -110,6 +110,8 @@ pub struct CollectionActor {
     stopped: bool,
     /// Whether the engine numbers appends (several nodes share it; see the module docs).
     numbering: bool,
+    /// A periodic head read is running (at most one at a time).
+    head_check_running: bool,
 }
 
 impl CollectionActor {
@@ -156,6 +158,7 @@ impl CollectionActor {
             last_activity: now,
             stopped: false,
             numbering: shared.store.numbers_appends(),
+            head_check_running: false,
             shared,
         })
     }
@@ -184,13 +187,18 @@ impl CollectionActor {
         }
     }
 
-    /// On a shared engine: reads the head from the store and takes it in (see [`HeadMoved`]).
-    fn refresh_head(&mut self) -> Result<()> {
-        if self.numbering {
-            let head = self.shared.store.head(&self.name)?;
-            self.head_moved(head);
+    /// On a shared engine: the head in the store, read on a read worker (a database round
+    /// trip must not hold up this actor, nor the other actors of its arbiter). Take it in with
+    /// [`Self::head_moved`].
+    fn read_head(&self) -> impl std::future::Future<Output = Result<u64>> + 'static {
+        let (store, name) = (self.shared.store.clone(), self.name.clone());
+        let readers = self.shared.read_workers.clone();
+        async move {
+            match readers {
+                Some(readers) => readers.run(move || store.head(&name)).await?,
+                None => store.head(&name),
+            }
         }
-        Ok(())
     }
 
     /// A head committed by another node: everything up to it is committed, and the documents
@@ -222,15 +230,11 @@ impl CollectionActor {
         }
     }
 
-    /// The head a page from `cursor` reads up to.
+    /// The head a page from `cursor` reads up to, on an engine this process owns.
     ///
     /// # Errors
     /// [`Error::CursorAhead`] when `cursor` is above it.
-    fn page_head(&mut self, cursor: u64) -> Result<u64> {
-        if cursor > self.durable {
-            // Another node may have committed past what this one heard of.
-            self.refresh_head()?;
-        }
+    fn page_head(&self, cursor: u64) -> Result<u64> {
         let head = self.durable;
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
@@ -354,13 +358,21 @@ impl Actor for CollectionActor {
         );
         ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
         if self.numbering {
-            ctx.run_interval(HEAD_CHECK_EVERY, |act, _| {
+            ctx.run_interval(HEAD_CHECK_EVERY, |act, ctx| {
                 // Waiters hold receivers of the durable seq: only then is a late head noticed.
-                if act.durable_tx.receiver_count() > 0 {
-                    if let Err(e) = act.refresh_head() {
-                        tracing::warn!(collection = %act.name, error = %e, "head check failed");
-                    }
+                if act.durable_tx.receiver_count() == 0 || act.head_check_running {
+                    return;
                 }
+                act.head_check_running = true;
+                ctx.spawn(act.read_head().into_actor(act).map(|head, act, _| {
+                    act.head_check_running = false;
+                    match head {
+                        Ok(head) => act.head_moved(head),
+                        Err(e) => {
+                            tracing::warn!(collection = %act.name, error = %e, "head check failed")
+                        }
+                    }
+                }));
             });
         }
     }
@@ -1000,7 +1012,8 @@ impl Handler<ReadPage> for CollectionActor {
     /// On sled the page is read here (microseconds). On a networked engine it is read on the
     /// read workers, so the database's round trips hold up no other message of this actor
     /// (nor the other actors of its arbiter); the head is taken here first, so the page is
-    /// what it would have been here.
+    /// what it would have been here, unless the cursor is above it: another node may have
+    /// committed past what this one heard of, so the job reads the head from the store first.
     fn handle(&mut self, msg: ReadPage, _: &mut Self::Context) -> Self::Result {
         let ReadPage {
             cursor,
@@ -1008,11 +1021,14 @@ impl Handler<ReadPage> for CollectionActor {
             size_threshold,
         } = msg;
         let rx = self.durable_tx.subscribe();
-        let head = match self.touch().and_then(|()| self.page_head(cursor)) {
-            Ok(head) => head,
-            Err(e) => return Box::pin(fut::ready(Err(e))),
-        };
+        if let Err(e) = self.touch() {
+            return Box::pin(fut::ready(Err(e)));
+        }
         let Some(readers) = self.shared.read_workers.clone() else {
+            let head = match self.page_head(cursor) {
+                Ok(head) => head,
+                Err(e) => return Box::pin(fut::ready(Err(e))),
+            };
             let max_bytes = self.shared.config.max_page_bytes;
             let read = read_page_at(
                 &self.shared.store,
@@ -1027,15 +1043,28 @@ impl Handler<ReadPage> for CollectionActor {
         };
         let (store, name) = (self.shared.store.clone(), self.name.clone());
         let max_bytes = self.shared.config.max_page_bytes;
+        let known = self.durable;
         let job = async move {
             readers
-                .run(move || read_page_at(&store, &name, cursor, head, limit, max_bytes))
+                .run(move || {
+                    let head = if cursor > known {
+                        store.head(&name)?
+                    } else {
+                        known
+                    };
+                    if cursor > head {
+                        return Err(Error::CursorAhead { cursor, head });
+                    }
+                    let read = read_page_at(&store, &name, cursor, head, limit, max_bytes)?;
+                    Ok((read, head))
+                })
                 .await?
         };
-        Box::pin(
-            job.into_actor(self)
-                .map(move |read, act, _| Ok((act.page(read?, head, size_threshold), rx))),
-        )
+        Box::pin(job.into_actor(self).map(move |read, act, _| {
+            let (read, head) = read?;
+            act.head_moved(head);
+            Ok((act.page(read, head, size_threshold), rx))
+        }))
     }
 }
 
@@ -1057,6 +1086,25 @@ impl Handler<Ack> for CollectionActor {
     /// this actor's other messages must not wait with it. Compactions on every node read it
     /// from the database (see `store::postgres`), so it must be there before it is answered.
     fn handle(&mut self, msg: Ack, _: &mut Self::Context) -> Self::Result {
+        if self.numbering && msg.synced_seq > self.durable {
+            // Another node may have committed past what this one heard of: read the head
+            // (off this thread) before judging the ack.
+            let head = self.read_head();
+            return Box::pin(head.into_actor(self).then(move |head, act, _| {
+                match head {
+                    Ok(head) => act.head_moved(head),
+                    Err(e) => return Box::pin(fut::ready(Err(e))) as Self::Result,
+                }
+                act.store_ack(msg)
+            }));
+        }
+        self.store_ack(msg)
+    }
+}
+
+impl CollectionActor {
+    /// Records an ack in memory and in the store (see [`Handler<Ack>`]).
+    fn store_ack(&mut self, msg: Ack) -> ResponseActFuture<Self, Result<u64>> {
         let record = match self.record_ack(&msg) {
             Ok(record) => record,
             Err(e) => return Box::pin(fut::ready(Err(e))),
@@ -1092,9 +1140,6 @@ impl CollectionActor {
                 collection: format!("{} (peer limit {max} reached)", self.name),
                 in_flight: self.peers.len(),
             });
-        }
-        if msg.synced_seq > self.durable {
-            self.refresh_head()?;
         }
         self.peers
             .ack(&msg.peer_id, msg.synced_seq, self.durable, now)

@@ -78,6 +78,10 @@ pub enum Error {
          seq was taken; retry (the next commit tries again)"
     )]
     CommitFailed { reason: String },
+    /// The store could not be reached (a networked store's connection failed or was cut);
+    /// the request changed nothing. Worth retrying: the pool reconnects.
+    #[error("the store could not be reached ({reason}); nothing was changed; retry")]
+    Unreachable { reason: String },
     /// The collection's actor stopped (idle) while the request was queued; the handle retries
     /// on a fresh actor, so callers only see this if that keeps happening.
     #[error("collection actor is restarting; retry")]
@@ -103,7 +107,7 @@ impl Error {
             Error::Timeout { .. } => "timeout",
             Error::ShuttingDown => "shutting_down",
             Error::Storage(_) => "storage",
-            Error::Relocated => "unavailable",
+            Error::Relocated | Error::Unreachable { .. } => "unavailable",
             Error::Internal(_) => "internal",
             Error::StorageFull { .. } => "storage_full",
             Error::StorageFailed { .. } | Error::CommitFailed { .. } => "storage_failed",

@@ -82,14 +82,28 @@ pub struct PostgresEngine {
 
 fn pg_error(e: tokio_postgres::Error) -> Error {
     // `{:#}` is not implemented; the source holds the server's message (e.g. a full disk).
-    match std::error::Error::source(&e) {
-        Some(source) => Error::Storage(format!("postgres: {e}: {source}")),
-        None => Error::Storage(format!("postgres: {e}")),
+    let source = std::error::Error::source(&e);
+    let reason = match source {
+        Some(source) => format!("postgres: {e}: {source}"),
+        None => format!("postgres: {e}"),
+    };
+    // A lost connection (closed, an I/O error, or the server ending it: SQLSTATE class 08
+    // or 57P) changed nothing and is worth a retry; anything else is the store's answer.
+    let lost = e.is_closed()
+        || source.is_some_and(|s| s.is::<std::io::Error>())
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"));
+    if lost {
+        Error::Unreachable { reason }
+    } else {
+        Error::Storage(reason)
     }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> Error {
-    Error::Storage(format!("postgres pool: {e}"))
+    Error::Unreachable {
+        reason: format!("postgres pool: {e}"),
+    }
 }
 
 fn corrupt(what: &str) -> Error {

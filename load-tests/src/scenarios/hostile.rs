@@ -46,6 +46,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore};
+use replicate::wire::{CompactBody, WriteBody};
 use replicate_actors::craft;
 use serde_json::{json, Value};
 use yrs::updates::decoder::Decode;
@@ -556,12 +557,17 @@ impl Raw {
     }
 }
 
+/// A write body as the wire types write it (`crdt_bytes` may be anything, for the junk attacks).
+fn wire_write(doc: &str, crdt_bytes: String, op_id: Option<&str>) -> Value {
+    json!(WriteBody {
+        document_id: doc.to_string(),
+        crdt_bytes,
+        op_id: op_id.map(str::to_string),
+    })
+}
+
 fn write_body(doc: &str, bytes: &[u8], op_id: Option<&str>) -> Value {
-    let mut body = json!({ "documentId": doc, "crdtBytes": B64.encode(bytes) });
-    if let Some(id) = op_id {
-        body["opId"] = json!(id);
-    }
-    body
+    wire_write(doc, B64.encode(bytes), op_id)
 }
 
 // ---- the attackers ----
@@ -866,7 +872,12 @@ impl Attackers {
             .raw
             .post(
                 &format!("/v1/{}/compact", self.c),
-                &json!({ "documentId": doc, "snapshotBytes": B64.encode(&snapshot) }),
+                &json!(CompactBody {
+                    document_id: doc.clone(),
+                    snapshot_bytes: Some(B64.encode(&snapshot)),
+                    state_vector: None,
+                    peer_timeout: None,
+                }),
             )
             .await;
         // Ignored (200) or refused (4xx); what it must not do shows in the honest verdict.
@@ -889,7 +900,7 @@ impl Attackers {
         let path = format!("/v1/{}/insert", self.c);
         let bad_bodies: [Vec<u8>; 3] = [
             b"{\"documentId\":".to_vec(),
-            json!({ "documentId": doc, "crdtBytes": "not base64!" })
+            wire_write(&doc, "not base64!".into(), None)
                 .to_string()
                 .into_bytes(),
             bytes,

@@ -433,6 +433,9 @@ struct Checked {
     state: Option<DocState>,
     outcomes: Vec<Option<Result<()>>>,
     quarantined: Vec<(u64, String)>,
+    /// Per refused write, the seq the store already holds it under (same op id and bytes):
+    /// a retry of a stored write the check refused (see [`CollectionActor::check_job`]).
+    stored: Vec<Option<u64>>,
 }
 
 /// The answer to an op id used again for other bytes of `doc` (first used by `seq`).
@@ -551,19 +554,32 @@ impl CollectionActor {
     /// worker thread, then numbers and stores the accepted ones in that order.
     fn start_check(&mut self, doc: String, batch: Vec<QueuedWrite>, ctx: &mut Context<Self>) {
         let bytes: Vec<Vec<u8>> = batch.iter().map(|q| q.write.bytes.clone()).collect();
-        let work = self.check_job(&doc, bytes);
+        let ops = batch
+            .iter()
+            .map(|q| q.write.op_id.clone().map(|op| (op, q.hash)))
+            .collect();
+        let work = self.check_job(&doc, bytes, ops);
         ctx.spawn(work.into_actor(self).map(move |checked, act, ctx| {
             act.finish_check(doc, batch, checked, ctx);
         }));
     }
 
-    /// The worker job that checks `bytes` (writes of `doc`, in order) against the document's
-    /// cached state, or a rebuild once everything numbered before is in the store.
+    /// The worker job that checks `bytes` (writes of `doc`, in order, with their op ids and
+    /// hashes) against the document's cached state, or a rebuild once everything numbered
+    /// before is in the store.
+    ///
+    /// On a shared engine the actor reads no op id before the check (the commit settles
+    /// them), so a retry of a stored write can reach the check, which may refuse it (an update
+    /// still waiting for its dependencies is "already held"). For each refused write with an
+    /// op id, the job then reads the op id: held with the same bytes, it answers as the
+    /// duplicate it is. One read per refusal, off the actor's thread.
     fn check_job(
         &mut self,
         doc: &str,
         bytes: Vec<Vec<u8>>,
+        ops: Vec<Option<(String, u64)>>,
     ) -> impl std::future::Future<Output = Result<Checked>> + 'static {
+        let ops = if self.numbering { ops } else { Vec::new() };
         let cached = self.shared.docs.take(&self.name, doc);
         // A rebuild reads the store: everything numbered before must be in it first.
         let settle = cached.is_none().then(|| self.shared.commit.durable());
@@ -577,7 +593,11 @@ impl CollectionActor {
                 settle.await?;
             }
             workers
-                .run(move || check_writes(&store, &name, &doc, cached, &bytes, &limits))
+                .run(move || {
+                    let mut checked = check_writes(&store, &name, &doc, cached, &bytes, &limits)?;
+                    checked.stored = stored_retries(&store, &name, &doc, &checked, &ops)?;
+                    Ok(checked)
+                })
                 .await?
         }
     }
@@ -603,13 +623,23 @@ impl CollectionActor {
         }
         self.quarantine(&doc, &checked.quarantined);
         let mut again = Vec::new();
-        for (q, outcome) in batch.into_iter().zip(checked.outcomes) {
+        for (i, (q, outcome)) in batch.into_iter().zip(checked.outcomes).enumerate() {
             match outcome {
                 None => again.push(q),
-                Some(Err(e)) => {
-                    self.stats.rejected_writes += 1;
-                    let _ = q.answer.send(Err(e));
-                }
+                Some(Err(e)) => match checked.stored.get(i).copied().flatten() {
+                    Some(seq) => {
+                        self.head_moved(seq);
+                        self.stats.duplicate_writes += 1;
+                        let _ = q.answer.send(Ok(Written {
+                            seq,
+                            duplicate: true,
+                        }));
+                    }
+                    None => {
+                        self.stats.rejected_writes += 1;
+                        let _ = q.answer.send(Err(e));
+                    }
+                },
                 Some(Ok(())) => self.store_write(q, ctx),
             }
         }
@@ -850,6 +880,28 @@ impl CollectionActor {
     }
 }
 
+/// For each write `checked` refused that has an op id in `ops`, the seq the store holds it
+/// under if it holds that op id with the same bytes (empty `ops`: nothing to look up).
+fn stored_retries(
+    store: &Store,
+    c: &str,
+    doc: &str,
+    checked: &Checked,
+    ops: &[Option<(String, u64)>],
+) -> Result<Vec<Option<u64>>> {
+    let mut stored = vec![None; checked.outcomes.len()];
+    for (i, outcome) in checked.outcomes.iter().enumerate() {
+        let (Some(Err(_)), Some(Some((op, hash)))) = (outcome, ops.get(i)) else {
+            continue;
+        };
+        stored[i] = store
+            .op_record(c, doc, op)?
+            .filter(|r| r.hash == *hash)
+            .map(|r| r.seq);
+    }
+    Ok(stored)
+}
+
 /// The check job: rebuilds the document's state if it is not cached (or its cost calls for a
 /// fresh measure), then applies each write in order, each within the write budget.
 fn check_writes(
@@ -889,6 +941,7 @@ fn check_writes(
             state: Some(state),
             outcomes,
             quarantined,
+            stored: Vec::new(),
         });
     }
     for bytes in writes {
@@ -903,6 +956,7 @@ fn check_writes(
                     state: None,
                     outcomes,
                     quarantined,
+                    stored: Vec::new(),
                 });
             }
             Err(refused) => outcomes.push(Some(Err(refused.error))),
@@ -912,6 +966,7 @@ fn check_writes(
         state: Some(state),
         outcomes,
         quarantined,
+        stored: Vec::new(),
     })
 }
 

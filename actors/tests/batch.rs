@@ -354,6 +354,31 @@ async fn an_answered_batch_survives_a_restart() {
     assert_eq!(next.seq, 51);
 }
 
+/// A retry of a stored write whose update still waits for its dependencies: yrs would refuse
+/// to hold it twice, so the check refuses it; the op id says it is the same write.
+async fn a_retried_write_still_waiting_for_its_dependencies_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let r = open(dir.path(), &clock).await;
+    let a = Replica::new(1);
+    let _missing = a.append("first ");
+    let waiting = a.append("second");
+    let w = op_write("d", waiting, Some("op-w"));
+    let first = r.update(C, w.clone()).await.unwrap();
+    assert!(!first.duplicate);
+    let again = r.update(C, w.clone()).await.unwrap();
+    assert_eq!((again.seq, again.duplicate), (first.seq, true));
+    let in_batch = r.write_batch(C, updates(vec![w])).await.unwrap();
+    assert_eq!(
+        in_batch[0],
+        Ok(Written {
+            seq: first.seq,
+            duplicate: true
+        })
+    );
+    assert_eq!(log(&r, C).await.len(), 1, "stored once");
+}
+
 on_every_engine!(
     accepted_writes_get_consecutive_seqs_in_request_order_and_refusals_store_nothing,
     writes_of_one_document_in_a_batch_may_depend_on_each_other,
@@ -362,6 +387,7 @@ on_every_engine!(
     batches_racing_single_writers_stay_contiguous_and_nothing_is_lost,
     a_batch_outside_its_bounds_is_refused_whole,
     an_answered_batch_survives_a_restart,
+    a_retried_write_still_waiting_for_its_dependencies_is_a_duplicate,
 );
 
 /// What one generated write is.

@@ -192,7 +192,14 @@ impl CollectionActor {
     pub(super) fn start_part_check(&mut self, doc: String, part: Part, ctx: &mut Context<Self>) {
         let Part { batch, writes } = part;
         let (indices, bytes): (Vec<usize>, Vec<Vec<u8>>) = writes.into_iter().unzip();
-        let work = self.check_job(&doc, bytes);
+        let ops = indices
+            .iter()
+            .map(|&i| match self.batches.get(&batch).map(|b| &b.slots[i]) {
+                Some(Slot::Checking(_, write, hash)) => write.op_id.clone().map(|op| (op, *hash)),
+                _ => None,
+            })
+            .collect();
+        let work = self.check_job(&doc, bytes, ops);
         ctx.spawn(work.into_actor(self).map(move |checked, act, ctx| {
             act.finish_part_check(doc, batch, indices, checked, ctx);
         }));
@@ -206,16 +213,22 @@ impl CollectionActor {
         checked: Result<Checked>,
         ctx: &mut Context<Self>,
     ) {
-        let outcomes: Vec<Option<Result<()>>> = match checked {
+        let (outcomes, stored): (Vec<Option<Result<()>>>, Vec<Option<u64>>) = match checked {
             Ok(checked) => {
                 if let Some(state) = checked.state {
                     self.shared.docs.put(&self.name, &doc, state);
                 }
                 self.quarantine(&doc, &checked.quarantined);
-                checked.outcomes
+                (checked.outcomes, checked.stored)
             }
-            Err(e) => indices.iter().map(|_| Some(Err(e.clone()))).collect(),
+            Err(e) => (
+                indices.iter().map(|_| Some(Err(e.clone()))).collect(),
+                Vec::new(),
+            ),
         };
+        for seq in stored.iter().flatten() {
+            self.head_moved(*seq);
+        }
         let Some(batch) = self.batches.get_mut(&id) else {
             // Cannot happen: a batch leaves only once every part is checked.
             return self.next_check(doc, ctx);
@@ -225,7 +238,16 @@ impl CollectionActor {
         // not cached, so the next check settles and rebuilds), ahead of anything waiting.
         let poisoned = outcomes.iter().any(Option::is_none);
         let mut again = Vec::new();
-        for (index, outcome) in indices.into_iter().zip(outcomes) {
+        for (k, (index, outcome)) in indices.into_iter().zip(outcomes).enumerate() {
+            if let (Some(Err(_)), Some(&Some(seq))) = (&outcome, stored.get(k)) {
+                // A retry of a write the store holds (see `check_job`).
+                self.stats.duplicate_writes += 1;
+                batch.slots[index] = Slot::Done(Ok(Written {
+                    seq,
+                    duplicate: true,
+                }));
+                continue;
+            }
             match outcome {
                 Some(Ok(())) if !poisoned => {
                     let slot =

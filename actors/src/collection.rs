@@ -10,7 +10,7 @@
 //! crash and issued again. Stream pages, acks and compaction applies also run here, so each
 //! sees a consistent view of the collection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,8 @@ const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// How often an actor on a shared engine reads its head while readers wait, in case a
 /// notification of another node's commit was lost.
 const HEAD_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Counter reads for auto-compaction running at once per collection (shared engines).
+const MAX_COUNTER_READS: usize = 64;
 /// Attempts of a compaction that another node's compaction of the same document superseded.
 const COMPACTION_ATTEMPTS: u32 = 4;
 
@@ -112,6 +114,8 @@ pub struct CollectionActor {
     numbering: bool,
     /// A periodic head read is running (at most one at a time).
     head_check_running: bool,
+    /// Documents whose counters are being read off this thread for auto-compaction.
+    counter_reads: HashSet<String>,
 }
 
 impl CollectionActor {
@@ -159,6 +163,7 @@ impl CollectionActor {
             stopped: false,
             numbering: shared.store.numbers_appends(),
             head_check_running: false,
+            counter_reads: HashSet::new(),
             shared,
         })
     }
@@ -266,16 +271,59 @@ impl CollectionActor {
             return;
         }
         let threshold = self.shared.config.size_threshold;
-        let over = self
-            .docs
-            .get(&self.shared.store, &self.name, doc)
-            .is_ok_and(|s| s.retained_bytes > threshold);
-        if !over {
+        let stats = match self.docs.peek(doc) {
+            Some(stats) => stats,
+            None if self.numbering => return self.read_counters_then_auto_compact(doc, ctx),
+            None => match self.docs.get(&self.shared.store, &self.name, doc) {
+                Ok(stats) => stats,
+                Err(_) => return,
+            },
+        };
+        if stats.retained_bytes <= threshold {
             return;
         }
         let (tx, _) = oneshot::channel();
         let timeout = self.shared.config.peer_timeout.as_millis() as u64;
         self.enqueue_compaction(doc.to_string(), timeout, tx, ctx);
+    }
+
+    /// On a shared engine, `doc`'s counters are not in memory: reads them on a read worker
+    /// (a database round trip must not hold up this actor), takes them in and decides then.
+    /// At most [`MAX_COUNTER_READS`] run at once; past that the decision waits for the
+    /// document's next write.
+    fn read_counters_then_auto_compact(&mut self, doc: &str, ctx: &mut Context<Self>) {
+        if self.counter_reads.len() >= MAX_COUNTER_READS || !self.counter_reads.insert(doc.into()) {
+            return;
+        }
+        let (store, name, doc) = (
+            self.shared.store.clone(),
+            self.name.clone(),
+            doc.to_string(),
+        );
+        let readers = self.shared.read_workers.clone();
+        let job_doc = doc.clone();
+        let read = async move {
+            match readers {
+                Some(readers) => {
+                    readers
+                        .run(move || store.doc_stats(&name, &job_doc))
+                        .await?
+                }
+                None => store.doc_stats(&name, &job_doc),
+            }
+        };
+        ctx.spawn(read.into_actor(self).map(move |stored, act, ctx| {
+            act.counter_reads.remove(&doc);
+            match stored {
+                Ok(stored) => {
+                    act.docs.insert_read(&doc, stored);
+                    act.auto_compact(&doc, ctx);
+                }
+                Err(e) => {
+                    tracing::debug!(collection = %act.name, error = %e, "counters read failed")
+                }
+            }
+        }));
     }
 
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
@@ -1274,6 +1322,8 @@ impl Handler<Compact> for CollectionActor {
 struct MergedDoc {
     /// The document's compaction generation, read before its content.
     read_generation: u64,
+    /// The document's counters in that same read (`None`: never written).
+    stored: Option<DocStats>,
     merged: Merged,
     merged_deltas: Vec<(u64, u64)>,
     quarantined: Vec<(u64, String)>,
@@ -1426,9 +1476,10 @@ impl CollectionActor {
         peer_timeout_ms: u64,
     ) -> Result<(Compacted, Batch)> {
         let previous = if self.numbering {
-            // Another node may have changed them: the store's, not this node's memory.
-            let stored = self.shared.store.doc_stats(&self.name, doc)?;
-            stored.unwrap_or_default()
+            // Another node may have changed them: the store's, read with the generation on
+            // the worker (a compaction since then supersedes this one at commit, and the
+            // commit recounts appends made since).
+            merged.stored.unwrap_or_default()
         } else {
             self.docs.get(&self.shared.store, &self.name, doc)?
         };
@@ -1439,6 +1490,7 @@ impl CollectionActor {
             read_generation: merged.read_generation,
             active_since: now.saturating_sub(peer_timeout_ms),
         });
+        let stored = merged.stored;
         let merged = merged.merged;
         let snapshot = SnapshotRecord {
             bytes: merged.update,
@@ -1459,7 +1511,13 @@ impl CollectionActor {
                 guard,
             },
         );
-        self.set_doc_stats(doc, plan.stats, doc_counters::IN_FLIGHT)?;
+        if self.numbering {
+            // No store read on this thread: the worker's read stands in for a miss.
+            self.docs
+                .set_read(doc, stored, plan.stats, doc_counters::IN_FLIGHT);
+        } else {
+            self.set_doc_stats(doc, plan.stats, doc_counters::IN_FLIGHT)?;
+        }
         self.stats.compactions += 1;
         self.stats.deltas_removed += plan.delete.len() as u64;
         let compacted = Compacted {
@@ -1480,10 +1538,11 @@ fn merge_document(
     upto: u64,
     limits: &YjsLimits,
 ) -> Result<MergedDoc> {
-    let read_generation = store.doc_stats(c, doc)?.map_or(0, |s| s.generation);
+    let stored = store.doc_stats(c, doc)?;
     let loaded = compactor::load_document(store, c, doc, upto, limits)?;
     Ok(MergedDoc {
-        read_generation,
+        read_generation: stored.map_or(0, |s| s.generation),
+        stored,
         merged: loaded.built.state.encode(),
         merged_deltas: loaded.merged,
         quarantined: loaded.built.quarantined,

@@ -14,7 +14,7 @@
 //! - `documents` and `retained_bytes` equal the sums over every document in the store, given
 //!   they started so ([`DocCounters::new`]) and every change goes through [`DocCounters::set`].
 
-use std::collections::{hash_map, BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::Result;
 use crate::store::{DocStats, Store};
@@ -37,6 +37,8 @@ pub struct DocCounters {
     cap: usize,
     /// (retained bytes, document) of the documents with the most retained bytes.
     largest: BTreeSet<(u64, String)>,
+    /// The retained bytes each document in `largest` is ranked with.
+    ranked: HashMap<String, u64>,
     largest_cap: usize,
     documents: u64,
     retained_bytes: u64,
@@ -62,13 +64,14 @@ impl DocCounters {
             tick: 0,
             cap: cap.max(1),
             largest: BTreeSet::new(),
+            ranked: HashMap::new(),
             largest_cap: largest_cap.max(1),
             documents,
             retained_bytes,
             durable: 0,
         };
         for (doc, stats) in largest {
-            counters.rank(&doc, 0, stats.retained_bytes);
+            counters.rank(&doc, stats.retained_bytes);
         }
         counters
     }
@@ -97,7 +100,7 @@ impl DocCounters {
     /// # Errors
     /// What the store answers.
     pub fn get(&mut self, store: &Store, c: &str, doc: &str) -> Result<DocStats> {
-        let stats = self.entry(store, c, doc)?.stats;
+        let stats = self.entry(Some(store), c, doc)?.stats;
         self.evict();
         Ok(stats)
     }
@@ -107,28 +110,81 @@ impl DocCounters {
         self.durable = self.durable.max(seq);
     }
 
-    /// `doc`'s entry, most recently used now; read from the store if not in memory.
-    fn entry(&mut self, store: &Store, c: &str, doc: &str) -> Result<&mut Entry> {
+    /// `doc`'s counters if they are in memory (no store read), most recently used now.
+    pub fn peek(&mut self, doc: &str) -> Option<DocStats> {
+        self.entries.contains_key(doc).then(|| self.touch(doc))
+    }
+
+    /// Takes in `doc`'s counters as the store answered them off this thread (`None`: never
+    /// written), unless they are in memory already (those are as new or newer).
+    pub fn insert_read(&mut self, doc: &str, stored: Option<DocStats>) -> DocStats {
+        let stats = match self.entries.contains_key(doc) {
+            true => self.touch(doc),
+            false => self.insert(doc, stored),
+        };
+        self.evict();
+        stats
+    }
+
+    /// [`Self::set`] with `doc`'s old counters as read off this thread (used only when they
+    /// are not in memory): no store read here.
+    pub fn set_read(&mut self, doc: &str, stored: Option<DocStats>, new: DocStats, dirty: u64) {
+        if !self.entries.contains_key(doc) {
+            self.insert(doc, stored);
+        }
+        // Cannot read the store now: the entry is in memory.
+        let _ = self.change(None, "", doc, new, dirty);
+    }
+
+    /// Marks `doc`'s entry (present) most recently used; answers its counters.
+    fn touch(&mut self, doc: &str) -> DocStats {
         self.tick += 1;
         let tick = self.tick;
-        let e = match self.entries.entry(doc.to_string()) {
-            hash_map::Entry::Occupied(o) => {
-                self.order.remove(&o.get().tick);
-                o.into_mut()
+        match self.entries.get_mut(doc) {
+            Some(e) => {
+                self.order.remove(&e.tick);
+                e.tick = tick;
+                self.order.insert(tick, doc.to_string());
+                e.stats
             }
-            hash_map::Entry::Vacant(v) => {
-                let stored = store.doc_stats(c, doc)?;
-                v.insert(Entry {
-                    stats: stored.unwrap_or_default(),
-                    exists: stored.is_some(),
-                    tick,
-                    dirty: 0,
-                })
-            }
-        };
-        e.tick = tick;
-        self.order.insert(tick, doc.to_string());
-        Ok(e)
+            None => DocStats::default(),
+        }
+    }
+
+    /// Adds `doc`'s entry (absent) from the store's answer, most recently used.
+    fn insert(&mut self, doc: &str, stored: Option<DocStats>) -> DocStats {
+        self.tick += 1;
+        let stats = stored.unwrap_or_default();
+        self.entries.insert(
+            doc.to_string(),
+            Entry {
+                stats,
+                exists: stored.is_some(),
+                tick: self.tick,
+                dirty: 0,
+            },
+        );
+        self.order.insert(self.tick, doc.to_string());
+        // The store's answer is better than any estimate `add_counted` ranked it with.
+        self.rank(doc, stats.retained_bytes);
+        stats
+    }
+
+    /// `doc`'s entry, most recently used now; read from `store` if not in memory (with no
+    /// store given, an absent entry is a document never written).
+    fn entry(&mut self, store: Option<&Store>, c: &str, doc: &str) -> Result<&mut Entry> {
+        if self.entries.contains_key(doc) {
+            self.touch(doc);
+        } else {
+            let stored = match store {
+                Some(store) => store.doc_stats(c, doc)?,
+                None => None,
+            };
+            self.insert(doc, stored);
+        }
+        self.entries
+            .get_mut(doc)
+            .ok_or_else(|| crate::error::Error::Internal("counters entry vanished".into()))
     }
 
     /// Records `doc`'s new counters, changed by a write marked `dirty` (an append's seq, or
@@ -139,6 +195,18 @@ impl DocCounters {
     pub fn set(
         &mut self,
         store: &Store,
+        c: &str,
+        doc: &str,
+        new: DocStats,
+        dirty: u64,
+    ) -> Result<()> {
+        self.change(Some(store), c, doc, new, dirty)
+    }
+
+    /// [`Self::set`], reading the old counters from `store` if given and needed.
+    fn change(
+        &mut self,
+        store: Option<&Store>,
         c: &str,
         doc: &str,
         new: DocStats,
@@ -156,7 +224,7 @@ impl DocCounters {
             .retained_bytes
             .saturating_sub(old.retained_bytes)
             .saturating_add(new.retained_bytes);
-        self.rank(doc, old.retained_bytes, new.retained_bytes);
+        self.rank(doc, new.retained_bytes);
         self.evict();
         Ok(())
     }
@@ -164,16 +232,21 @@ impl DocCounters {
     /// Adds an append the store already counted (an engine that counts in its commit, see
     /// `Engine::numbers_appends`): to `doc`'s entry if it is in memory (one read later from the
     /// store includes it already), and to the totals.
+    ///
+    /// A document whose counters are not in memory is still ranked for the compaction hint:
+    /// from its ranked bytes if it is among the largest, else from this append alone (a lower
+    /// bound, which only makes the hint less eager).
     pub fn add_counted(&mut self, doc: &str, bytes: u64) {
         self.retained_bytes = self.retained_bytes.saturating_add(bytes);
-        let Some(e) = self.entries.get_mut(doc) else {
-            return;
+        let new = match self.entries.get_mut(doc) {
+            Some(e) => {
+                e.stats.retained_bytes += bytes;
+                e.stats.retained_count += 1;
+                e.stats.retained_bytes
+            }
+            None => self.ranked.get(doc).copied().unwrap_or(0) + bytes,
         };
-        let old = e.stats.retained_bytes;
-        e.stats.retained_bytes += bytes;
-        e.stats.retained_count += 1;
-        let new = e.stats.retained_bytes;
-        self.rank(doc, old, new);
+        self.rank(doc, new);
     }
 
     /// Marks `doc`'s counters committed (a compaction's commit answered).
@@ -184,13 +257,19 @@ impl DocCounters {
         }
     }
 
-    fn rank(&mut self, doc: &str, old: u64, new: u64) {
-        self.largest.remove(&(old, doc.to_string()));
+    /// Ranks `doc` at `new` retained bytes among the largest (kept to `largest_cap`).
+    fn rank(&mut self, doc: &str, new: u64) {
+        if let Some(old) = self.ranked.remove(doc) {
+            self.largest.remove(&(old, doc.to_string()));
+        }
         if new > 0 {
             self.largest.insert((new, doc.to_string()));
+            self.ranked.insert(doc.to_string(), new);
         }
         while self.largest.len() > self.largest_cap {
-            self.largest.pop_first();
+            if let Some((_, gone)) = self.largest.pop_first() {
+                self.ranked.remove(&gone);
+            }
         }
     }
 
@@ -298,6 +377,31 @@ mod tests {
         assert_eq!(counters.cached(), 1);
         // The largest list forgets documents with nothing retained.
         assert_eq!(counters.largest(), Some((9, "e")));
+    }
+
+    #[test]
+    fn appends_counted_by_the_store_rank_documents_not_in_memory() {
+        // A shared engine counts appends itself: documents written since load have no entry.
+        let mut counters = DocCounters::new(1, 40, vec![("old".into(), stats(40))], 4, 2);
+        counters.add_counted("new", 30);
+        assert_eq!(counters.largest(), Some((40, "old")));
+        counters.add_counted("new", 30);
+        assert_eq!(counters.largest(), Some((60, "new")));
+        assert_eq!(counters.retained_bytes(), 100);
+        // Its counters read later replace the estimate, and a compaction's take over.
+        let read = DocStats {
+            retained_bytes: 70,
+            ..stats(70)
+        };
+        counters.set_read("new", Some(read), stats(5), IN_FLIGHT);
+        assert_eq!(counters.largest(), Some((40, "old")));
+        assert_eq!(counters.peek("new"), Some(stats(5)));
+        // Out of the top list, a document's estimate starts again from its next append.
+        counters.add_counted("third", 50);
+        counters.add_counted("fourth", 45);
+        assert_eq!(counters.largest.len(), 2);
+        assert_eq!(counters.ranked.len(), 2);
+        assert_eq!(counters.largest(), Some((50, "third")));
     }
 
     #[test]

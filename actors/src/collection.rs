@@ -19,6 +19,7 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
 mod batch;
+mod state;
 
 pub use batch::AppendBatch;
 
@@ -30,6 +31,8 @@ use crate::error::{Error, Result};
 use crate::paging::{self, DeletedEntry, PageBounds, PageSource};
 use crate::peers::PeerTable;
 use crate::registry::Shared;
+use state::{CollectionState, Numbered};
+
 use crate::store::{
     Batch, CompactionGuard, CompactionWrite, DeletedEntries, DeltaRecord, DocStats, OpWrite,
     Outcome, PeerRecord, SnapshotRecord, Store,
@@ -86,14 +89,9 @@ pub struct CollectionActor {
     shared: Arc<Shared>,
     /// Requests the handle has admitted for this collection and not yet answered.
     in_flight: Arc<AtomicUsize>,
-    assigned: u64,
-    durable: u64,
-    durable_tx: watch::Sender<u64>,
-    docs: DocCounters,
+    /// Seqs, document counters and pending op ids (see [`state`]).
+    state: CollectionState,
     peers: PeerTable,
-    /// (document, op id) → (seq, bytes hash) of writes queued for commit but not yet on disk
-    /// (the store cannot answer for them).
-    pending_ops: HashMap<(String, String), (u64, u64)>,
     /// Per document, the writes waiting for the running check of that document (whose entry
     /// is present while it runs, or while a write batch holds the document: see
     /// [`batch`]). One document's writes are checked one group at a time, each against the
@@ -130,14 +128,13 @@ impl CollectionActor {
         in_flight: Arc<AtomicUsize>,
     ) -> Result<Self> {
         let loaded = shared.store.load_collection(&name, LARGEST_TRACKED)?;
-        let mut docs = DocCounters::new(
+        let docs = DocCounters::new(
             loaded.documents,
             loaded.retained_bytes,
             loaded.largest,
             shared.config.doc_counters_cached,
             LARGEST_TRACKED,
         );
-        docs.mark_durable(loaded.high_water);
         let now = shared.clock.now_millis();
         Ok(CollectionActor {
             stats: CollectionStats {
@@ -147,14 +144,10 @@ impl CollectionActor {
             name,
             id,
             in_flight,
-            assigned: loaded.high_water,
             // Everything on disk at load time was either flushed before a restart or written by
             // a previous incarnation in this process that stopped with nothing pending.
-            durable: loaded.high_water,
-            durable_tx: watch::channel(loaded.high_water).0,
-            docs,
+            state: CollectionState::new(loaded.high_water, docs),
             peers: PeerTable::from_records(loaded.peers),
-            pending_ops: HashMap::new(),
             checking: HashMap::new(),
             batches: HashMap::new(),
             next_batch: 0,
@@ -179,17 +172,13 @@ impl CollectionActor {
     /// Records `doc`'s new counters, changed by a write marked `dirty` (see
     /// [`DocCounters::set`]).
     fn set_doc_stats(&mut self, doc: &str, new: DocStats, dirty: u64) -> Result<()> {
-        self.docs
+        self.state
+            .docs
             .set(&self.shared.store, &self.name, doc, new, dirty)
     }
 
     fn mark_durable(&mut self, seq: u64) {
-        if seq > self.durable {
-            self.durable = seq;
-            self.assigned = self.assigned.max(seq);
-            self.docs.mark_durable(seq);
-            self.durable_tx.send_replace(seq);
-        }
+        self.state.mark_durable(seq);
     }
 
     /// On a shared engine: the head in the store, read on a read worker (a database round
@@ -209,7 +198,7 @@ impl CollectionActor {
     /// A head committed by another node: everything up to it is committed, and the documents
     /// built here may lack what it added.
     fn head_moved(&mut self, head: u64) {
-        if head > self.durable {
+        if head > self.state.durable() {
             self.shared.docs.forget_collection(&self.name);
             self.mark_durable(head);
         }
@@ -217,7 +206,8 @@ impl CollectionActor {
 
     /// The document with the most retained bytes, if above `threshold`.
     fn compaction_hint(&self, threshold: u64) -> Option<String> {
-        self.docs
+        self.state
+            .docs
             .largest()
             .filter(|(bytes, _)| *bytes > threshold)
             .map(|(_, d)| d.to_string())
@@ -225,11 +215,11 @@ impl CollectionActor {
 
     fn snapshot_stats(&self) -> CollectionStats {
         CollectionStats {
-            assigned_seq: self.assigned,
-            durable_seq: self.durable,
-            waiters: self.durable_tx.receiver_count() as u64,
-            documents: self.docs.documents(),
-            retained_bytes: self.docs.retained_bytes(),
+            assigned_seq: self.state.assigned(),
+            durable_seq: self.state.durable(),
+            waiters: self.state.waiters() as u64,
+            documents: self.state.docs.documents(),
+            retained_bytes: self.state.docs.retained_bytes(),
             peers: self.peers.len() as u64,
             ..self.stats.clone()
         }
@@ -240,7 +230,7 @@ impl CollectionActor {
     /// # Errors
     /// [`Error::CursorAhead`] when `cursor` is above it.
     fn page_head(&self, cursor: u64) -> Result<u64> {
-        let head = self.durable;
+        let head = self.state.durable();
         if cursor > head {
             return Err(Error::CursorAhead { cursor, head });
         }
@@ -271,10 +261,10 @@ impl CollectionActor {
             return;
         }
         let threshold = self.shared.config.size_threshold;
-        let stats = match self.docs.peek(doc) {
+        let stats = match self.state.docs.peek(doc) {
             Some(stats) => stats,
             None if self.numbering => return self.read_counters_then_auto_compact(doc, ctx),
-            None => match self.docs.get(&self.shared.store, &self.name, doc) {
+            None => match self.state.docs.get(&self.shared.store, &self.name, doc) {
                 Ok(stats) => stats,
                 Err(_) => return,
             },
@@ -316,7 +306,7 @@ impl CollectionActor {
             act.counter_reads.remove(&doc);
             match stored {
                 Ok(stored) => {
-                    act.docs.insert_read(&doc, stored);
+                    act.state.docs.insert_read(&doc, stored);
                     act.auto_compact(&doc, ctx);
                 }
                 Err(e) => {
@@ -337,11 +327,11 @@ impl CollectionActor {
         let now = self.shared.clock.now_millis();
         let idle_for = now.saturating_sub(self.last_activity);
         let quiet = self.in_flight.load(Ordering::SeqCst) == 0
-            && self.assigned == self.durable
+            && self.state.settled()
             && self.stats.pending_writes == 0
             && self.compactions.is_empty()
             && self.checking.is_empty()
-            && self.durable_tx.receiver_count() == 0;
+            && self.state.waiters() == 0;
         if quiet && idle_for >= min_idle_ms && self.shared.evict(&self.name, self.id) {
             tracing::debug!(collection = %self.name, "stopping quiet collection actor");
             self.stopped = true;
@@ -412,7 +402,7 @@ impl Actor for CollectionActor {
         if self.numbering {
             ctx.run_interval(HEAD_CHECK_EVERY, |act, ctx| {
                 // Waiters hold receivers of the durable seq: only then is a late head noticed.
-                if act.durable_tx.receiver_count() == 0 || act.head_check_running {
+                if act.state.waiters() == 0 || act.head_check_running {
                     return;
                 }
                 act.head_check_running = true;
@@ -560,9 +550,8 @@ impl CollectionActor {
         let Some(op) = &write.op_id else {
             return Ok(None);
         };
-        let key = (write.document_id.clone(), op.clone());
-        let record = match self.pending_ops.get(&key) {
-            Some(&(seq, hash)) => Some((seq, hash)),
+        let record = match self.state.pending_op(&write.document_id, op) {
+            Some((seq, hash)) => Some((seq, hash)),
             // The commit settles op ids on a shared engine (another node may be writing the
             // same one right now): no read here, which would cost a round trip per write.
             None if self.numbering => None,
@@ -585,7 +574,7 @@ impl CollectionActor {
 
     /// Answers a duplicate once the write it repeats is on disk.
     fn answer_duplicate(&self, seq: u64) -> ResponseFuture<Result<Written>> {
-        let mut durable = self.durable_tx.subscribe();
+        let mut durable = self.state.subscribe();
         Box::pin(async move {
             durable
                 .wait_for(|d| *d >= seq)
@@ -768,11 +757,6 @@ impl CollectionActor {
                 return;
             }
         }
-        let op_key = q
-            .write
-            .op_id
-            .clone()
-            .map(|op| (q.write.document_id.clone(), op));
         let (seq, prepared) = match self.append(q.operation, q.write, q.hash, ctx) {
             Ok(appended) => appended,
             Err(e) => {
@@ -785,12 +769,7 @@ impl CollectionActor {
         let answer = q.answer;
         ctx.spawn(round.into_actor(self).map(move |res, act, _| {
             act.stats.pending_writes -= 1;
-            if let Some(key) = op_key {
-                act.pending_ops.remove(&key);
-            }
-            if res.is_ok() {
-                act.mark_durable(seq);
-            }
+            act.state.committed(seq, seq, res.is_ok());
             let _ = answer.send(res.map(|()| Written {
                 seq,
                 duplicate: false,
@@ -855,7 +834,7 @@ impl CollectionActor {
                 self.mark_durable(seq);
                 self.stats.appends += 1;
                 self.stats.appended_bytes += len;
-                self.docs.add_counted(doc, len);
+                self.state.docs.add_counted(doc, len);
                 self.auto_compact(doc, ctx);
                 Ok(Written {
                     seq,
@@ -903,23 +882,14 @@ impl CollectionActor {
         hash: u64,
         ctx: &mut Context<Self>,
     ) -> Result<(u64, Batch)> {
-        let seq = self.assigned + 1;
-        let mut stats = self
-            .docs
-            .get(&self.shared.store, &self.name, &write.document_id)?;
         let len = write.bytes.len() as u64;
-        stats.retained_bytes += len;
-        stats.retained_count += 1;
         let (record, op_id) = self.delta_record(operation, write);
+        let op = op_id.as_deref().map(|op_id| (op_id, hash));
+        let Numbered { seq, stats } =
+            self.state
+                .number(&self.shared.store, &self.name, &record.document_id, len, op)?;
         let op = op_id.as_deref().map(|op_id| OpWrite { op_id, hash });
         let prepared = Batch::append(&self.name, seq, &record, &stats, op);
-        // Cannot fail now: the counters were just read into memory.
-        self.set_doc_stats(&record.document_id, stats, seq)?;
-        self.assigned = seq;
-        if let Some(op) = op_id {
-            self.pending_ops
-                .insert((record.document_id.clone(), op), (seq, hash));
-        }
         self.stats.appends += 1;
         self.stats.appended_bytes += len;
         self.stats.pending_writes += 1;
@@ -1127,7 +1097,7 @@ impl Handler<ReadPage> for CollectionActor {
             limit,
             size_threshold,
         } = msg;
-        let rx = self.durable_tx.subscribe();
+        let rx = self.state.subscribe();
         if let Err(e) = self.touch() {
             return Box::pin(fut::ready(Err(e)));
         }
@@ -1150,7 +1120,7 @@ impl Handler<ReadPage> for CollectionActor {
         };
         let (store, name) = (self.shared.store.clone(), self.name.clone());
         let max_bytes = self.shared.config.max_page_bytes;
-        let known = self.durable;
+        let known = self.state.durable();
         let job = async move {
             readers
                 .run(move || {
@@ -1193,7 +1163,7 @@ impl Handler<Ack> for CollectionActor {
     /// this actor's other messages must not wait with it. Compactions on every node read it
     /// from the database (see `store::postgres`), so it must be there before it is answered.
     fn handle(&mut self, msg: Ack, _: &mut Self::Context) -> Self::Result {
-        if self.numbering && msg.synced_seq > self.durable {
+        if self.numbering && msg.synced_seq > self.state.durable() {
             // Another node may have committed past what this one heard of: read the head
             // (off this thread) before judging the ack.
             let head = self.read_head();
@@ -1249,7 +1219,7 @@ impl CollectionActor {
             });
         }
         self.peers
-            .ack(&msg.peer_id, msg.synced_seq, self.durable, now)
+            .ack(&msg.peer_id, msg.synced_seq, self.state.durable(), now)
     }
 }
 
@@ -1263,7 +1233,7 @@ impl Handler<Head> for CollectionActor {
 
     fn handle(&mut self, _: Head, _: &mut Self::Context) -> Self::Result {
         self.touch()?;
-        Ok(self.durable)
+        Ok(self.state.durable())
     }
 }
 
@@ -1385,7 +1355,7 @@ impl CollectionActor {
         let limits = self.shared.config.yjs;
         let name = self.name.clone();
         let job_doc = doc.clone();
-        let upto = self.durable;
+        let upto = self.state.durable();
         let workers = self.shared.workers.clone();
         let merge = async move {
             workers
@@ -1440,7 +1410,7 @@ impl CollectionActor {
             .into_actor(act)
             .map(move |result: Result<Option<Compacted>>, act, ctx| {
                 // Its counters are in the store now (or the store failed for good).
-                act.docs.settle(&doc);
+                act.state.docs.settle(&doc);
                 let result = match result {
                     Ok(Some(compacted)) => Ok(compacted),
                     Ok(None) if superseded + 1 < COMPACTION_ATTEMPTS => {
@@ -1481,7 +1451,7 @@ impl CollectionActor {
             // commit recounts appends made since).
             merged.stored.unwrap_or_default()
         } else {
-            self.docs.get(&self.shared.store, &self.name, doc)?
+            self.state.docs.get(&self.shared.store, &self.name, doc)?
         };
         let now = self.shared.clock.now_millis();
         let min_active = self.peers.min_active_synced(now, peer_timeout_ms);
@@ -1513,7 +1483,8 @@ impl CollectionActor {
         );
         if self.numbering {
             // No store read on this thread: the worker's read stands in for a miss.
-            self.docs
+            self.state
+                .docs
                 .set_read(doc, stored, plan.stats, doc_counters::IN_FLIGHT);
         } else {
             self.set_doc_stats(doc, plan.stats, doc_counters::IN_FLIGHT)?;

@@ -323,7 +323,7 @@ impl CollectionActor {
         };
         ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
             let answers = act.settle_batch(slots, res, &held, ctx);
-            let mut durable = act.durable_tx.subscribe();
+            let mut durable = act.state.subscribe();
             let last_duplicate = answers
                 .iter()
                 .flat_map(|a| a.iter().flatten())
@@ -404,8 +404,7 @@ impl CollectionActor {
         if let (Some(&first), Some(&last)) = (numbered.first(), numbered.last()) {
             // Numbered in one turn, so consecutive. The store answers for their op ids from
             // now on (or failed for good).
-            self.pending_ops
-                .retain(|_, (seq, _)| !(first..=last).contains(seq));
+            self.state.committed(first, last, res.is_ok());
         }
         let mut outcomes = match res {
             Ok(outcomes) => outcomes.into_iter(),
@@ -417,9 +416,6 @@ impl CollectionActor {
                 return Err(e);
             }
         };
-        if let Some(&last) = numbered.last() {
-            self.mark_durable(last);
-        }
         let mut answers: Vec<Result<Written>> = Vec::with_capacity(slots.len());
         for slot in slots {
             let answer = match slot {

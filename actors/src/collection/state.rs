@@ -205,21 +205,34 @@ mod tests {
             // Fresh collection: seqs 1, 2, 3 in order; nothing durable until committed.
             (
                 0,
-                vec![Number("a", 5, Some("x")), Number("b", 5, None), Number("a", 1, Some("y"))],
+                vec![
+                    Number("a", 5, Some("x")),
+                    Number("b", 5, None),
+                    Number("a", 1, Some("y")),
+                ],
                 vec![1, 2, 3],
                 (3, 0, 2, false),
             ),
             // One commit of all three: durable, op ids the store's.
             (
                 0,
-                vec![Number("a", 5, Some("x")), Number("b", 5, None), Number("a", 1, Some("y")), Commit(1, 3, true)],
+                vec![
+                    Number("a", 5, Some("x")),
+                    Number("b", 5, None),
+                    Number("a", 1, Some("y")),
+                    Commit(1, 3, true),
+                ],
                 vec![1, 2, 3],
                 (3, 3, 0, true),
             ),
             // Two rounds: the first commit forgets only its own op ids.
             (
                 10,
-                vec![Number("a", 1, Some("x")), Number("a", 1, Some("y")), Commit(11, 11, true)],
+                vec![
+                    Number("a", 1, Some("x")),
+                    Number("a", 1, Some("y")),
+                    Commit(11, 11, true),
+                ],
                 vec![11, 12],
                 (12, 11, 1, false),
             ),
@@ -240,7 +253,12 @@ mod tests {
             // A durable seq going back is ignored.
             (
                 0,
-                vec![Number("a", 1, None), Number("a", 1, None), Commit(1, 2, true), Durable(1)],
+                vec![
+                    Number("a", 1, None),
+                    Number("a", 1, None),
+                    Commit(1, 2, true),
+                    Durable(1),
+                ],
                 vec![1, 2],
                 (2, 2, 0, true),
             ),
@@ -263,7 +281,11 @@ mod tests {
         s.number(&store, C, "a", 3, Some(("op", 42))).unwrap();
         s.number(&store, C, "b", 3, Some(("op", 43))).unwrap();
         assert_eq!(s.pending_op("a", "op"), Some((1, 42)));
-        assert_eq!(s.pending_op("b", "op"), Some((2, 43)), "op ids are per document");
+        assert_eq!(
+            s.pending_op("b", "op"),
+            Some((2, 43)),
+            "op ids are per document"
+        );
         assert_eq!(s.pending_op("a", "other"), None);
         s.committed(1, 1, true);
         assert_eq!(s.pending_op("a", "op"), None);
@@ -275,8 +297,14 @@ mod tests {
         let (store, mut s) = state(0);
         let first = s.number(&store, C, "a", 10, None).unwrap();
         let second = s.number(&store, C, "a", 5, None).unwrap();
-        assert_eq!((first.stats.retained_bytes, first.stats.retained_count), (10, 1));
-        assert_eq!((second.stats.retained_bytes, second.stats.retained_count), (15, 2));
+        assert_eq!(
+            (first.stats.retained_bytes, first.stats.retained_count),
+            (10, 1)
+        );
+        assert_eq!(
+            (second.stats.retained_bytes, second.stats.retained_count),
+            (15, 2)
+        );
         s.number(&store, C, "b", 1, None).unwrap();
         assert_eq!((s.docs.documents(), s.docs.retained_bytes()), (2, 16));
     }

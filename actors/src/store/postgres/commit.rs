@@ -184,7 +184,7 @@ async fn write_appends(
     futures::try_join!(
         insert_deltas(tx, &appends, &seqs, &new),
         add_to_counters(tx, &appends, &new),
-        number_op_ids(tx, &appends, &seqs, &new),
+        insert_op_ids(tx, &appends, &seqs, &new),
     )?;
     Ok(())
 }
@@ -214,9 +214,16 @@ impl<'a> Append<'a> {
     }
 }
 
-/// Claims the op ids of a run (with seq 0 until numbered): an op id already stored, or used
-/// twice in the run, makes its append a duplicate. A concurrent commit claiming the same op id
-/// makes this one wait for it, then see its row.
+/// Finds the op ids of a run that are stored already (by an earlier commit, here or on
+/// another node); an op id used twice in the run makes the later append a duplicate.
+///
+/// A read, then a plain insert once numbered ([`insert_op_ids`]), is race-free: op ids are
+/// written only by commits that append to their collection, and every such commit holds the
+/// collection's row lock ([`lock_collections`]) until it commits.
+///
+/// The lookup is one index probe per op id (`LATERAL … LIMIT 1` keeps the planner from
+/// turning it into a join over the whole table, which it did for an `unnest` join and an
+/// `UPDATE … FROM unnest`: 5 ms a commit and growing with the table).
 async fn settle_op_ids(tx: &Tx<'_>, appends: &[Append<'_>]) -> Result<Vec<Fate>> {
     let mut fates = vec![Fate::New; appends.len()];
     let mut first: HashMap<(&str, &str, &str), usize> = HashMap::new();
@@ -243,90 +250,27 @@ async fn settle_op_ids(tx: &Tx<'_>, appends: &[Append<'_>]) -> Result<Vec<Fate>>
         .iter()
         .map(|&i| appends[i].op.map_or("", |(o, _)| o))
         .collect();
-    let h: Vec<i64> = claims
-        .iter()
-        .map(|&i| int(appends[i].op.map_or(0, |(_, h)| h)))
-        .collect();
-    let t: Vec<i64> = claims
-        .iter()
-        .map(|&i| int(appends[i].delta.created_at))
-        .collect();
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO op_ids (collection, document_id, op_id, seq, hash, created_at)
-             SELECT c, d, o, 0, h, t
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
-                  AS u(c, d, o, h, t)
-             ON CONFLICT (collection, document_id, op_id) DO NOTHING
-             RETURNING collection, document_id, op_id",
+            "SELECT u.i, s.seq, s.hash, s.created_at
+             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(c, d, o, i)
+             CROSS JOIN LATERAL (
+                 SELECT seq, hash, created_at FROM op_ids
+                 WHERE collection = u.c AND document_id = u.d AND op_id = u.o
+                 LIMIT 1
+             ) AS s",
         )
         .await?;
-    let inserted: BTreeSet<(String, String, String)> = tx
-        .query(&stmt, &[&c, &d, &o, &h, &t])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let known: Vec<usize> = claims
-        .iter()
-        .copied()
-        .filter(|&i| {
-            let a = &appends[i];
-            let key = (
-                a.collection.to_string(),
-                a.delta.document_id.clone(),
-                a.op.map_or(String::new(), |(o, _)| o.to_string()),
-            );
-            !inserted.contains(&key)
-        })
-        .collect();
-    if known.is_empty() {
-        return Ok(fates);
-    }
-    let c: Vec<&str> = known.iter().map(|&i| appends[i].collection).collect();
-    let d: Vec<&str> = known
-        .iter()
-        .map(|&i| appends[i].delta.document_id.as_str())
-        .collect();
-    let o: Vec<&str> = known
-        .iter()
-        .map(|&i| appends[i].op.map_or("", |(o, _)| o))
-        .collect();
-    let stmt = tx
-        .prepare_cached(
-            "SELECT o.collection, o.document_id, o.op_id, o.seq, o.hash, o.created_at
-             FROM op_ids o JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(c, d, i)
-               ON o.collection = u.c AND o.document_id = u.d AND o.op_id = u.i",
-        )
-        .await?;
-    let records: HashMap<(String, String, String), OpRecord> = tx
-        .query(&stmt, &[&c, &d, &o])
-        .await?
-        .iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1), r.get(2)),
-                OpRecord {
-                    seq: uint(r.get(3)),
-                    hash: uint(r.get(4)),
-                    created_at: uint(r.get(5)),
-                },
-            )
-        })
-        .collect();
-    for i in known {
-        let a = &appends[i];
-        let key = (
-            a.collection.to_string(),
-            a.delta.document_id.clone(),
-            a.op.map_or(String::new(), |(o, _)| o.to_string()),
-        );
-        // A row that conflicted is there: it was committed before this statement waited on it.
-        let record = records
-            .get(&key)
-            .copied()
-            .ok_or_else(|| Failure::Other(super::corrupt("op id row that conflicted")))?;
-        fates[i] = Fate::Known(record);
+    for row in tx.query(&stmt, &[&c, &d, &o]).await? {
+        let claim = usize::try_from(row.get::<_, i64>(0) - 1)
+            .ok()
+            .and_then(|k| claims.get(k).copied())
+            .ok_or_else(|| Failure::Other(super::corrupt("op id lookup row")))?;
+        fates[claim] = Fate::Known(OpRecord {
+            seq: uint(row.get(1)),
+            hash: uint(row.get(2)),
+            created_at: uint(row.get(3)),
+        });
     }
     Ok(fates)
 }
@@ -403,39 +347,44 @@ async fn add_to_counters(tx: &Tx<'_>, appends: &[Append<'_>], new: &[usize]) -> 
     Ok(())
 }
 
-/// Records the seqs the claimed op ids answer to.
-async fn number_op_ids(
+/// Stores the op ids of the new appends with the seqs they got (none of them is stored: see
+/// [`settle_op_ids`]; a row that is would fail the commit rather than be overwritten).
+async fn insert_op_ids(
     tx: &Tx<'_>,
     appends: &[Append<'_>],
     seqs: &[u64],
     new: &[usize],
 ) -> Result<()> {
-    let with_op: Vec<usize> = new
+    let with_op: Vec<(usize, &str, u64)> = new
         .iter()
-        .copied()
-        .filter(|&i| appends[i].op.is_some())
+        .filter_map(|&i| appends[i].op.map(|(op, hash)| (i, op, hash)))
         .collect();
     if with_op.is_empty() {
         return Ok(());
     }
-    let c: Vec<&str> = with_op.iter().map(|&i| appends[i].collection).collect();
+    let c: Vec<&str> = with_op
+        .iter()
+        .map(|&(i, ..)| appends[i].collection)
+        .collect();
     let d: Vec<&str> = with_op
         .iter()
-        .map(|&i| appends[i].delta.document_id.as_str())
+        .map(|&(i, ..)| appends[i].delta.document_id.as_str())
         .collect();
-    let o: Vec<&str> = with_op
+    let o: Vec<&str> = with_op.iter().map(|&(_, op, _)| op).collect();
+    let s: Vec<i64> = with_op.iter().map(|&(i, ..)| int(seqs[i])).collect();
+    let h: Vec<i64> = with_op.iter().map(|&(_, _, hash)| int(hash)).collect();
+    let t: Vec<i64> = with_op
         .iter()
-        .map(|&i| appends[i].op.map_or("", |(o, _)| o))
+        .map(|&(i, ..)| int(appends[i].delta.created_at))
         .collect();
-    let s: Vec<i64> = with_op.iter().map(|&i| int(seqs[i])).collect();
     let stmt = tx
         .prepare_cached(
-            "UPDATE op_ids SET seq = u.s
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(c, d, o, s)
-             WHERE op_ids.collection = u.c AND op_ids.document_id = u.d AND op_ids.op_id = u.o",
+            "INSERT INTO op_ids (collection, document_id, op_id, seq, hash, created_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                                  $5::bigint[], $6::bigint[])",
         )
         .await?;
-    tx.execute(&stmt, &[&c, &d, &o, &s]).await?;
+    tx.execute(&stmt, &[&c, &d, &o, &s, &h, &t]).await?;
     Ok(())
 }
 

@@ -9,11 +9,18 @@
 //! any reader sees head `h`, every seq up to `h` is committed (invariant 1 and 2 on several
 //! nodes). An acknowledgement takes the same lock, so a compaction, which reads the acks
 //! under it, decides on every ack committed before it and none can slip in until it commits.
+//!
+//! # Two round trips for appends
+//! A commit of appends alone (every write's commit) is [`commit_appends`]: `BEGIN`, the lock
+//! and the op-id lookup go in one pipeline (one connection runs them in order, so the lookup
+//! runs under the lock), then every write and `COMMIT` in a second. Round trips, not
+//! statements, are what a commit costs on a busy machine.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 use super::{int, operation_code, uint, Failure};
 use crate::paging;
@@ -21,6 +28,76 @@ use crate::store::{Batch, CompactionGuard, DeltaRecord, Mutation, OpRecord, Outc
 
 type Tx<'a> = Transaction<'a>;
 type Result<T> = std::result::Result<T, Failure>;
+/// Heads of the locked collections.
+type Heads = BTreeMap<String, u64>;
+
+/// Creates the rows of collections that get appends (`$1`).
+const CREATE_COLLECTIONS: &str = "INSERT INTO collections (collection, head)
+     SELECT c, 0 FROM unnest($1::text[]) AS c ORDER BY c
+     ON CONFLICT (collection) DO NOTHING";
+/// Locks the rows of the collections `$1`, in name order, answering their heads.
+const LOCK_COLLECTIONS: &str = "SELECT collection, head FROM collections
+     WHERE collection = ANY($1::text[]) ORDER BY collection FOR UPDATE";
+/// The stored op ids among (`$1` collection, `$2` document, `$3` op id), by 1-based index.
+///
+/// One index probe per op id: `LATERAL … LIMIT 1` keeps the planner from turning it into a
+/// join over the whole table, which it did for a plain `unnest` join and an
+/// `UPDATE … FROM unnest` (5 ms a commit, growing with the table).
+const LOOKUP_OP_IDS: &str = "SELECT u.i, s.seq, s.hash, s.created_at
+     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(c, d, o, i)
+     CROSS JOIN LATERAL (
+         SELECT seq, hash, created_at FROM op_ids
+         WHERE collection = u.c AND document_id = u.d AND op_id = u.o
+         LIMIT 1
+     ) AS s";
+
+/// The statements that write appends and announce heads, prepared before they are sent: a
+/// pipeline must not wait for a prepare halfway (the statements after it, `COMMIT` among
+/// them, would be sent ahead of the one that waits).
+struct AppendStatements {
+    deltas: Statement,
+    counters: Statement,
+    op_ids: Statement,
+    heads: Statement,
+    notify: Statement,
+}
+
+impl AppendStatements {
+    /// Prepares them on `client` (a round trip each only the first time per connection).
+    async fn prepare<C: GenericClient>(client: &C) -> Result<AppendStatements> {
+        Ok(AppendStatements {
+            deltas: client.prepare_cached(INSERT_DELTAS).await?,
+            counters: client.prepare_cached(ADD_TO_COUNTERS).await?,
+            op_ids: client.prepare_cached(INSERT_OP_IDS).await?,
+            heads: client.prepare_cached(UPDATE_HEADS).await?,
+            notify: client.prepare_cached(NOTIFY_HEADS).await?,
+        })
+    }
+}
+
+const INSERT_DELTAS: &str =
+    "INSERT INTO deltas (collection, seq, document_id, operation, bytes, created_at)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::smallint[],
+                                  $5::bytea[], $6::bigint[])";
+/// Adds appends to their documents' counters, in the database (another node may have changed
+/// them since this one read them).
+const ADD_TO_COUNTERS: &str =
+    "INSERT INTO documents (collection, document_id, retained_bytes, retained_count,
+                                    watermark, generation, has_snapshot, snapshot_seq)
+             SELECT c, d, b, n, 0, 0, false, 0
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(c, d, b, n)
+             ON CONFLICT (collection, document_id) DO UPDATE
+             SET retained_bytes = documents.retained_bytes + EXCLUDED.retained_bytes,
+                 retained_count = documents.retained_count + EXCLUDED.retained_count";
+const INSERT_OP_IDS: &str =
+    "INSERT INTO op_ids (collection, document_id, op_id, seq, hash, created_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                                  $5::bigint[], $6::bigint[])";
+const UPDATE_HEADS: &str = "UPDATE collections SET head = u.head
+             FROM unnest($1::text[], $2::bigint[]) AS u(collection, head)
+             WHERE collections.collection = u.collection";
+/// Tells every node's listener of a new head: `node head collection` per payload.
+const NOTIFY_HEADS: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 
 /// Applies `batches` in one transaction (see the module docs) and answers one outcome per
 /// mutation. `channel` is the notification channel; `node` identifies this process in it.
@@ -32,6 +109,7 @@ pub(super) async fn commit(
 ) -> Result<Vec<Vec<Outcome>>> {
     let mut heads = lock_collections(&tx, batches).await?;
     let before = heads.clone();
+    let stmts = AppendStatements::prepare(&tx).await?;
     let mut outcomes: Vec<Vec<Outcome>> = batches
         .iter()
         .map(|b| vec![Outcome::Applied; b.mutations.len()])
@@ -43,47 +121,130 @@ pub(super) async fn commit(
                 run.push(((b, m), mutation));
                 continue;
             }
-            write_appends(&tx, &std::mem::take(&mut run), &mut heads, &mut outcomes).await?;
+            let appends = std::mem::take(&mut run);
+            write_appends(&tx, &stmts, &appends, &mut heads, &mut outcomes).await?;
             outcomes[b][m] = write_one(&tx, mutation).await?;
         }
     }
-    write_appends(&tx, &run, &mut heads, &mut outcomes).await?;
-    let moved: Vec<(&String, &u64)> = heads
-        .iter()
-        .filter(|(c, h)| before.get(*c) != Some(*h))
-        .collect();
-    if !moved.is_empty() {
-        let names: Vec<&str> = moved.iter().map(|(c, _)| c.as_str()).collect();
-        let values: Vec<i64> = moved.iter().map(|(_, h)| int(**h)).collect();
-        let payloads: Vec<String> = moved
-            .iter()
-            .map(|(c, h)| format!("{node:016x} {h} {c}"))
-            .collect();
-        let update = async {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE collections SET head = u.head
-                     FROM unnest($1::text[], $2::bigint[]) AS u(collection, head)
-                     WHERE collections.collection = u.collection",
-                )
-                .await?;
-            tx.execute(&stmt, &[&names, &values]).await
-        };
-        let notify = async {
-            let stmt = tx
-                .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-                .await?;
-            tx.execute(&stmt, &[&channel, &payloads]).await
-        };
-        futures::try_join!(update, notify)?;
-    }
+    write_appends(&tx, &stmts, &run, &mut heads, &mut outcomes).await?;
+    announce_heads(&tx, &stmts, &before, &heads, channel, node).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
 
+/// Whether every mutation of `batches` is an append (then [`commit_appends`] applies them).
+pub(super) fn appends_only(batches: &[Batch]) -> bool {
+    batches
+        .iter()
+        .flat_map(|b| &b.mutations)
+        .all(|m| matches!(m, Mutation::Append { .. }))
+}
+
+/// [`commit`] for batches of appends alone, in two round trips on `client`, which must be in
+/// no transaction. It begins one and ends it with `COMMIT` when this answers `Ok`; on an
+/// error the transaction may still be open (or aborted): the caller rolls it back, or does not
+/// give the connection back.
+pub(super) async fn commit_appends<C: GenericClient>(
+    client: &C,
+    batches: &[Batch],
+    channel: &str,
+    node: u64,
+) -> Result<Vec<Vec<Outcome>>> {
+    let run: Vec<((usize, usize), &Mutation)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(b, batch)| {
+            batch
+                .mutations
+                .iter()
+                .enumerate()
+                .map(move |(m, mutation)| ((b, m), mutation))
+        })
+        .collect();
+    let appends: Vec<Append<'_>> = run.iter().filter_map(|(_, m)| Append::of(m)).collect();
+    let names: Vec<&str> = appends
+        .iter()
+        .map(|a| a.collection)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (mut fates, claims) = claim_op_ids(&appends);
+    let begin = client.prepare_cached("BEGIN").await?;
+    let create = client.prepare_cached(CREATE_COLLECTIONS).await?;
+    let lock = client.prepare_cached(LOCK_COLLECTIONS).await?;
+    let lookup = client.prepare_cached(LOOKUP_OP_IDS).await?;
+    let commit = client.prepare_cached("COMMIT").await?;
+    let stmts = AppendStatements::prepare(client).await?;
+    let (c, d, o) = op_id_keys(&appends, &claims);
+    // Round trip 1: sent in this order (the driver sends a request when its future is first
+    // polled, and `try_join!` polls in order), so the lookup runs under the lock.
+    let names_param: [&(dyn ToSql + Sync); 1] = [&names];
+    let (_, _, locked, known) = futures::try_join!(
+        client.execute(&begin, &[]),
+        client.execute(&create, &names_param),
+        client.query(&lock, &names_param),
+        async {
+            match claims.is_empty() {
+                true => Ok(Vec::new()),
+                false => client.query(&lookup, &[&c, &d, &o]).await,
+            }
+        },
+    )?;
+    let mut heads: Heads = locked.iter().map(|r| (r.get(0), uint(r.get(1)))).collect();
+    let before = heads.clone();
+    take_known_op_ids(&known, &claims, &mut fates)?;
+    let mut outcomes: Vec<Vec<Outcome>> = batches
+        .iter()
+        .map(|b| vec![Outcome::Applied; b.mutations.len()])
+        .collect();
+    let (seqs, new) = number_appends(&run, &appends, &mut fates, &mut heads, &mut outcomes);
+    // Round trip 2: every write, then COMMIT, in this order (each future sends on its first
+    // poll: everything is prepared). A failed statement aborts the transaction and its error
+    // fails this call; the COMMIT behind it then only ends the aborted transaction.
+    futures::try_join!(
+        insert_deltas(client, &stmts, &appends, &seqs, &new),
+        add_to_counters(client, &stmts, &appends, &new),
+        insert_op_ids(client, &stmts, &appends, &seqs, &new),
+        announce_heads(client, &stmts, &before, &heads, channel, node),
+        async { Ok(client.execute(&commit, &[]).await?) },
+    )?;
+    Ok(outcomes)
+}
+
+/// Writes the heads that moved and notifies every node of them.
+async fn announce_heads<C: GenericClient>(
+    client: &C,
+    stmts: &AppendStatements,
+    before: &Heads,
+    heads: &Heads,
+    channel: &str,
+    node: u64,
+) -> Result<()> {
+    let moved: Vec<(&String, &u64)> = heads
+        .iter()
+        .filter(|(c, h)| before.get(*c) != Some(*h))
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = moved.iter().map(|(c, _)| c.as_str()).collect();
+    let values: Vec<i64> = moved.iter().map(|(_, h)| int(**h)).collect();
+    let payloads: Vec<String> = moved
+        .iter()
+        .map(|(c, h)| format!("{node:016x} {h} {c}"))
+        .collect();
+    let (update_params, notify_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 2]) =
+        ([&names, &values], [&channel, &payloads]);
+    futures::try_join!(
+        client.execute(&stmts.heads, &update_params),
+        client.execute(&stmts.notify, &notify_params),
+    )?;
+    Ok(())
+}
+
 /// Creates the rows of collections that get appends, then locks the rows of every collection
 /// the batches append to, compact or acknowledge in, in name order; answers their heads.
-async fn lock_collections(tx: &Tx<'_>, batches: &[Batch]) -> Result<BTreeMap<String, u64>> {
+async fn lock_collections(tx: &Tx<'_>, batches: &[Batch]) -> Result<Heads> {
     let mut appended = BTreeSet::new();
     let mut touched = BTreeSet::new();
     for m in batches.iter().flat_map(|b| &b.mutations) {
@@ -103,19 +264,8 @@ async fn lock_collections(tx: &Tx<'_>, batches: &[Batch]) -> Result<BTreeMap<Str
     }
     let created: Vec<&str> = appended.into_iter().collect();
     let names: Vec<&str> = touched.into_iter().collect();
-    let create = tx
-        .prepare_cached(
-            "INSERT INTO collections (collection, head)
-             SELECT c, 0 FROM unnest($1::text[]) AS c ORDER BY c
-             ON CONFLICT (collection) DO NOTHING",
-        )
-        .await?;
-    let lock = tx
-        .prepare_cached(
-            "SELECT collection, head FROM collections WHERE collection = ANY($1::text[])
-             ORDER BY collection FOR UPDATE",
-        )
-        .await?;
+    let create = tx.prepare_cached(CREATE_COLLECTIONS).await?;
+    let lock = tx.prepare_cached(LOCK_COLLECTIONS).await?;
     // One round trip: the driver sends both in this order (it sends a request when its future
     // is first polled, and `try_join!` polls in order); the server runs them in that order.
     let (create_params, lock_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
@@ -141,15 +291,41 @@ enum Fate {
 /// and writes deltas, counters and op ids with one statement per table.
 async fn write_appends(
     tx: &Tx<'_>,
+    stmts: &AppendStatements,
     run: &[((usize, usize), &Mutation)],
-    heads: &mut BTreeMap<String, u64>,
+    heads: &mut Heads,
     outcomes: &mut [Vec<Outcome>],
 ) -> Result<()> {
     if run.is_empty() {
         return Ok(());
     }
     let appends: Vec<Append<'_>> = run.iter().filter_map(|(_, m)| Append::of(m)).collect();
-    let mut fates = settle_op_ids(tx, &appends).await?;
+    let (mut fates, claims) = claim_op_ids(&appends);
+    if !claims.is_empty() {
+        let lookup = tx.prepare_cached(LOOKUP_OP_IDS).await?;
+        let (c, d, o) = op_id_keys(&appends, &claims);
+        let known = tx.query(&lookup, &[&c, &d, &o]).await?;
+        take_known_op_ids(&known, &claims, &mut fates)?;
+    }
+    let (seqs, new) = number_appends(run, &appends, &mut fates, heads, outcomes);
+    // Independent statements: polled together, the driver pipelines them on the connection.
+    futures::try_join!(
+        insert_deltas(tx, stmts, &appends, &seqs, &new),
+        add_to_counters(tx, stmts, &appends, &new),
+        insert_op_ids(tx, stmts, &appends, &seqs, &new),
+    )?;
+    Ok(())
+}
+
+/// Numbers the new appends of `run` from the locked `heads` and records every append's
+/// outcome; answers each append's seq (0 unless new) and the indexes of the new ones.
+fn number_appends(
+    run: &[((usize, usize), &Mutation)],
+    appends: &[Append<'_>],
+    fates: &mut [Fate],
+    heads: &mut Heads,
+    outcomes: &mut [Vec<Outcome>],
+) -> (Vec<u64>, Vec<usize>) {
     let mut seqs = vec![0u64; appends.len()];
     for (i, a) in appends.iter().enumerate() {
         if let Fate::New = fates[i] {
@@ -177,16 +353,10 @@ async fn write_appends(
             _ => Outcome::Stored(seqs[i]),
         };
     }
-    let new: Vec<usize> = (0..appends.len())
+    let new = (0..appends.len())
         .filter(|&i| matches!(fates[i], Fate::New))
         .collect();
-    // Independent statements: polled together, the driver pipelines them on the connection.
-    futures::try_join!(
-        insert_deltas(tx, &appends, &seqs, &new),
-        add_to_counters(tx, &appends, &new),
-        insert_op_ids(tx, &appends, &seqs, &new),
-    )?;
-    Ok(())
+    (seqs, new)
 }
 
 /// One append's fields.
@@ -214,17 +384,13 @@ impl<'a> Append<'a> {
     }
 }
 
-/// Finds the op ids of a run that are stored already (by an earlier commit, here or on
-/// another node); an op id used twice in the run makes the later append a duplicate.
+/// The op ids of a run to look up (indexes into `appends`, first use of each), with every
+/// append's fate so far: an op id used twice in the run makes the later append a duplicate.
 ///
-/// A read, then a plain insert once numbered ([`insert_op_ids`]), is race-free: op ids are
+/// A lookup, then a plain insert once numbered ([`insert_op_ids`]), is race-free: op ids are
 /// written only by commits that append to their collection, and every such commit holds the
-/// collection's row lock ([`lock_collections`]) until it commits.
-///
-/// The lookup is one index probe per op id (`LATERAL … LIMIT 1` keeps the planner from
-/// turning it into a join over the whole table, which it did for an `unnest` join and an
-/// `UPDATE … FROM unnest`: 5 ms a commit and growing with the table).
-async fn settle_op_ids(tx: &Tx<'_>, appends: &[Append<'_>]) -> Result<Vec<Fate>> {
+/// collection's row lock (taken first) until it commits.
+fn claim_op_ids(appends: &[Append<'_>]) -> (Vec<Fate>, Vec<usize>) {
     let mut fates = vec![Fate::New; appends.len()];
     let mut first: HashMap<(&str, &str, &str), usize> = HashMap::new();
     let mut claims = Vec::new();
@@ -238,30 +404,30 @@ async fn settle_op_ids(tx: &Tx<'_>, appends: &[Append<'_>]) -> Result<Vec<Fate>>
             }
         }
     }
-    if claims.is_empty() {
-        return Ok(fates);
-    }
-    let c: Vec<&str> = claims.iter().map(|&i| appends[i].collection).collect();
-    let d: Vec<&str> = claims
+    (fates, claims)
+}
+
+/// The parameters of [`LOOKUP_OP_IDS`] for `claims`.
+#[allow(clippy::type_complexity)]
+fn op_id_keys<'a>(
+    appends: &[Append<'a>],
+    claims: &[usize],
+) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+    let c = claims.iter().map(|&i| appends[i].collection).collect();
+    let d = claims
         .iter()
         .map(|&i| appends[i].delta.document_id.as_str())
         .collect();
-    let o: Vec<&str> = claims
+    let o = claims
         .iter()
         .map(|&i| appends[i].op.map_or("", |(o, _)| o))
         .collect();
-    let stmt = tx
-        .prepare_cached(
-            "SELECT u.i, s.seq, s.hash, s.created_at
-             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(c, d, o, i)
-             CROSS JOIN LATERAL (
-                 SELECT seq, hash, created_at FROM op_ids
-                 WHERE collection = u.c AND document_id = u.d AND op_id = u.o
-                 LIMIT 1
-             ) AS s",
-        )
-        .await?;
-    for row in tx.query(&stmt, &[&c, &d, &o]).await? {
+    (c, d, o)
+}
+
+/// Marks the appends whose op ids [`LOOKUP_OP_IDS`] found (`rows`) as duplicates of them.
+fn take_known_op_ids(rows: &[Row], claims: &[usize], fates: &mut [Fate]) -> Result<()> {
+    for row in rows {
         let claim = usize::try_from(row.get::<_, i64>(0) - 1)
             .ok()
             .and_then(|k| claims.get(k).copied())
@@ -272,11 +438,12 @@ async fn settle_op_ids(tx: &Tx<'_>, appends: &[Append<'_>]) -> Result<Vec<Fate>>
             created_at: uint(row.get(3)),
         });
     }
-    Ok(fates)
+    Ok(())
 }
 
-async fn insert_deltas(
-    tx: &Tx<'_>,
+async fn insert_deltas<C: GenericClient>(
+    tx: &C,
+    stmts: &AppendStatements,
     appends: &[Append<'_>],
     seqs: &[u64],
     new: &[usize],
@@ -302,20 +469,18 @@ async fn insert_deltas(
         .iter()
         .map(|&i| int(appends[i].delta.created_at))
         .collect();
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO deltas (collection, seq, document_id, operation, bytes, created_at)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::smallint[],
-                                  $5::bytea[], $6::bigint[])",
-        )
-        .await?;
-    tx.execute(&stmt, &[&c, &s, &d, &o, &b, &t]).await?;
+    tx.execute(&stmts.deltas, &[&c, &s, &d, &o, &b, &t]).await?;
     Ok(())
 }
 
 /// Adds the new appends to their documents' counters, in the database (another node may have
 /// changed them since this one read them).
-async fn add_to_counters(tx: &Tx<'_>, appends: &[Append<'_>], new: &[usize]) -> Result<()> {
+async fn add_to_counters<C: GenericClient>(
+    tx: &C,
+    stmts: &AppendStatements,
+    appends: &[Append<'_>],
+    new: &[usize],
+) -> Result<()> {
     let mut sums: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
     for &i in new {
         let a = &appends[i];
@@ -332,25 +497,16 @@ async fn add_to_counters(tx: &Tx<'_>, appends: &[Append<'_>], new: &[usize]) -> 
     let d: Vec<&str> = sums.keys().map(|(_, d)| *d).collect();
     let bytes: Vec<i64> = sums.values().map(|v| v.0).collect();
     let count: Vec<i64> = sums.values().map(|v| v.1).collect();
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO documents (collection, document_id, retained_bytes, retained_count,
-                                    watermark, generation, has_snapshot, snapshot_seq)
-             SELECT c, d, b, n, 0, 0, false, 0
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(c, d, b, n)
-             ON CONFLICT (collection, document_id) DO UPDATE
-             SET retained_bytes = documents.retained_bytes + EXCLUDED.retained_bytes,
-                 retained_count = documents.retained_count + EXCLUDED.retained_count",
-        )
+    tx.execute(&stmts.counters, &[&c, &d, &bytes, &count])
         .await?;
-    tx.execute(&stmt, &[&c, &d, &bytes, &count]).await?;
     Ok(())
 }
 
 /// Stores the op ids of the new appends with the seqs they got (none of them is stored: see
 /// [`settle_op_ids`]; a row that is would fail the commit rather than be overwritten).
-async fn insert_op_ids(
-    tx: &Tx<'_>,
+async fn insert_op_ids<C: GenericClient>(
+    tx: &C,
+    stmts: &AppendStatements,
     appends: &[Append<'_>],
     seqs: &[u64],
     new: &[usize],
@@ -377,14 +533,7 @@ async fn insert_op_ids(
         .iter()
         .map(|&(i, ..)| int(appends[i].delta.created_at))
         .collect();
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO op_ids (collection, document_id, op_id, seq, hash, created_at)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
-                                  $5::bigint[], $6::bigint[])",
-        )
-        .await?;
-    tx.execute(&stmt, &[&c, &d, &o, &s, &h, &t]).await?;
+    tx.execute(&stmts.op_ids, &[&c, &d, &o, &s, &h, &t]).await?;
     Ok(())
 }
 

@@ -274,6 +274,70 @@ fn random_node_id() -> u64 {
     h.finish()
 }
 
+/// A pooled connection for commits. [`commit::commit_appends`] runs its transaction by hand
+/// (no `Transaction` guard to roll it back when dropped): after an error it is rolled back
+/// here, and a connection that may still be inside a transaction (the rollback failed, or the
+/// commit's future was dropped halfway) is closed rather than given back to the pool, where
+/// its next user would run inside that transaction.
+struct Connection {
+    client: Option<Object>,
+    maybe_in_transaction: bool,
+}
+
+impl Connection {
+    fn new(client: Object) -> Connection {
+        Connection {
+            client: Some(client),
+            maybe_in_transaction: false,
+        }
+    }
+
+    fn client(&mut self) -> std::result::Result<&mut Object, Failure> {
+        self.client.as_mut().ok_or_else(|| {
+            Failure::Other(Error::Unreachable {
+                reason: "the postgres connection was closed".into(),
+            })
+        })
+    }
+
+    /// [`commit::commit_appends`] on this connection; rolled back when it fails.
+    async fn commit_appends(
+        &mut self,
+        batches: &[Batch],
+        channel: &str,
+        node: u64,
+    ) -> std::result::Result<Vec<Vec<Outcome>>, Failure> {
+        self.maybe_in_transaction = true;
+        let client = self.client()?;
+        let result = commit::commit_appends(&*client, batches, channel, node).await;
+        let settled = match &result {
+            Ok(_) => true,
+            Err(_) => client.batch_execute("ROLLBACK").await.is_ok(),
+        };
+        if settled {
+            self.maybe_in_transaction = false;
+        } else {
+            self.discard();
+        }
+        result
+    }
+
+    /// Closes the connection instead of giving it back to the pool.
+    fn discard(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.maybe_in_transaction {
+            self.discard();
+        }
+    }
+}
+
 /// Why a commit attempt failed: the database's error (maybe worth another attempt) or ours.
 enum Failure {
     Db(tokio_postgres::Error),
@@ -379,11 +443,24 @@ impl Engine for PostgresEngine {
         let batches = batches.to_vec();
         let channel = heads_channel(&self.schema);
         let node = self.node;
-        self.with(move |mut client| async move {
+        let appends_only = commit::appends_only(&batches);
+        self.with(move |client| async move {
+            let mut client = Connection::new(client);
             let mut attempt = 1;
             loop {
-                let tx = client.transaction().await.map_err(pg_error)?;
-                match commit::commit(tx, &batches, &channel, node).await {
+                let result = match appends_only {
+                    true => client.commit_appends(&batches, &channel, node).await,
+                    false => match client
+                        .client()
+                        .map_err(Failure::into_error)?
+                        .transaction()
+                        .await
+                    {
+                        Ok(tx) => commit::commit(tx, &batches, &channel, node).await,
+                        Err(e) => Err(Failure::Db(e)),
+                    },
+                };
+                match result {
                     Ok(outcomes) => return Ok(outcomes),
                     Err(f) if f.retryable() && attempt < COMMIT_ATTEMPTS => {
                         tracing::info!(attempt, "postgres commit rolled back; trying again");

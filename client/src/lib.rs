@@ -21,7 +21,10 @@
 //!   handles remote changes are applied to.
 //! - [`wire`]: the JSON bodies of the server's wire contract.
 //! - [`transport`]: the [`Transport`] trait and its HTTP implementation.
-//! - [`sync`]: push, pull, ack, compaction hints, recovery, backoff, background threads.
+//! - [`sse`]: `text/event-stream` framing over a blocking reader (bounded, linear-time).
+//! - [`feed`]: the server's event feed read as changes and resume points.
+//! - [`sync`]: push, pull (long polls, and the event feed in `sync::follow`), ack,
+//!   compaction hints, recovery, backoff, background threads.
 //! - [`landmark`]: the last delta applied, read back on reconnection to notice a server
 //!   whose data was reset and refilled past the cursor.
 //! - `signal`, `ids`: a wake-up signal; random ids.
@@ -30,9 +33,11 @@
 pub mod crdt;
 pub mod doc;
 pub mod error;
+pub mod feed;
 mod ids;
 pub mod landmark;
 mod signal;
+pub mod sse;
 pub mod store;
 pub mod sync;
 pub mod transport;
@@ -219,7 +224,8 @@ impl Client {
         first_error.map_or(Ok(reports), Err)
     }
 
-    /// Starts syncing in the background: a long-polling puller per collection and one pusher
+    /// Starts syncing in the background: a puller per collection (following the event
+    /// stream, or long polling; see [`SyncOptions::pull`]) and one pusher
     /// woken by every local edit. They retry with backoff while the server is unreachable and
     /// stop when the client is closed or dropped. Calling it again does nothing.
     pub fn start_sync(&self) {

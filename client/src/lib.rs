@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 pub use doc::Document;
 pub use error::{Error, Result};
 pub use store::RejectedWrite;
-pub use sync::{Status, SyncOptions, SyncReport};
+pub use sync::{Pull, Status, SyncOptions, SyncReport};
 pub use transport::{HttpTransport, Transport};
 
 use store::Store;

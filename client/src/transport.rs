@@ -87,6 +87,9 @@ pub trait Transport: Send + Sync {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time any request may take beyond its long-poll wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `events` may wait for its answer head: the server answers once it read the
+/// first page, so a longer wait means something in between holds the stream back.
+const EVENTS_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an idle pooled connection may be reused.
 const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(4);
 /// Largest answer read (a stream page is at most ~16 MiB of bytes, in base64).
@@ -268,14 +271,24 @@ impl Transport for HttpTransport {
             .config()
             // The body never ends: no overall timeout, only one per read.
             .timeout_global(None)
-            .timeout_recv_response(Some(REQUEST_TIMEOUT))
+            .timeout_recv_response(Some(idle_timeout.min(EVENTS_ANSWER_TIMEOUT)))
             .timeout_per_read(Some(idle_timeout))
             .build()
             .header("Accept", "text/event-stream");
         if let Some(b) = self.bearer() {
             req = req.header("Authorization", b);
         }
-        let mut resp = req.call().map_err(|e| Error::Network(e.to_string()))?;
+        let mut resp = match req.call() {
+            Ok(resp) => resp,
+            // Connected, yet no answer head although the server answers at once: something
+            // in between holds the stream back (a proxy buffering it whole).
+            Err(ureq::Error::Timeout(ureq::Timeout::RecvResponse | ureq::Timeout::PerRead)) => {
+                return Err(Error::Unsupported(
+                    "GET events got no answer head in time (a proxy buffering the stream?)".into(),
+                ))
+            }
+            Err(e) => return Err(Error::Network(e.to_string())),
+        };
         let status = resp.status().as_u16();
         if matches!(status, 404 | 405 | 406 | 501) {
             // An older server, or something in between that does not route it.
@@ -400,6 +413,14 @@ mod tests {
             Some("cursor_ahead"),
             "{e:?}"
         );
+        // connected, but no answer head (a proxy that buffers the whole body)
+        let t = HttpTransport::new(&answer_once(""), None);
+        let e = t.events("c", 0, Duration::from_millis(300)).err();
+        assert!(matches!(e, Some(Error::Unsupported(_))), "{e:?}");
+        // nothing listening is being offline, not a missing route
+        let t = HttpTransport::new("http://127.0.0.1:9", None);
+        let e = t.events("c", 0, Duration::from_millis(300)).err();
+        assert!(matches!(e, Some(Error::Network(_))), "{e:?}");
     }
 
     #[test]

@@ -104,6 +104,7 @@ fn state(client: &Client, c: &str, d: usize) -> Vec<u8> {
 
 /// Opens a client on `path` in collection `c`, syncing in the background if `background`.
 fn open_peer(path: &std::path::Path, net: &Arc<Flaky>, c: &str, background: bool) -> Client {
+    init_tracing();
     let client = Client::open_with_transport(path, net.clone(), options()).expect("open");
     client.collection(c).expect("collection");
     if background {
@@ -115,15 +116,28 @@ fn open_peer(path: &std::path::Path, net: &Arc<Flaky>, c: &str, background: bool
 /// Waits until background sync alone brought every client to the server's head with
 /// nothing pending.
 fn converge_in_background(server: &Server, c: &str, peers: &[Peer]) {
-    eventually("background sync converges", Duration::from_secs(60), || {
-        let head = head(server.addr, c);
-        peers.iter().all(|p| {
-            p.client()
-                .collection(c)
-                .and_then(|col| col.status())
-                .is_ok_and(|s| s.pending == 0 && s.last_synced_seq == head)
-        })
-    });
+    let status = |p: &Peer| p.client().collection(c).and_then(|col| col.status());
+    // Queues first: once every one is empty no write is left to come, so the head read
+    // after it is final (read before, it could miss a push still in flight).
+    eventually(
+        "background pushes are done",
+        Duration::from_secs(60),
+        || {
+            peers
+                .iter()
+                .all(|p| status(p).is_ok_and(|s| s.pending == 0))
+        },
+    );
+    let head = head(server.addr, c);
+    eventually(
+        "background pulls reach the head",
+        Duration::from_secs(60),
+        || {
+            peers
+                .iter()
+                .all(|p| status(p).is_ok_and(|s| s.last_synced_seq == head))
+        },
+    );
     let streams: usize = peers
         .iter()
         .map(|p| p.net.sse.connections.load(Ordering::SeqCst))

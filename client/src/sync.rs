@@ -774,7 +774,7 @@ impl Syncer {
         let spawned = std::thread::Builder::new()
             .name(format!("replicate-pull-{collection}"))
             .spawn(move || {
-                let span = tracing::info_span!("replicate_pull", collection = %collection);
+                let span = tracing::info_span!("replicate_pull", collection = %collection, peer = %this.peer_id);
                 let _enter = span.enter();
                 let mut failures = 0u32;
                 let mut sse = follow::SseGate::new(this.options.pull == Pull::Sse);

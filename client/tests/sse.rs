@@ -159,6 +159,48 @@ fn events_are_on_disk_with_their_cursor_before_they_are_applied_and_a_restart_re
     assert_eq!(text(&a, c, "doc"), text(&b, c, "doc"));
 }
 
+/// The server is restarted on an empty data directory under a client that follows it: on
+/// reconnecting, the event stream answers `cursor_ahead`; the client pushes its whole state
+/// back and follows again from 0, still on the event stream.
+#[test]
+fn a_follower_recovers_from_a_wiped_server_on_the_event_stream() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = Server::start(&dir.path().join("data"));
+    let c = "wiped";
+    let a_net = Flaky::new(&server.url());
+    let a = following(&dir.path().join("a.sqlite"), &a_net, c);
+    for i in 0..10 {
+        append(&a, c, "p", &format!("a{i};"));
+    }
+    eventually("A's edits are stored and back", WAIT, || {
+        cursor(&a, c) == 10
+    });
+    server.restart_on(&dir.path().join("fresh-data"));
+    eventually("A pushed its state to the wiped server", WAIT, || {
+        head(server.addr, c) > 0
+            && a.collection(c)
+                .and_then(|col| col.status())
+                .is_ok_and(|s| s.pending == 0)
+    });
+    let b = open(&dir.path().join("b.sqlite"), &Flaky::new(&server.url()));
+    b.collection(c).expect("collection");
+    settle(&b);
+    let expected: String = (0..10).map(|i| format!("a{i};")).collect();
+    assert_eq!(text(&b, c, "p"), expected, "nothing A held was lost");
+    let long_polls = a_net.long_polls.load(Ordering::SeqCst);
+    append(&b, c, "q", "from-b;");
+    settle(&b);
+    eventually("A follows the new server", WAIT, || {
+        text(&a, c, "q") == "from-b;"
+    });
+    assert_eq!(
+        a_net.long_polls.load(Ordering::SeqCst),
+        long_polls,
+        "still on the event stream"
+    );
+    assert!(a_net.sse.connections.load(Ordering::SeqCst) >= 2);
+}
+
 /// A reverse proxy in front of the server that answers 404 to every `events` request (an
 /// older server, or a gateway that does not route it) and passes the rest through, one
 /// request per connection.

@@ -43,7 +43,8 @@ pub struct SyncOptions {
     /// power cut once the call that made it returned. `false` (`NORMAL`) keeps it safe from a
     /// crash of the app but not of the machine, and saves an fsync per edit.
     pub fsync_edits: bool,
-    /// Changes per stream page (1..=1000).
+    /// Changes per stream page (1..=1000), and at most per group of events stored in one
+    /// transaction.
     pub page_limit: u32,
     /// Writes per batch (1..=1000).
     pub batch_max_writes: usize,

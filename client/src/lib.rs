@@ -166,13 +166,15 @@ impl Client {
     }
 
     /// Replaces the bearer token (tokens expire: on 401 `unauthenticated` in
-    /// [`Status::last_error`], get a fresh one and set it; queued writes then go). Does
-    /// nothing for a client opened with [`Client::open_with_transport`].
+    /// [`Status::last_error`], or when the event stream ended with it, get a fresh one and
+    /// set it; queued writes then go and the puller reconnects, at once rather than after
+    /// its backoff). For a client opened with [`Client::open_with_transport`] it only wakes
+    /// the background threads (the app's transport holds its own token).
     pub fn set_token(&self, token: Option<&str>) {
         if let Some(http) = &self.http {
             http.set_token(token.map(str::to_string));
         }
-        self.syncer.pushed.notify();
+        self.syncer.retry_now();
     }
 
     /// The peer id this client acks as (persisted in the file).

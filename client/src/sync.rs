@@ -198,7 +198,9 @@ pub struct Syncer {
     /// True while the client is open; held during every SQLite write of the sync loop.
     open: Mutex<bool>,
     stopping: AtomicBool,
-    stopped: Signal,
+    /// Ends the backoff waits of the background threads: on close, and when retrying is
+    /// worth it now ([`Syncer::retry_now`]).
+    wake: Signal,
     /// The server has no batch route (404): push with single writes.
     single_writes: AtomicBool,
 }
@@ -222,7 +224,7 @@ impl Syncer {
             locks: Mutex::new(HashMap::new()),
             open: Mutex::new(true),
             stopping: AtomicBool::new(false),
-            stopped: Signal::default(),
+            wake: Signal::default(),
             single_writes: AtomicBool::new(false),
         }
     }
@@ -281,7 +283,14 @@ impl Syncer {
     pub fn close(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         *lock(&self.open) = false;
-        self.stopped.notify();
+        self.wake.notify();
+        self.pushed.notify();
+    }
+
+    /// Wakes the background threads from their backoff so they try again at once (a fresh
+    /// token was set: waiting up to `backoff_max` for it would only delay sync).
+    pub(crate) fn retry_now(&self) {
+        self.wake.notify();
         self.pushed.notify();
     }
 
@@ -780,7 +789,7 @@ impl Syncer {
                 let mut failures = 0u32;
                 let mut sse = follow::SseGate::new(this.options.pull == Pull::Sse);
                 while !this.is_stopping() {
-                    let seen = this.stopped.seen();
+                    let seen = this.wake.seen();
                     // The first pull is a page read that does not wait: it runs recovery,
                     // catches up in big pages, and lets the pusher start right after it.
                     let pulled_once = this.with_state(&collection, |s| s.pulled_once);
@@ -801,7 +810,7 @@ impl Syncer {
                             let wait = this.backoff(failures);
                             failures = failures.saturating_add(1);
                             tracing::info!(error = %e, retry_in_ms = wait.as_millis() as u64, "pull failed");
-                            this.stopped.wait(seen, wait);
+                            this.wake.wait(seen, wait);
                         }
                     }
                 }
@@ -846,8 +855,8 @@ impl Syncer {
                             let wait = this.backoff(failures);
                             failures = failures.saturating_add(1);
                             tracing::info!(error = %e, retry_in_ms = wait.as_millis() as u64, "push failed");
-                            let stop_seen = this.stopped.seen();
-                            this.stopped.wait(stop_seen, wait);
+                            let stop_seen = this.wake.seen();
+                            this.wake.wait(stop_seen, wait);
                         }
                     }
                 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use replicate_client::Client;
+use replicate_client::{Client, SyncOptions};
 use yrs::{GetString, Observable};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -29,7 +29,18 @@ fn cursor(client: &Client, c: &str) -> u64 {
 /// Opens a client through `net` and starts background sync; answers once its puller is
 /// on the event stream.
 fn following(path: &std::path::Path, net: &Arc<Flaky>, c: &str) -> Client {
-    let client = open(path, net);
+    following_with(path, net, c, options())
+}
+
+/// [`following`] with other options.
+fn following_with(
+    path: &std::path::Path,
+    net: &Arc<Flaky>,
+    c: &str,
+    options: SyncOptions,
+) -> Client {
+    init_tracing();
+    let client = Client::open_with_transport(path, net.clone(), options).expect("opens");
     client.collection(c).expect("collection");
     client.start_sync();
     eventually("the event stream is open", WAIT, || {
@@ -325,7 +336,13 @@ fn an_expired_token_ends_the_stream_and_a_fresh_one_resumes_it() {
     let (server, secret) = start_with_auth(dir.path());
     let c = "todos";
     let a_net = Flaky::with_token(&server.url(), &mint(&secret, "alice", "todos=write", "3s"));
-    let a = following(&dir.path().join("a.sqlite"), &a_net, c);
+    // A long backoff: a fresh token must not wait for it.
+    let slow_retry = SyncOptions {
+        backoff_min: Duration::from_secs(8),
+        backoff_max: Duration::from_secs(30),
+        ..options()
+    };
+    let a = following_with(&dir.path().join("a.sqlite"), &a_net, c, slow_retry);
     let b_token = mint(&secret, "bob", "todos=write", "1h");
     let b = Client::open_with(
         dir.path().join("b.sqlite"),
@@ -358,9 +375,13 @@ fn an_expired_token_ends_the_stream_and_a_fresh_one_resumes_it() {
     );
 
     a_net.set_token(&mint(&secret, "alice", "todos=write", "1h"));
-    eventually("A follows again with the fresh token", WAIT, || {
-        text(&a, c, "doc") == "before;after;"
-    });
+    // A client on its own transport: the token lives there, this only ends the backoff.
+    a.set_token(None);
+    eventually(
+        "A follows again with the fresh token, before its backoff ends",
+        Duration::from_secs(4),
+        || text(&a, c, "doc") == "before;after;",
+    );
     eventually("A is online again", WAIT, || error().is_empty());
     assert_eq!(
         a_net.sse.changes.load(Ordering::SeqCst),

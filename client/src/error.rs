@@ -66,6 +66,10 @@ pub enum Error {
     /// The server answered something that is not the wire contract.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// The server or the transport does not offer a route (no `events` route, a proxy that
+    /// does not stream, a transport without streaming): the client falls back to another.
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// The client was closed.
     #[error("the client is closed")]
     Closed,

@@ -21,7 +21,10 @@
 //!   handles remote changes are applied to.
 //! - [`wire`]: the JSON bodies of the server's wire contract.
 //! - [`transport`]: the [`Transport`] trait and its HTTP implementation.
-//! - [`sync`]: push, pull, ack, compaction hints, recovery, backoff, background threads.
+//! - [`sse`]: `text/event-stream` framing over a blocking reader (bounded, linear-time).
+//! - [`feed`]: the server's event feed read as changes and resume points.
+//! - [`sync`]: push, pull (long polls, and the event feed in `sync::follow`), ack,
+//!   compaction hints, recovery, backoff, background threads.
 //! - [`landmark`]: the last delta applied, read back on reconnection to notice a server
 //!   whose data was reset and refilled past the cursor.
 //! - `signal`, `ids`: a wake-up signal; random ids.
@@ -30,9 +33,11 @@
 pub mod crdt;
 pub mod doc;
 pub mod error;
+pub mod feed;
 mod ids;
 pub mod landmark;
 mod signal;
+pub mod sse;
 pub mod store;
 pub mod sync;
 pub mod transport;
@@ -44,7 +49,7 @@ use std::sync::{Arc, Mutex};
 pub use doc::Document;
 pub use error::{Error, Result};
 pub use store::RejectedWrite;
-pub use sync::{Status, SyncOptions, SyncReport};
+pub use sync::{Pull, Status, SyncOptions, SyncReport};
 pub use transport::{HttpTransport, Transport};
 
 use store::Store;
@@ -161,13 +166,15 @@ impl Client {
     }
 
     /// Replaces the bearer token (tokens expire: on 401 `unauthenticated` in
-    /// [`Status::last_error`], get a fresh one and set it; queued writes then go). Does
-    /// nothing for a client opened with [`Client::open_with_transport`].
+    /// [`Status::last_error`], or when the event stream ended with it, get a fresh one and
+    /// set it; queued writes then go and the puller reconnects, at once rather than after
+    /// its backoff). For a client opened with [`Client::open_with_transport`] it only wakes
+    /// the background threads (the app's transport holds its own token).
     pub fn set_token(&self, token: Option<&str>) {
         if let Some(http) = &self.http {
             http.set_token(token.map(str::to_string));
         }
-        self.syncer.pushed.notify();
+        self.syncer.retry_now();
     }
 
     /// The peer id this client acks as (persisted in the file).
@@ -219,7 +226,8 @@ impl Client {
         first_error.map_or(Ok(reports), Err)
     }
 
-    /// Starts syncing in the background: a long-polling puller per collection and one pusher
+    /// Starts syncing in the background: a puller per collection (following the event
+    /// stream, or long polling; see [`SyncOptions::pull`]) and one pusher
     /// woken by every local edit. They retry with backoff while the server is unreachable and
     /// stop when the client is closed or dropped. Calling it again does nothing.
     pub fn start_sync(&self) {

@@ -1,16 +1,21 @@
-//! The sync loop: push the pending queue in batches, pull stream pages into SQLite, ack,
-//! follow the server's compaction hint, recover, back off. [`Syncer`] holds one client's
-//! shared state; its steps are called by [`Syncer::sync_once`] (apps that drive sync) and by
-//! the background threads of `Syncer::spawn_puller` / `Syncer::spawn_pusher`.
+//! The sync loop: push the pending queue in batches, pull stream pages (or, in the
+//! background, events: `follow`) into SQLite, ack, follow the server's compaction hint,
+//! recover, back off. [`Syncer`] holds one client's shared state; its steps are called by
+//! [`Syncer::sync_once`] (apps that drive sync) and by the background threads of
+//! `Syncer::spawn_puller` / `Syncer::spawn_pusher`.
 //!
 //! # Invariants
-//! - A page's changes and its cursor are stored in one SQLite transaction, before the cursor
-//!   is acked: the server never hears "synced up to N" for something not on disk.
+//! - A page's changes (or a group of events) and its cursor are stored in one SQLite
+//!   transaction (`Syncer::store_changes`), before they are applied to live documents and
+//!   before the cursor is acked: the server never hears "synced up to N" for something not
+//!   on disk.
 //! - A pending write leaves the queue only when the server answered it (a seq, or a
 //!   duplicate of a stored opId), or refused it for good (a per-write 4xx error, moved to
 //!   `rejected` and logged). Everything else — network errors, lost answers, 5xx, 401/403 —
 //!   leaves it queued, to be sent again with the same opId.
 //! - After [`Syncer::close`] returns, no thread of this client writes SQLite again.
+
+mod follow;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +30,7 @@ use crate::landmark::Landmark;
 use crate::signal::Signal;
 use crate::store::{IncomingChange, PendingWrite, Store};
 use crate::transport::Transport;
-use crate::wire::{BatchResult, ErrorBody};
+use crate::wire::{BatchResult, Change, ErrorBody};
 
 /// Tuning of the sync loop. The defaults suit an app on a phone or a desktop.
 #[derive(Debug, Clone)]
@@ -38,15 +43,25 @@ pub struct SyncOptions {
     /// power cut once the call that made it returned. `false` (`NORMAL`) keeps it safe from a
     /// crash of the app but not of the machine, and saves an fsync per edit.
     pub fsync_edits: bool,
-    /// Changes per stream page (1..=1000).
+    /// Changes per stream page (1..=1000), and at most per group of events stored in one
+    /// transaction.
     pub page_limit: u32,
     /// Writes per batch (1..=1000).
     pub batch_max_writes: usize,
     /// Update bytes per batch (base64 grows them by a third; keep well under the server's
     /// 16 MiB body limit).
     pub batch_max_bytes: usize,
+    /// How the background puller hears of new changes (the default: the event stream, with
+    /// long polls as the fallback). [`Syncer::sync_once`] always reads pages.
+    pub pull: Pull,
     /// How long a background long poll waits on the server for news.
     pub long_poll: Duration,
+    /// How long the event stream may stay silent before the connection counts as dead (the
+    /// server sends a keepalive every 15 s by default, so three of them).
+    pub sse_idle_timeout: Duration,
+    /// After the event stream proved unusable (no route, not an event stream, connections
+    /// that break before saying anything), how long to long-poll before trying it again.
+    pub sse_retry: Duration,
     /// Least time between two acks of one collection.
     pub ack_interval: Duration,
     /// Least time between two compaction requests for one document.
@@ -67,7 +82,10 @@ impl Default for SyncOptions {
             page_limit: 1000,
             batch_max_writes: 1000,
             batch_max_bytes: 4 << 20,
+            pull: Pull::Sse,
             long_poll: Duration::from_secs(20),
+            sse_idle_timeout: Duration::from_secs(45),
+            sse_retry: Duration::from_secs(300),
             ack_interval: Duration::from_secs(1),
             compact_hint_interval: Duration::from_secs(60),
             local_compaction_threshold: 100,
@@ -75,6 +93,18 @@ impl Default for SyncOptions {
             backoff_max: Duration::from_secs(30),
         }
     }
+}
+
+/// How the background puller follows the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pull {
+    /// Follow `GET /v1/{c}/events` (Server-Sent Events): changes arrive as they commit over
+    /// one connection. Falls back to [`Pull::LongPoll`] while the server or a proxy does not
+    /// serve it, and tries again after [`SyncOptions::sse_retry`].
+    #[default]
+    Sse,
+    /// Long-poll `GET /v1/{c}/stream` only.
+    LongPoll,
 }
 
 /// What one [`Syncer::sync_once`] did.
@@ -168,7 +198,9 @@ pub struct Syncer {
     /// True while the client is open; held during every SQLite write of the sync loop.
     open: Mutex<bool>,
     stopping: AtomicBool,
-    stopped: Signal,
+    /// Ends the backoff waits of the background threads: on close, and when retrying is
+    /// worth it now ([`Syncer::retry_now`]).
+    wake: Signal,
     /// The server has no batch route (404): push with single writes.
     single_writes: AtomicBool,
 }
@@ -192,7 +224,7 @@ impl Syncer {
             locks: Mutex::new(HashMap::new()),
             open: Mutex::new(true),
             stopping: AtomicBool::new(false),
-            stopped: Signal::default(),
+            wake: Signal::default(),
             single_writes: AtomicBool::new(false),
         }
     }
@@ -251,7 +283,14 @@ impl Syncer {
     pub fn close(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         *lock(&self.open) = false;
-        self.stopped.notify();
+        self.wake.notify();
+        self.pushed.notify();
+    }
+
+    /// Wakes the background threads from their backoff so they try again at once (a fresh
+    /// token was set: waiting up to `backoff_max` for it would only delay sync).
+    pub(crate) fn retry_now(&self) {
+        self.wake.notify();
         self.pushed.notify();
     }
 
@@ -365,6 +404,12 @@ impl Syncer {
         let locks = self.locks(collection);
         let _pull = lock(&locks.pull);
         let result = self.pull_locked(collection, wait_ms);
+        self.pulled(collection, &result);
+        result
+    }
+
+    /// Records how a pull (a long poll or a session on the event feed) ended.
+    fn pulled(&self, collection: &str, result: &Result<usize>) {
         self.note(collection, result.as_ref().map(|_| ()));
         if result.is_ok() {
             self.with_state(collection, |s| s.pulled_once = true);
@@ -373,7 +418,6 @@ impl Syncer {
             // Whatever comes back after an outage may be another server: check again.
             self.with_state(collection, |s| s.verified_at = None);
         }
-        result
     }
 
     /// Reads back the last delta this client applied: if the server now holds another
@@ -395,6 +439,11 @@ impl Syncer {
                     Ok(page) => {
                         if landmark.matches(&page.changes) == Some(false) {
                             self.server_reset(collection)?;
+                        } else if let Some(document_id) = page.compact {
+                            // The event feed carries no compaction hint: this read-back,
+                            // at least every VERIFY_INTERVAL, is where a client following
+                            // it hears of one.
+                            self.compact_hint(collection, &document_id);
                         }
                     }
                     // The stream below says so again and resets.
@@ -428,48 +477,12 @@ impl Syncer {
                 }
                 Err(e) => return Err(e),
             };
-            let landmark = page.changes.iter().rev().find_map(Landmark::of);
-            let mut changes = Vec::with_capacity(page.changes.len());
-            for change in page.changes {
-                if let Err(e) = crdt::decode(&change.bytes) {
-                    // The server validates every write; bytes it sends that do not decode
-                    // would wedge local compaction, so they are skipped, loudly.
-                    tracing::error!(collection, seq = change.seq, document = %change.document_id, error = %e, "undecodable change skipped");
-                    continue;
-                }
-                changes.push(IncomingChange {
-                    document_id: change.document_id,
-                    bytes: change.bytes,
-                });
-            }
-            {
-                let _gate = self.gate()?;
-                self.store
-                    .apply_page(collection, &changes, page.cursor, landmark.as_ref())?;
-                let live: Vec<(String, Vec<u8>)> = changes
-                    .iter()
-                    .map(|c| (c.document_id.clone(), c.bytes.clone()))
-                    .collect();
-                self.live.apply(collection, &live);
-                applied += changes.len();
-                let mut touched: Vec<&str> =
-                    changes.iter().map(|c| c.document_id.as_str()).collect();
-                touched.sort_unstable();
-                touched.dedup();
-                for document_id in touched {
-                    if let Err(e) = self.store.compact_document(
-                        collection,
-                        document_id,
-                        self.options.local_compaction_threshold,
-                    ) {
-                        tracing::warn!(collection, document_id, error = %e, "local compaction failed");
-                    }
-                }
-            }
+            let stored = self.store_changes(collection, page.changes, page.cursor)?;
+            applied += stored;
             tracing::debug!(
                 collection,
                 cursor = page.cursor,
-                changes = changes.len(),
+                changes = stored,
                 "page applied"
             );
             if let Some(document_id) = page.compact {
@@ -480,6 +493,51 @@ impl Syncer {
             }
             wait_ms = 0;
         }
+    }
+
+    /// Stores `changes` and the `cursor` they bring the collection to in one SQLite
+    /// transaction, then applies them to the live documents and compacts the documents they
+    /// touched. The one way pulled changes (a long-poll page or a group of events) go in.
+    /// Answers how many were stored. The caller holds the collection's pull lock.
+    ///
+    /// # Errors
+    /// A SQLite failure (nothing stored, the cursor unmoved) or [`Error::Closed`].
+    fn store_changes(&self, collection: &str, incoming: Vec<Change>, cursor: u64) -> Result<usize> {
+        let landmark = incoming.iter().rev().find_map(Landmark::of);
+        let mut changes = Vec::with_capacity(incoming.len());
+        for change in incoming {
+            if let Err(e) = crdt::decode(&change.bytes) {
+                // The server validates every write; bytes it sends that do not decode
+                // would wedge local compaction, so they are skipped, loudly.
+                tracing::error!(collection, seq = change.seq, document = %change.document_id, error = %e, "undecodable change skipped");
+                continue;
+            }
+            changes.push(IncomingChange {
+                document_id: change.document_id,
+                bytes: change.bytes,
+            });
+        }
+        let _gate = self.gate()?;
+        self.store
+            .apply_page(collection, &changes, cursor, landmark.as_ref())?;
+        let live: Vec<(String, Vec<u8>)> = changes
+            .iter()
+            .map(|c| (c.document_id.clone(), c.bytes.clone()))
+            .collect();
+        self.live.apply(collection, &live);
+        let mut touched: Vec<&str> = changes.iter().map(|c| c.document_id.as_str()).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for document_id in touched {
+            if let Err(e) = self.store.compact_document(
+                collection,
+                document_id,
+                self.options.local_compaction_threshold,
+            ) {
+                tracing::warn!(collection, document_id, error = %e, "local compaction failed");
+            }
+        }
+        Ok(changes.len())
     }
 
     /// Asks the server to compact a document it named in a page, at most once per
@@ -718,26 +776,29 @@ impl Syncer {
         base.mul_f64(1.0 + jitter)
     }
 
-    /// Starts the background puller of `collection`: long polls, applies, acks; backs off
-    /// on errors.
+    /// Starts the background puller of `collection`: follows the event feed (or long polls
+    /// while it is unusable, or with [`Pull::LongPoll`]), applies, acks; backs off on errors.
     pub(crate) fn spawn_puller(self: &Arc<Self>, collection: String) {
         let this = self.clone();
         let wait_ms = u64::try_from(self.options.long_poll.as_millis()).unwrap_or(u64::MAX);
         let spawned = std::thread::Builder::new()
             .name(format!("replicate-pull-{collection}"))
             .spawn(move || {
-                let span = tracing::info_span!("replicate_pull", collection = %collection);
+                let span = tracing::info_span!("replicate_pull", collection = %collection, peer = %this.peer_id);
                 let _enter = span.enter();
                 let mut failures = 0u32;
+                let mut sse = follow::SseGate::new(this.options.pull == Pull::Sse);
                 while !this.is_stopping() {
-                    let seen = this.stopped.seen();
-                    // The first pull does not wait, so the pusher may start right after it.
-                    let wait = if this.with_state(&collection, |s| s.pulled_once) {
-                        wait_ms
+                    let seen = this.wake.seen();
+                    // The first pull is a page read that does not wait: it runs recovery,
+                    // catches up in big pages, and lets the pusher start right after it.
+                    let pulled_once = this.with_state(&collection, |s| s.pulled_once);
+                    let outcome = if pulled_once && sse.usable(Instant::now()) {
+                        this.follow(&collection, &mut sse)
                     } else {
-                        0
+                        this.pull(&collection, if pulled_once { wait_ms } else { 0 })
                     };
-                    match this.pull(&collection, wait) {
+                    match outcome {
                         Ok(_) => {
                             failures = 0;
                             if let Err(e) = this.ack(&collection, false) {
@@ -749,7 +810,7 @@ impl Syncer {
                             let wait = this.backoff(failures);
                             failures = failures.saturating_add(1);
                             tracing::info!(error = %e, retry_in_ms = wait.as_millis() as u64, "pull failed");
-                            this.stopped.wait(seen, wait);
+                            this.wake.wait(seen, wait);
                         }
                     }
                 }
@@ -794,8 +855,8 @@ impl Syncer {
                             let wait = this.backoff(failures);
                             failures = failures.saturating_add(1);
                             tracing::info!(error = %e, retry_in_ms = wait.as_millis() as u64, "push failed");
-                            let stop_seen = this.stopped.seen();
-                            this.stopped.wait(stop_seen, wait);
+                            let stop_seen = this.wake.seen();
+                            this.wake.wait(stop_seen, wait);
                         }
                     }
                 }

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::feed::{ChangeFeed, SseFeed};
 use crate::store::PendingWrite;
 use crate::wire::{self, BatchResult, Page};
 
@@ -34,6 +35,28 @@ pub trait Transport: Send + Sync {
     /// # Errors
     /// `cursor_ahead` (422) when the server holds fewer seqs than `cursor`.
     fn stream(&self, collection: &str, cursor: u64, limit: u32, wait_ms: u64) -> Result<Page>;
+
+    /// `GET /v1/{c}/events?cursor=`: the live feed of changes from `cursor` (Server-Sent
+    /// Events). `idle_timeout` bounds each wait for the next bytes, so a connection that died
+    /// without a word is noticed (the server sends a keepalive every 15 s).
+    ///
+    /// The default answers [`Error::Unsupported`], so a transport without streaming (an app's
+    /// own, a test fake) is pulled by long polls.
+    ///
+    /// # Errors
+    /// As [`Transport::stream`], before the stream starts; [`Error::Unsupported`] when the
+    /// server has no such route or does not answer an event stream.
+    fn events(
+        &self,
+        collection: &str,
+        cursor: u64,
+        idle_timeout: Duration,
+    ) -> Result<Box<dyn ChangeFeed>> {
+        let _ = (collection, cursor, idle_timeout);
+        Err(Error::Unsupported(
+            "this transport has no event stream".into(),
+        ))
+    }
 
     /// `POST /v1/{c}/ack`; answers the peer's `lastSyncedSeq`.
     ///
@@ -64,6 +87,9 @@ pub trait Transport: Send + Sync {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time any request may take beyond its long-poll wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `events` may wait for its answer head: the server answers once it read the
+/// first page, so a longer wait means something in between holds the stream back.
+const EVENTS_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an idle pooled connection may be reused.
 const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(4);
 /// Largest answer read (a stream page is at most ~16 MiB of bytes, in base64).
@@ -158,27 +184,36 @@ fn answer<T: DeserializeOwned>(
 ) -> Result<T> {
     let mut resp = outcome.map_err(|e| Error::Network(e.to_string()))?;
     let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(MAX_ANSWER_BYTES)
-        .read_to_vec()
-        .map_err(|e| Error::Network(format!("reading the answer: {e}")))?;
+    let body = read_body(&mut resp)?;
     if status == 200 {
         return serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("answer is not the expected JSON: {e}")));
     }
-    match serde_json::from_slice::<wire::ErrorEnvelope>(&body) {
-        Ok(env) => Err(Error::Server {
+    Err(refusal(status, &body))
+}
+
+/// A whole (bounded) answer body.
+fn read_body(resp: &mut ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
+    resp.body_mut()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_vec()
+        .map_err(|e| Error::Network(format!("reading the answer: {e}")))
+}
+
+/// The error a non-200 answer stands for.
+fn refusal(status: u16, body: &[u8]) -> Error {
+    match serde_json::from_slice::<wire::ErrorEnvelope>(body) {
+        Ok(env) => Error::Server {
             status,
             code: env.error.code,
             message: env.error.message,
-        }),
-        Err(_) => Err(Error::Server {
+        },
+        Err(_) => Error::Server {
             status,
             code: format!("http_{status}"),
-            message: String::from_utf8_lossy(&body).chars().take(200).collect(),
-        }),
+            message: String::from_utf8_lossy(body).chars().take(200).collect(),
+        },
     }
 }
 
@@ -223,6 +258,60 @@ impl Transport for HttpTransport {
         Page::try_from(page)
     }
 
+    fn events(
+        &self,
+        collection: &str,
+        cursor: u64,
+        idle_timeout: Duration,
+    ) -> Result<Box<dyn ChangeFeed>> {
+        let url = format!("{}?cursor={cursor}", self.url(collection, "events"));
+        let mut req = self
+            .agent
+            .get(&url)
+            .config()
+            // The body never ends: no overall timeout, only one per read.
+            .timeout_global(None)
+            .timeout_recv_response(Some(idle_timeout.min(EVENTS_ANSWER_TIMEOUT)))
+            .timeout_per_read(Some(idle_timeout))
+            .build()
+            .header("Accept", "text/event-stream");
+        if let Some(b) = self.bearer() {
+            req = req.header("Authorization", b);
+        }
+        let mut resp = match req.call() {
+            Ok(resp) => resp,
+            // Connected, yet no answer head although the server answers at once: something
+            // in between holds the stream back (a proxy buffering it whole).
+            Err(ureq::Error::Timeout(ureq::Timeout::RecvResponse | ureq::Timeout::PerRead)) => {
+                return Err(Error::Unsupported(
+                    "GET events got no answer head in time (a proxy buffering the stream?)".into(),
+                ))
+            }
+            Err(e) => return Err(Error::Network(e.to_string())),
+        };
+        let status = resp.status().as_u16();
+        if matches!(status, 404 | 405 | 406 | 501) {
+            // An older server, or something in between that does not route it.
+            return Err(Error::Unsupported(format!("GET events answered {status}")));
+        }
+        if status != 200 {
+            let body = read_body(&mut resp)?;
+            return Err(refusal(status, &body));
+        }
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !content_type.starts_with("text/event-stream") {
+            return Err(Error::Unsupported(format!(
+                "GET events answered {content_type:?}, not an event stream"
+            )));
+        }
+        let body = resp.into_body().into_reader();
+        Ok(Box::new(SseFeed::new(body, cursor)))
+    }
+
     fn ack(&self, collection: &str, peer_id: &str, synced_seq: u64) -> Result<u64> {
         let a: wire::AckAnswer = self.post(
             &self.url(collection, "ack"),
@@ -262,6 +351,7 @@ impl Transport for HttpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::FeedItem;
 
     #[test]
     fn segments_are_percent_encoded() {
@@ -277,5 +367,80 @@ mod tests {
         let e = t.stream("c", 0, 10, 0).err();
         assert!(matches!(e, Some(Error::Network(_))), "{e:?}");
         assert!(e.is_some_and(|e| e.is_transient()));
+    }
+
+    /// A one-connection server on loopback that reads a request head, writes `answer` and
+    /// keeps the connection open (silent) until the test ends.
+    fn answer_once(answer: &'static str) -> String {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        std::thread::spawn(move || {
+            let Ok((conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = std::io::BufReader::new(&conn);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = (&conn).write_all(answer.as_bytes());
+            std::thread::sleep(Duration::from_secs(10));
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn events_route_missing_or_not_an_event_stream_is_unsupported() {
+        for answer in [
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nhi",
+        ] {
+            let t = HttpTransport::new(&answer_once(answer), None);
+            let e = t.events("c", 0, Duration::from_secs(5)).err();
+            assert!(matches!(e, Some(Error::Unsupported(_))), "{answer}: {e:?}");
+        }
+        let t = HttpTransport::new(
+            &answer_once(
+                "HTTP/1.1 422 Unprocessable Entity\r\nContent-Type: application/json\r\nContent-Length: 47\r\n\r\n{\"error\":{\"code\":\"cursor_ahead\",\"message\":\"x\"}}",
+            ),
+            None,
+        );
+        let e = t.events("c", 9, Duration::from_secs(5)).err();
+        assert_eq!(
+            e.as_ref().and_then(Error::code),
+            Some("cursor_ahead"),
+            "{e:?}"
+        );
+        // connected, but no answer head (a proxy that buffers the whole body)
+        let t = HttpTransport::new(&answer_once(""), None);
+        let e = t.events("c", 0, Duration::from_millis(300)).err();
+        assert!(matches!(e, Some(Error::Unsupported(_))), "{e:?}");
+        // nothing listening is being offline, not a missing route
+        let t = HttpTransport::new("http://127.0.0.1:9", None);
+        let e = t.events("c", 0, Duration::from_millis(300)).err();
+        assert!(matches!(e, Some(Error::Network(_))), "{e:?}");
+    }
+
+    #[test]
+    fn a_silent_event_stream_times_out() {
+        let url = answer_once(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+             d\r\n: keepalive\n\n\r\n",
+        );
+        let t = HttpTransport::new(&url, None);
+        let mut feed = t
+            .events("c", 0, Duration::from_millis(300))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(feed.next_item(), Ok(Some(FeedItem::Heartbeat))));
+        let started = std::time::Instant::now();
+        let e = feed.next_item().err();
+        assert!(matches!(e, Some(Error::Network(_))), "{e:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -91,7 +91,7 @@ pub struct BatchAnswer {
     pub results: Vec<BatchResult>,
 }
 
-/// A change of a stream page as sent.
+/// A change of a stream page (or an SSE event's `data`) as sent.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeJson {
@@ -151,6 +151,27 @@ pub struct Page {
     pub compact: Option<String>,
 }
 
+/// The same change object is a stream page's element and an SSE event's `data`.
+impl TryFrom<ChangeJson> for Change {
+    type Error = Error;
+
+    fn try_from(c: ChangeJson) -> Result<Change> {
+        let operation = match c.operation_type.as_str() {
+            "insert" => Operation::Insert,
+            "update" => Operation::Update,
+            "delete" => Operation::Delete,
+            "snapshot" => Operation::Snapshot,
+            other => return Err(Error::Protocol(format!("unknown operationType {other:?}"))),
+        };
+        Ok(Change {
+            bytes: unb64("crdtBytes", &c.crdt_bytes)?,
+            document_id: c.document_id,
+            seq: c.seq,
+            operation,
+        })
+    }
+}
+
 impl TryFrom<PageJson> for Page {
     type Error = Error;
 
@@ -158,23 +179,7 @@ impl TryFrom<PageJson> for Page {
         let changes = p
             .changes
             .into_iter()
-            .map(|c| {
-                let operation = match c.operation_type.as_str() {
-                    "insert" => Operation::Insert,
-                    "update" => Operation::Update,
-                    "delete" => Operation::Delete,
-                    "snapshot" => Operation::Snapshot,
-                    other => {
-                        return Err(Error::Protocol(format!("unknown operationType {other:?}")))
-                    }
-                };
-                Ok(Change {
-                    bytes: unb64("crdtBytes", &c.crdt_bytes)?,
-                    document_id: c.document_id,
-                    seq: c.seq,
-                    operation,
-                })
-            })
+            .map(Change::try_from)
             .collect::<Result<Vec<_>>>()?;
         Ok(Page {
             changes,

@@ -4,42 +4,16 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use replicate_client::{Client, SyncOptions};
-
-fn mint(secret: &std::path::Path, sub: &str, grant: &str) -> String {
-    let out = Command::new(server_binary())
-        .args(["token", "--secret-file"])
-        .arg(secret)
-        .args(["--sub", sub, "--grant", grant, "--ttl", "1h"])
-        .output()
-        .expect("token minted");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
-}
 
 #[test]
 fn acks_as_its_subject_and_keeps_edits_queued_without_the_write_grant() {
     init_tracing();
     let dir = tempfile::tempdir().expect("dir");
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "a-test-secret-of-enough-length-0123456789\n").expect("secret");
-    let secret_arg = secret.display().to_string();
-    let server = Server::start_with(
-        &dir.path().join("data"),
-        &["--auth-secret-file", &secret_arg],
-    );
-    let reader = mint(&secret, "alice", "todos=read");
-    let writer = mint(&secret, "alice", "todos=write");
+    let (server, secret) = start_with_auth(dir.path());
+    let reader = mint(&secret, "alice", "todos=read", "1h");
+    let writer = mint(&secret, "alice", "todos=write", "1h");
     let options = SyncOptions {
         fsync_edits: false,
         ..options()

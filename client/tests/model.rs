@@ -2,12 +2,18 @@
 //! back, restart from their files and sync, while the server compacts documents away under
 //! them (every peer treated as inactive). At the end, all online, every client must equal the
 //! reference (the merge of every client's state) and hold every edit ever made.
+//!
+//! Half the cases run every client with background sync on as well (its puller on the event
+//! stream, `Pull::Sse`): they must then converge by background sync alone, with the event
+//! streams in use.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
@@ -96,15 +102,57 @@ fn state(client: &Client, c: &str, d: usize) -> Vec<u8> {
     txn.encode_state_as_update_v1(&yrs::StateVector::default())
 }
 
-fn run_case(server: &Server, case: usize, ops: &[Op]) {
+/// Opens a client on `path` in collection `c`, syncing in the background if `background`.
+fn open_peer(path: &std::path::Path, net: &Arc<Flaky>, c: &str, background: bool) -> Client {
+    init_tracing();
+    let client = Client::open_with_transport(path, net.clone(), options()).expect("open");
+    client.collection(c).expect("collection");
+    if background {
+        client.start_sync();
+    }
+    client
+}
+
+/// Waits until background sync alone brought every client to the server's head with
+/// nothing pending.
+fn converge_in_background(server: &Server, c: &str, peers: &[Peer]) {
+    let status = |p: &Peer| p.client().collection(c).and_then(|col| col.status());
+    // Queues first: once every one is empty no write is left to come, so the head read
+    // after it is final (read before, it could miss a push still in flight).
+    eventually(
+        "background pushes are done",
+        Duration::from_secs(60),
+        || {
+            peers
+                .iter()
+                .all(|p| status(p).is_ok_and(|s| s.pending == 0))
+        },
+    );
+    let head = head(server.addr, c);
+    eventually(
+        "background pulls reach the head",
+        Duration::from_secs(60),
+        || {
+            peers
+                .iter()
+                .all(|p| status(p).is_ok_and(|s| s.last_synced_seq == head))
+        },
+    );
+    let streams: usize = peers
+        .iter()
+        .map(|p| p.net.sse.connections.load(Ordering::SeqCst))
+        .sum();
+    assert!(streams > 0, "background sync used the event stream");
+}
+
+fn run_case(server: &Server, case: usize, background: bool, ops: &[Op]) {
     let dir = tempfile::tempdir().expect("dir");
     let c = format!("model-{case}");
     let mut peers: Vec<Peer> = (0..CLIENTS)
         .map(|i| {
             let path = dir.path().join(format!("{i}.sqlite"));
             let net = Flaky::new(&server.url());
-            let client = Client::open_with_transport(&path, net.clone(), options()).expect("open");
-            client.collection(&c).expect("collection");
+            let client = open_peer(&path, &net, &c, background);
             Peer {
                 path,
                 net,
@@ -141,16 +189,10 @@ fn run_case(server: &Server, case: usize, ops: &[Op]) {
             Op::Restart(i) => {
                 let p = &mut peers[*i];
                 drop(p.client.take());
-                let client =
-                    Client::open_with_transport(&p.path, p.net.clone(), options()).expect("reopen");
-                client.collection(&c).expect("collection");
-                p.client = Some(client);
+                p.client = Some(open_peer(&p.path, &p.net, &c, background));
             }
             Op::Sync(i) => {
-                let online = !peers[*i]
-                    .net
-                    .offline
-                    .load(std::sync::atomic::Ordering::SeqCst);
+                let online = !peers[*i].net.offline.load(Ordering::SeqCst);
                 let r = peers[*i].client().sync_once();
                 assert_eq!(
                     r.is_ok(),
@@ -164,9 +206,13 @@ fn run_case(server: &Server, case: usize, ops: &[Op]) {
     for p in &peers {
         p.net.set_offline(false);
     }
-    for _ in 0..2 {
-        for p in &peers {
-            settle(p.client());
+    if background {
+        converge_in_background(server, &c, &peers);
+    } else {
+        for _ in 0..2 {
+            for p in &peers {
+                settle(p.client());
+            }
         }
     }
     for (d, doc_tokens) in tokens.iter().enumerate() {
@@ -228,10 +274,13 @@ fn random_clients_offline_restarts_and_compactions_converge() {
     });
     let counter = std::sync::atomic::AtomicUsize::new(0);
     runner
-        .run(&prop::collection::vec(op(), 1..40), |ops| {
-            let case = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            run_case(&server, case, &ops);
-            Ok(())
-        })
+        .run(
+            &(any::<bool>(), prop::collection::vec(op(), 1..40)),
+            |(background, ops)| {
+                let case = counter.fetch_add(1, Ordering::SeqCst);
+                run_case(&server, case, background, &ops);
+                Ok(())
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -1,14 +1,18 @@
 //! The push logic against an in-memory fake of the server's batch contract: batch sizes,
 //! lost answers, per-write errors (permanent and transient), a server without the batch route,
 //! a batch over the body limit. The same logic runs against the real server in the other
-//! tests; the fake makes each failure exact.
+//! tests; the fake makes each failure exact. Also one thing of the pull side only a fake
+//! can pin down: a client on the event stream hears the compaction hint through its
+//! read-back.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use replicate_client::feed::{ChangeFeed, SseFeed};
 use replicate_client::store::{PendingWrite, Store};
-use replicate_client::wire::{Accepted, BatchResult, Change, ErrorBody, Operation, Page};
+use replicate_client::wire::{self, Accepted, BatchResult, Change, ErrorBody, Operation, Page};
 use replicate_client::{Client, Error, Result, SyncOptions, Transport};
 use yrs::updates::decoder::Decode;
 use yrs::{Text, Transact};
@@ -31,6 +35,11 @@ struct FakeState {
     /// What recovery answers, and the documents it was asked for.
     recovery_diff: Option<Vec<u8>>,
     recovered: Vec<String>,
+    /// The compaction hint, sent only in one-change pages (the landmark read-back): the
+    /// event stream carries none, and the pages a client catches up with get none here.
+    hint: Option<String>,
+    compacted: Vec<String>,
+    events_opened: usize,
 }
 
 #[derive(Default)]
@@ -158,8 +167,22 @@ impl Transport for Fake {
             changes,
             cursor: to,
             has_more: to < head,
-            compact: None,
+            compact: s.hint.clone().filter(|_| limit == 1),
         })
+    }
+
+    /// A keepalive, one event per change after `cursor`, then the end of the stream.
+    fn events(&self, _c: &str, cursor: u64, _idle: Duration) -> Result<Box<dyn ChangeFeed>> {
+        let mut s = self.s.lock().unwrap_or_else(|p| p.into_inner());
+        s.events_opened += 1;
+        let mut text = String::from(": keepalive\n\n");
+        for (seq, d, b, op) in s.log.iter().filter(|e| e.0 > cursor) {
+            let data = serde_json::json!({
+                "documentId": d, "seq": seq, "crdtBytes": wire::b64(b), "operationType": op,
+            });
+            text.push_str(&format!("id: {seq}\ndata: {data}\n\n"));
+        }
+        Ok(Box::new(SseFeed::new(std::io::Cursor::new(text), cursor)))
     }
 
     fn ack(&self, _c: &str, _peer: &str, seq: u64) -> Result<u64> {
@@ -168,7 +191,9 @@ impl Transport for Fake {
         Ok(seq)
     }
 
-    fn compact(&self, _c: &str, _d: &str) -> Result<()> {
+    fn compact(&self, _c: &str, d: &str) -> Result<()> {
+        let mut s = self.s.lock().unwrap_or_else(|p| p.into_inner());
+        s.compacted.push(d.to_string());
         Ok(())
     }
 
@@ -386,4 +411,34 @@ fn the_first_sync_recovers_documents_made_offline_and_later_ones_do_not() {
     let c = client(&path, &fake);
     c.sync_once().expect("sync");
     assert_eq!(with(&fake, |s| s.recovered.len()), 1);
+}
+
+#[test]
+fn a_client_on_the_event_stream_hears_the_compaction_hint_through_its_read_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fake = Arc::new(Fake::default());
+    let writer = client(&dir.path().join("w.sqlite"), &fake);
+    edits(&writer, 3);
+    writer.sync_once().expect("sync");
+    with(&fake, |s| s.hint = Some("d".into()));
+    let options = SyncOptions {
+        fsync_edits: false,
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..SyncOptions::default()
+    };
+    let follower = Client::open_with_transport(dir.path().join("f.sqlite"), fake.clone(), options)
+        .expect("opens");
+    follower.collection("c").expect("collection");
+    follower.start_sync();
+    // Each stream the fake serves ends after its events: the reconnection reads the
+    // landmark back, and that page carries the hint.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while with(&fake, |s| s.compacted.is_empty()) {
+        assert!(Instant::now() < deadline, "the hint was not followed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(with(&fake, |s| s.compacted.clone()), vec!["d".to_string()]);
+    assert!(with(&fake, |s| s.events_opened) >= 2);
+    follower.close();
 }

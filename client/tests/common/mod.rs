@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use replicate_client::feed::{ChangeFeed, FeedItem};
 use replicate_client::store::PendingWrite;
 use replicate_client::wire::{Accepted, BatchResult, Page};
 use replicate_client::{Client, Error, HttpTransport, Result, SyncOptions, Transport};
@@ -186,11 +187,11 @@ pub fn options() -> SyncOptions {
 }
 
 /// A transport around the real one that can be switched offline (every call fails as the
-/// network would), can lose the answers of the next batches after the server handled them,
-/// and counts what went through.
+/// network would; an open event stream fails at its next item), can lose the answers of the
+/// next batches after the server handled them, and counts what went through.
 pub struct Flaky {
     inner: HttpTransport,
-    pub offline: AtomicBool,
+    pub offline: Arc<AtomicBool>,
     /// Batches whose answer is dropped after the server stored them.
     pub lose_answers: AtomicUsize,
     pub batches: AtomicUsize,
@@ -199,21 +200,77 @@ pub struct Flaky {
     /// Writes sent one per request (the fallback without the batch route).
     pub single_writes: AtomicUsize,
     pub writes_sent: AtomicUsize,
+    /// Changes received in stream pages (long polls and read-backs).
     pub changes_received: AtomicUsize,
+    /// Stream requests that waited for news (background long polls).
+    pub long_polls: AtomicUsize,
+    /// Event streams opened, and changes received on them.
+    pub sse: Arc<SseCounts>,
+}
+
+/// What went through the event streams of a [`Flaky`].
+#[derive(Default)]
+pub struct SseCounts {
+    pub connections: AtomicUsize,
+    pub changes: AtomicUsize,
+}
+
+/// An event stream of a [`Flaky`]: counts changes, fails once the transport is offline.
+struct CountedFeed {
+    inner: Box<dyn ChangeFeed>,
+    offline: Arc<AtomicBool>,
+    counts: Arc<SseCounts>,
+}
+
+impl CountedFeed {
+    fn count(&self, item: Result<Option<FeedItem>>) -> Result<Option<FeedItem>> {
+        if self.offline.load(Ordering::SeqCst) {
+            return Err(Error::Network("offline (test)".into()));
+        }
+        if let Ok(Some(FeedItem::Change { .. })) = &item {
+            self.counts.changes.fetch_add(1, Ordering::SeqCst);
+        }
+        item
+    }
+}
+
+impl ChangeFeed for CountedFeed {
+    fn next_item(&mut self) -> Result<Option<FeedItem>> {
+        let item = self.inner.next_item();
+        self.count(item)
+    }
+    fn ready_item(&mut self) -> Result<Option<FeedItem>> {
+        let item = self.inner.ready_item();
+        self.count(item)
+    }
 }
 
 impl Flaky {
     pub fn new(url: &str) -> Arc<Flaky> {
         Arc::new(Flaky {
             inner: HttpTransport::new(url, None),
-            offline: AtomicBool::new(false),
+            offline: Arc::new(AtomicBool::new(false)),
             lose_answers: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
             batches_answered: AtomicUsize::new(0),
             single_writes: AtomicUsize::new(0),
             writes_sent: AtomicUsize::new(0),
             changes_received: AtomicUsize::new(0),
+            long_polls: AtomicUsize::new(0),
+            sse: Arc::default(),
         })
+    }
+
+    /// Through the real transport with a bearer token.
+    pub fn with_token(url: &str, token: &str) -> Arc<Flaky> {
+        let flaky = Flaky::new(url);
+        flaky.set_token(token);
+        flaky
+    }
+
+    /// Replaces the bearer token (what `Client::set_token` does for its own transport).
+    pub fn set_token(&self, token: &str) {
+        self.inner.set_token(Some(token.to_string()));
     }
 
     pub fn set_offline(&self, offline: bool) {
@@ -259,10 +316,23 @@ impl Transport for Flaky {
     }
     fn stream(&self, c: &str, cursor: u64, limit: u32, wait_ms: u64) -> Result<Page> {
         self.check()?;
+        if wait_ms > 0 {
+            self.long_polls.fetch_add(1, Ordering::SeqCst);
+        }
         let p = self.inner.stream(c, cursor, limit, wait_ms)?;
         self.changes_received
             .fetch_add(p.changes.len(), Ordering::SeqCst);
         Ok(p)
+    }
+    fn events(&self, c: &str, cursor: u64, idle: Duration) -> Result<Box<dyn ChangeFeed>> {
+        self.check()?;
+        let inner = self.inner.events(c, cursor, idle)?;
+        self.sse.connections.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(CountedFeed {
+            inner,
+            offline: self.offline.clone(),
+            counts: self.sse.clone(),
+        }))
     }
     fn ack(&self, c: &str, peer: &str, seq: u64) -> Result<u64> {
         self.check()?;
@@ -388,4 +458,34 @@ pub fn compact_all(addr: SocketAddr, collection: &str, doc: &str) {
         &format!(r#"{{"documentId":"{doc}","peerTimeout":0}}"#),
     );
     assert_eq!(status, 200, "{v}");
+}
+
+/// A server over `dir/data` with authentication on, its secret in `dir/secret`; answers
+/// the server and the secret file (for [`mint`]).
+pub fn start_with_auth(dir: &Path) -> (Server, PathBuf) {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "a-test-secret-of-enough-length-0123456789\n").expect("secret");
+    let secret_arg = secret.display().to_string();
+    let server = Server::start_with(&dir.join("data"), &["--auth-secret-file", &secret_arg]);
+    (server, secret)
+}
+
+/// A bearer token from the server binary's `token` command, signed with the secret in
+/// `secret`, valid for `ttl` (`3s`, `1h`).
+pub fn mint(secret: &Path, sub: &str, grant: &str, ttl: &str) -> String {
+    let out = Command::new(server_binary())
+        .args(["token", "--secret-file"])
+        .arg(secret)
+        .args(["--sub", sub, "--grant", grant, "--ttl", ttl])
+        .output()
+        .expect("token minted");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
 }

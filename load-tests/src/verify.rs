@@ -55,6 +55,21 @@ impl Ledger {
     pub fn started_by_seq(&self) -> HashMap<u64, Instant> {
         self.0.borrow().iter().map(|w| (w.seq, w.started)).collect()
     }
+
+    /// Every answered write by its edit key (for feeds that carry keys, not seqs).
+    pub fn by_key(&self) -> HashMap<String, Written> {
+        let writes = self.0.borrow();
+        writes.iter().map(|w| (w.key.clone(), w.clone())).collect()
+    }
+
+    /// The edit keys of the answered writes, per document.
+    pub fn keys_by_doc(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for w in self.0.borrow().iter() {
+            out.entry(w.doc.clone()).or_default().push(w.key.clone());
+        }
+        out
+    }
 }
 
 /// One named check and its outcome.

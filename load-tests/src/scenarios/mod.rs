@@ -66,7 +66,7 @@ pub struct Options {
     pub writers: usize,
     /// Subscribers for `fanout` and peers for `reconnect-storm` (default 200).
     pub subscribers: usize,
-    /// Writes per second of the `fanout` writer.
+    /// Writes per second of the `fanout` writers together.
     pub rate: f64,
     /// How far behind the `catchup` peer is, in deltas.
     pub deltas: u64,

@@ -34,10 +34,8 @@ use anyhow::{bail, Result};
 use replicate_actors::OperationType;
 use serde_json::json;
 
-use super::common::{
-    join, join_peers, spawn_reader, spawn_writers, with_latency_floors, Latency, Run, Writes,
-};
-use super::{doc_names, params, writers, Ctx, ReadStyle, Target};
+use super::common::{join, join_peers, spawn_reader, with_latency_floors, Latency, Run, Writes};
+use super::{doc_names, params, write_loop, writers, Ctx, ReadStyle, Target};
 use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::peer::{Peer, Replica};
@@ -102,7 +100,11 @@ async fn workload(
     let deadline = Instant::now() + duration;
     let per_writer = ctx.opts.rate / WRITERS as f64;
     let writes = Writes::new(&docs, &ledger, deadline, PUSH).rate(per_writer);
-    let writing = spawn_writers(writers(ctx, backend, &c, 0, WRITERS, &metrics), &writes);
+    let writing = writers(ctx, backend, &c, 0, WRITERS, &metrics)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| actix_rt::spawn(write_loop(p, writes.staggered(i, WRITERS))))
+        .collect();
     let prober = ctx.peer(50, &c, backend, &metrics);
     let probing = actix_rt::spawn(probe_loop(prober, docs.clone(), deadline));
     join_peers(writing).await?;

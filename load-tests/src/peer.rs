@@ -101,14 +101,26 @@ impl Replica {
         Ok(())
     }
 
-    /// Applies `update` and answers the edit keys it added: which writes a delivered update
-    /// carries, for a feed whose messages name no seq (y-websocket). The keys come from yrs's
-    /// event for the edit-key map, so the cost is the update's, not the document's; an update
-    /// still waiting for what it depends on yields its key once that arrives.
+    /// Applies `update` and answers the edit keys it added (see [`Replica::apply_all_keys`]).
     ///
     /// # Errors
     /// An update that does not decode or apply.
     pub fn apply_keys(&self, update: &[u8]) -> Result<Vec<String>> {
+        self.apply_all_keys(std::iter::once(update))
+    }
+
+    /// Applies `updates` in one transaction (as [`Replica::apply_all`]) and answers the edit
+    /// keys they added: which writes delivered updates carry, for a feed whose messages name
+    /// no seq (y-websocket). The keys come from yrs's event for the edit-key map, so the cost
+    /// is the updates', not the document's; an update still waiting for what it depends on
+    /// yields its key once that arrives.
+    ///
+    /// # Errors
+    /// An update that does not decode or apply.
+    pub fn apply_all_keys<'a>(
+        &self,
+        updates: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<String>> {
         const OBSERVER: &str = "apply_keys";
         let added = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = added.clone();
@@ -120,7 +132,7 @@ impl Replica {
                 }
             }
         });
-        let applied = self.apply(update);
+        let applied = self.apply_all(updates);
         self.map.unobserve(OBSERVER);
         applied?;
         let keys = std::mem::take(&mut *added.lock().unwrap_or_else(|p| p.into_inner()));

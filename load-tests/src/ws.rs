@@ -9,10 +9,11 @@
 //! # Matching deliveries to writes
 //! Websocket messages carry no seq. Every edit of a [`Peer`] sets a map key unique to it (see
 //! [`crate::peer`]), so applying a delivered update and reading which keys it added
-//! ([`Replica::apply_keys`](crate::peer::Replica::apply_keys), yrs's map event) names the
-//! writes it holds. Each key is logged as a [`Receipt`] with the time the replica held it; the
-//! scenario looks the key up among the writers' pushes. A resync's step 2 may hold many keys:
-//! each gets that one receipt time.
+//! ([`Replica::apply_all_keys`](crate::peer::Replica::apply_all_keys), yrs's map event)
+//! names the writes it holds. Each key is logged as a [`Receipt`] with the time the replica
+//! held it; the scenario looks the key up among the writers' pushes. Frames that arrived
+//! together are applied in one transaction (as an SSE reader applies a batch), and a resync's
+//! step 2 may hold many keys: each gets that one receipt time.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use awc::ws::{Frame, Message as WsMessage};
-use futures::{Sink, SinkExt as _, StreamExt as _};
+use futures::{FutureExt as _, Sink, SinkExt as _, StreamExt as _};
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -33,6 +34,9 @@ use crate::peer::Peer;
 
 /// How long a socket waits for a frame before it looks again at whether it is done.
 const TICK: Duration = Duration::from_millis(250);
+/// Most frames taken from a socket at once: what arrived together is applied in one
+/// transaction, as SSE and long-poll readers apply a batch or a page.
+const MAX_BATCH: usize = 256;
 /// Pause before a failed socket is opened again.
 const RECONNECT_AFTER: Duration = Duration::from_millis(100);
 
@@ -173,8 +177,7 @@ impl Subscriber<'_> {
             .map_err(|e| anyhow!("websocket {doc}: connect: {e}"))?;
         let sv = self.peer.borrow_mut().know(doc).state_vector();
         let sv = StateVector::decode_v1(&sv).context("own state vector")?;
-        send(&mut socket, Message::Sync(SyncMessage::SyncStep1(sv))).await?;
-        let mut synced_at = None;
+        send(&mut socket, binary(SyncMessage::SyncStep1(sv))).await?;
         loop {
             if progress.done(f.expected.of(doc)) {
                 let _ = socket.send(WsMessage::Close(None)).await;
@@ -184,32 +187,28 @@ impl Subscriber<'_> {
             if left.is_zero() {
                 return Ok(());
             }
-            let frame = match tokio::time::timeout(left.min(TICK), socket.next()).await {
+            let first = match tokio::time::timeout(left.min(TICK), socket.next()).await {
                 Err(_) => continue,
                 Ok(None) => bail!("websocket {doc}: ended without a close frame"),
                 Ok(Some(frame)) => frame.map_err(|e| anyhow!("websocket {doc}: {e}"))?,
             };
-            match frame {
-                Frame::Binary(bytes) => {
-                    self.http.wire.add_received(bytes.len());
-                    let message = Message::decode_v1(&bytes)
-                        .with_context(|| format!("websocket {doc}: not a y-protocols message"))?;
-                    let reply = self.message(doc, message, progress, &mut synced_at)?;
-                    if let Some(reply) = reply {
-                        send(&mut socket, reply).await?;
+            let mut batch = Batch::default();
+            self.frame(doc, first, &mut batch)?;
+            // What else has arrived, taken without waiting (an ended socket shows next time).
+            while batch.frames < MAX_BATCH {
+                match socket.next().now_or_never() {
+                    Some(Some(frame)) => {
+                        let frame = frame.map_err(|e| anyhow!("websocket {doc}: {e}"))?;
+                        self.frame(doc, frame, &mut batch)?;
                     }
+                    _ => break,
                 }
-                Frame::Ping(bytes) => socket
-                    .send(WsMessage::Pong(bytes))
-                    .await
-                    .map_err(|e| anyhow!("websocket {doc}: pong: {e}"))?,
-                Frame::Close(reason) => bail!("websocket {doc}: closed by the server: {reason:?}"),
-                Frame::Text(_) | Frame::Continuation(_) => {
-                    bail!("websocket {doc}: a frame y-websocket does not send")
-                }
-                Frame::Pong(_) => {}
             }
-            if synced_at.take().is_some() && !progress.synced {
+            for reply in batch.replies {
+                send(&mut socket, reply).await?;
+            }
+            self.hold(doc, &batch.updates, progress)?;
+            if batch.step2 && !progress.synced {
                 progress.synced = true;
                 f.synced.set(f.synced.get() + 1);
                 f.metrics.record(f.op, started.elapsed());
@@ -217,54 +216,96 @@ impl Subscriber<'_> {
         }
     }
 
-    /// Handles one server message: answers its step 1, applies a step 2 or an update
-    /// (noting `synced_at` for a step 2). Answers the reply to send, if any.
-    fn message(
-        &self,
-        doc: &str,
-        message: Message,
-        progress: &mut DocProgress,
-        synced_at: &mut Option<Instant>,
-    ) -> Result<Option<Message>> {
-        let update = match message {
+    /// Takes one frame into `batch`: replies to a step 1 (our step 2) and a ping, updates
+    /// to apply from a step 2 or an update message.
+    ///
+    /// # Errors
+    /// A close frame, a frame y-websocket does not send, a message that does not decode.
+    fn frame(&self, doc: &str, frame: Frame, batch: &mut Batch) -> Result<()> {
+        batch.frames += 1;
+        let bytes = match frame {
+            Frame::Binary(bytes) => bytes,
+            Frame::Ping(bytes) => {
+                batch.replies.push(WsMessage::Pong(bytes));
+                return Ok(());
+            }
+            Frame::Pong(_) => return Ok(()),
+            Frame::Close(reason) => bail!("websocket {doc}: closed by the server: {reason:?}"),
+            Frame::Text(_) | Frame::Continuation(_) => {
+                bail!("websocket {doc}: a frame y-websocket does not send")
+            }
+        };
+        self.http.wire.add_received(bytes.len());
+        let message = Message::decode_v1(&bytes)
+            .with_context(|| format!("websocket {doc}: not a y-protocols message"))?;
+        match message {
             Message::Sync(SyncMessage::SyncStep1(sv)) => {
                 let diff = self.peer.borrow_mut().know(doc).diff(&sv);
-                return Ok(Some(Message::Sync(SyncMessage::SyncStep2(diff))));
+                batch.replies.push(binary(SyncMessage::SyncStep2(diff)));
             }
             Message::Sync(SyncMessage::SyncStep2(update)) => {
-                *synced_at = Some(Instant::now());
-                update
+                batch.step2 = true;
+                batch.updates.push(update);
             }
-            Message::Sync(SyncMessage::Update(update)) => update,
+            Message::Sync(SyncMessage::Update(update)) => batch.updates.push(update),
             // Awareness and the rest: nothing a subscriber holds.
-            _ => return Ok(None),
-        };
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Applies `updates` to the replica of `doc` in one transaction and logs the keys they
+    /// added as received now.
+    ///
+    /// # Errors
+    /// An update that does not decode or apply.
+    fn hold(&self, doc: &str, updates: &[Vec<u8>], progress: &mut DocProgress) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
         let keys = self
             .peer
             .borrow_mut()
             .know(doc)
-            .apply_keys(&update)
+            .apply_all_keys(updates.iter().map(Vec::as_slice))
             .with_context(|| format!("websocket {doc}: update does not apply"))?;
         let at = Instant::now();
         let f = self.follow;
-        f.metrics.raw(f.op, update.len());
+        f.metrics.raw(f.op, updates.iter().map(Vec::len).sum());
         f.metrics.items(f.op, keys.len() as u64);
         let mut receipts = self.receipts.borrow_mut();
         for key in keys {
             progress.hold(&key);
             receipts.push(Receipt { key, at });
         }
-        Ok(None)
+        Ok(())
     }
 }
 
-async fn send<S>(socket: &mut S, message: Message) -> Result<()>
+/// What a run of frames taken together asks for.
+#[derive(Default)]
+struct Batch {
+    frames: usize,
+    /// Messages to send back (step 2, pong), in order.
+    replies: Vec<WsMessage>,
+    /// Updates to apply, in order.
+    updates: Vec<Vec<u8>>,
+    /// A step 2 was among them: the socket has synced.
+    step2: bool,
+}
+
+/// A sync message as a binary frame.
+fn binary(message: SyncMessage) -> WsMessage {
+    WsMessage::Binary(Message::Sync(message).encode_v1().into())
+}
+
+async fn send<S>(socket: &mut S, message: WsMessage) -> Result<()>
 where
     S: Sink<WsMessage> + Unpin,
     S::Error: std::fmt::Display,
 {
     socket
-        .send(WsMessage::Binary(message.encode_v1().into()))
+        .send(message)
         .await
         .map_err(|e| anyhow!("websocket send: {e}"))
 }

@@ -3,7 +3,8 @@
 //! ([`Backend`]), so a scenario runs unchanged against either; the in-process run is the floor
 //! the HTTP run is measured against.
 //!
-//! HTTP body bytes are counted in both directions ([`WireCounters`]); headers are not.
+//! HTTP body bytes are counted in both directions ([`WireCounters`]), and the payloads of
+//! websocket frames received ([`crate::ws`]); headers are not.
 //!
 //! An HTTP client reads `stream` and `events` as JSON/SSE (the default) or in the binary form
 //! of [`replicate::wire_binary`] ([`Backend::with_binary_wire`]), so a scenario can report

@@ -11,13 +11,15 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::peer::{empty_state_vector, Peer, Replica};
 
-/// One answered write: its seq, document, unique edit key and when its push started.
+/// One answered write: its seq, document, unique edit key, when its push started and when
+/// its answer came.
 #[derive(Debug, Clone)]
 pub struct Written {
     pub seq: u64,
     pub doc: String,
     pub key: String,
     pub started: Instant,
+    pub answered: Instant,
 }
 
 /// Every answered write of a scenario, shared by its writers.
@@ -31,6 +33,7 @@ impl Ledger {
             doc: doc.to_string(),
             key: key.to_string(),
             started,
+            answered: Instant::now(),
         });
     }
 

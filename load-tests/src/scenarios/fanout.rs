@@ -116,6 +116,7 @@ async fn workload(
 
     done.sample(&ledger, &metrics);
     let verdict = done.verdict(ctx, backend, &c, &ledger, &probes).await;
+    let early = done.before_answer(&ledger);
     let p = params(&[
         ("subscribers", json!(ctx.opts.subscribers)),
         ("websocket", json!(done.sockets.len())),
@@ -124,7 +125,9 @@ async fn workload(
         ("documents", json!(DOCS)),
         ("refusedProbes", json!(probes.len())),
     ]);
-    Ok(run.report(p, verdict))
+    let mut report = run.report(p, verdict);
+    report.notes.extend(early);
+    Ok(report)
 }
 
 /// How a subscriber follows the collection.
@@ -261,6 +264,27 @@ impl Done {
                 }
             }
         }
+    }
+
+    /// How many websocket deliveries came before their push's answer, as a note: the
+    /// service answers a write once it is durable and broadcasts it from the log, so the two
+    /// race, and neither order says anything is wrong (none when there are no sockets).
+    fn before_answer(&self, ledger: &Ledger) -> Option<String> {
+        if self.sockets.is_empty() {
+            return None;
+        }
+        let by_key = ledger.by_key();
+        let receipts = self.sockets.iter().flat_map(|s| &s.receipts);
+        let (mut early, mut all) = (0usize, 0usize);
+        for r in receipts {
+            if let Some(w) = by_key.get(&r.key) {
+                all += 1;
+                early += usize::from(r.at < w.answered);
+            }
+        }
+        Some(format!(
+            "websocket: {early} of {all} deliveries came before the writer had its answer"
+        ))
     }
 
     async fn verdict(

@@ -48,9 +48,9 @@ pub const WRITERS: usize = 8;
 /// Documents written and followed (each websocket subscriber holds a socket per document).
 pub const DOCS: usize = 4;
 /// How often the prober pushes an edit that must be refused.
-const PROBE_EVERY: Duration = Duration::from_millis(500);
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// Nesting of a probe's maps: past the service's default limit of 64.
-const PROBE_DEPTH: u32 = 100;
+pub const PROBE_DEPTH: u32 = 100;
 
 const PUSH: &str = "push";
 const POLL: &str = "stream (long-poll)";

@@ -7,15 +7,18 @@
 //!   keeps serving;
 //! - a client that stops reading is dropped as a slow consumer while its queue stays within
 //!   its bound;
-//! - a server restart mid-session converges once the clients reconnect.
+//! - a server restart mid-session converges once the clients reconnect;
+//! - a socket whose token expires is closed with 4401 at the token's `exp`.
 
 mod common;
 
 use std::io::{self, BufRead, BufReader, Read, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Peer, TestServer};
+use replicate::auth::jwt::{self, MintRequest};
+use replicate::auth::{AuthSettings, KeyFiles, Right};
 use replicate::ws::WsSettings;
 use replicate::ServerSettings;
 use yrs::sync::{Message, SyncMessage};
@@ -134,6 +137,18 @@ impl RawWs {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Reads the server's first message, which must be its sync step 1 (`what` names the
+    /// case in the panic).
+    fn step1_first(&mut self, what: &str) {
+        match self.recv() {
+            Got::Binary(frame) => assert!(matches!(
+                decode(&frame),
+                Message::Sync(SyncMessage::SyncStep1(_))
+            )),
+            other => panic!("{what}: no step 1 first: {other:?}"),
         }
     }
 
@@ -313,13 +328,7 @@ fn hostile_frames_close_with_a_reason_and_store_nothing() {
     ];
     for (what, frames, code, reason) in cases {
         let mut ws = RawWs::connect(ts.client.addr, &format!("/v1/{c}/ws/doc"));
-        match ws.recv() {
-            Got::Binary(frame) => assert!(matches!(
-                decode(&frame),
-                Message::Sync(SyncMessage::SyncStep1(_))
-            )),
-            other => panic!("{what}: no step 1 first: {other:?}"),
-        }
+        ws.step1_first(what);
         for (opcode, fin, payload) in frames {
             // The server may close before a large frame is fully written.
             let _ = ws.frame(opcode, fin, payload);
@@ -443,4 +452,73 @@ fn a_server_restart_mid_session_converges_after_reconnect() {
     assert_eq!(fresh.peer.text(TEXT), "one two ");
     assert_eq!(fresh.peer.text("other"), "three");
     server.shutdown().expect("graceful shutdown");
+}
+
+/// Milliseconds since the epoch, as the server's clock reads them.
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+#[test]
+fn a_socket_is_closed_with_4401_when_its_token_expires() {
+    const SECRET: &[u8] = b"replicate-ws-expiry-secret-0123456789";
+    let keys = tempfile::tempdir().expect("temp dir");
+    let secret_file = keys.path().join("secret");
+    std::fs::write(&secret_file, SECRET).expect("secret");
+    let settings = ServerSettings {
+        auth: AuthSettings {
+            keys: KeyFiles {
+                secret_file: Some(secret_file),
+                ..KeyFiles::default()
+            },
+            allow_anonymous: false,
+        },
+        ..ServerSettings::default()
+    };
+    let ts = TestServer::start_with(|_| {}, settings);
+    let issued = now_millis();
+    let grants = [("expiry".to_string(), Right::Write)];
+    let request = MintRequest {
+        subject: "alice",
+        grants: &grants,
+        ttl: Duration::from_secs(2),
+        issuer: None,
+        audience: None,
+    };
+    let token = jwt::mint(SECRET, &request, issued).expect("token");
+    // `exp` is whole seconds: 1–2 s from now.
+    let exp_millis = (issued / 1000 + 2) * 1000;
+    let mut ws = RawWs::connect(ts.client.addr, &format!("/v1/expiry/ws/doc?token={token}"));
+    ws.step1_first("expiring token");
+    // Still open and serving before expiry: an edit goes through.
+    ws.send(Message::Sync(SyncMessage::Update(
+        Peer::new(1).append(TEXT, "hi"),
+    )));
+    let (code, reason) = ws.closed();
+    let closed_at = now_millis();
+    assert_eq!(code, 4401, "{reason}");
+    assert!(reason.contains("expired"), "{reason}");
+    assert!(
+        closed_at >= exp_millis,
+        "closed {} ms before exp",
+        exp_millis - closed_at
+    );
+    assert!(
+        closed_at < exp_millis + 1500,
+        "closed {} ms after exp",
+        closed_at - exp_millis
+    );
+    let valid = jwt::mint(SECRET, &request, now_millis()).expect("token");
+    let bearer = format!("Bearer {valid}");
+    let page = ts.client.request(
+        "GET",
+        "/v1/expiry/stream?cursor=0",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    let changes = page.json()["changes"].as_array().map_or(0, Vec::len);
+    assert_eq!(changes, 1, "the edit made before expiry was stored");
 }

@@ -3,7 +3,8 @@
 //! ([`Backend`]), so a scenario runs unchanged against either; the in-process run is the floor
 //! the HTTP run is measured against.
 //!
-//! HTTP body bytes are counted in both directions ([`WireCounters`]); headers are not.
+//! HTTP body bytes are counted in both directions ([`WireCounters`]), and the payloads of
+//! websocket frames received ([`crate::ws`]); headers are not.
 //!
 //! An HTTP client reads `stream` and `events` as JSON/SSE (the default) or in the binary form
 //! of [`replicate::wire_binary`] ([`Backend::with_binary_wire`]), so a scenario can report
@@ -73,7 +74,7 @@ impl WireCounters {
     fn add_sent(&self, n: usize) {
         self.sent.set(self.sent.get() + n as u64);
     }
-    fn add_received(&self, n: usize) {
+    pub fn add_received(&self, n: usize) {
         self.received.set(self.received.get() + n as u64);
     }
 }
@@ -203,6 +204,18 @@ impl Http {
             .map_err(|e| anyhow!("GET {url}: body: {e}"))?;
         self.wire.add_received(bytes.len());
         Ok((res.status(), bytes))
+    }
+
+    /// The upgrade request of `doc`'s y-websocket endpoint, with the token as `?token=` (how
+    /// a browser, which cannot set headers on a WebSocket, sends it), accepting frames as
+    /// large as any answer body.
+    pub fn websocket(&self, c: &str, doc: &str) -> awc::ws::WebsocketsRequest {
+        let mut url = self.url(c, &format!("ws/{doc}"));
+        if let Some(credentials) = &self.credentials {
+            url.push_str("?token=");
+            url.push_str(&credentials.token);
+        }
+        self.client.ws(url).max_frame_size(MAX_BODY)
     }
 
     /// `GET /healthz` answers 200.

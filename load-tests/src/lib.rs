@@ -9,6 +9,8 @@
 //!   (long-poll and SSE), snapshots, acks, recovery.
 //! - [`scenarios`]: one file per scenario plus the shared writer/reader loops.
 //! - [`floors`]: raw sled, raw yrs and raw PostgreSQL baselines.
+//! - [`ws`]: the y-websocket subscriber (awc + yrs's `sync` messages), one socket per
+//!   document, and which writes (by edit key) it received when.
 //! - [`verify`]: the correctness verdict (contiguous seqs, coverage, convergence, nothing lost).
 //! - [`metrics`], [`report`]: latency samples and counters; the table, JSON and progress line.
 //! - [`memory`]: a server process's RSS and data directory over time, and `soak`'s verdict on
@@ -28,3 +30,4 @@ pub mod scenarios;
 pub mod server;
 pub mod targets;
 pub mod verify;
+pub mod ws;

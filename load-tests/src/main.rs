@@ -65,9 +65,9 @@ struct Args {
     /// Subscribers in `fanout`, peers in `reconnect-storm` (default 200, or 50 with --quick).
     #[arg(long)]
     subscribers: Option<usize>,
-    /// Writes per second of the `fanout` writer.
-    #[arg(long, default_value_t = 50.0)]
-    rate: f64,
+    /// Writes per second of the `fanout` writers together (default 200, or 40 with --quick).
+    #[arg(long)]
+    rate: Option<f64>,
     /// How far behind the `catchup` peer is (default 1,000,000, or 20,000 with --quick).
     #[arg(long)]
     deltas: Option<u64>,
@@ -133,7 +133,10 @@ async fn run(args: Args) -> Result<bool> {
             .subscribers
             .unwrap_or(if args.quick { 50 } else { 200 })
             .clamp(1, 10_000),
-        rate: args.rate.clamp(0.1, 100_000.0),
+        rate: args
+            .rate
+            .unwrap_or(if args.quick { 40.0 } else { 200.0 })
+            .clamp(0.1, 100_000.0),
         deltas: args
             .deltas
             .unwrap_or(if args.quick { 20_000 } else { 1_000_000 })

@@ -23,9 +23,13 @@ use anyhow::{Context as _, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use replicate_actors::OperationType;
+use yrs::types::EntryChange;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, Map, MapRef, ReadTxn, StateVector, Text, TextPrelim, TextRef, Transact, Update};
+use yrs::{
+    Doc, Map, MapPrelim, MapRef, Observable, ReadTxn, StateVector, Text, TextPrelim, TextRef,
+    Transact, Update,
+};
 
 use crate::backend::{Backend, Change, Events};
 use crate::metrics::{timed, Metrics};
@@ -69,9 +73,14 @@ impl Replica {
         }
     }
 
+    /// A replica holding nothing, for reading (its client id never edits).
+    pub fn empty() -> Replica {
+        Replica::new(0x7fff_fff0)
+    }
+
     /// A replica built from one update (e.g. the server's full state of a document).
     pub fn from_update(update: &[u8]) -> Result<Replica> {
-        let r = Replica::new(0x7fff_fff0);
+        let r = Replica::empty();
         r.apply(update)?;
         Ok(r)
     }
@@ -92,8 +101,51 @@ impl Replica {
         Ok(())
     }
 
+    /// Applies `update` and answers the edit keys it added (see [`Replica::apply_all_keys`]).
+    ///
+    /// # Errors
+    /// An update that does not decode or apply.
+    pub fn apply_keys(&self, update: &[u8]) -> Result<Vec<String>> {
+        self.apply_all_keys(std::iter::once(update))
+    }
+
+    /// Applies `updates` in one transaction (as [`Replica::apply_all`]) and answers the edit
+    /// keys they added: which writes delivered updates carry, for a feed whose messages name
+    /// no seq (y-websocket). The keys come from yrs's event for the edit-key map, so the cost
+    /// is the updates', not the document's; an update still waiting for what it depends on
+    /// yields its key once that arrives.
+    ///
+    /// # Errors
+    /// An update that does not decode or apply.
+    pub fn apply_all_keys<'a>(
+        &self,
+        updates: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<String>> {
+        const OBSERVER: &str = "apply_keys";
+        let added = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = added.clone();
+        self.map.observe(OBSERVER, move |txn, event| {
+            let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, change) in event.keys(txn) {
+                if matches!(change, EntryChange::Inserted(_)) {
+                    sink.push(key.to_string());
+                }
+            }
+        });
+        let applied = self.apply_all(updates);
+        self.map.unobserve(OBSERVER);
+        applied?;
+        let keys = std::mem::take(&mut *added.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(keys)
+    }
+
     pub fn state_vector(&self) -> Vec<u8> {
         self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// What a holder of `sv` lacks, as one v1 update (a y-websocket step 2).
+    pub fn diff(&self, sv: &StateVector) -> Vec<u8> {
+        self.doc.transact().encode_state_as_update_v1(sv)
     }
 
     /// The document's content (the blocks' texts, then the edit keys, each sorted by key):
@@ -276,6 +328,23 @@ impl Peer {
             }
         }
         replica.map.insert(&mut txn, key.clone(), self.edits as i64);
+        (txn.encode_update_v1(), key)
+    }
+
+    /// An edit the service must refuse: a fresh edit key (named as [`Peer::edit`] names
+    /// them) set to maps nested `depth` deep — valid Yjs, past the service's nesting limit
+    /// when `depth` exceeds it. Its key is content no reader may ever hold. Made with the
+    /// peer's last reserved client id, apart from its real edits.
+    pub fn refused_edit(&mut self, depth: u32) -> (Vec<u8>, String) {
+        let key = format!("{}.{}:refused-{}", self.name, self.instance, self.edits);
+        self.edits += 1;
+        let doc = Doc::with_client_id(self.client_base + DOCS_PER_PEER - 1);
+        let meta = doc.get_or_insert_map("meta");
+        let mut txn = doc.transact_mut();
+        let mut map = meta.insert(&mut txn, key.clone(), MapPrelim::default());
+        for _ in 0..depth {
+            map = map.insert(&mut txn, "k", MapPrelim::default());
+        }
         (txn.encode_update_v1(), key)
     }
 
@@ -647,5 +716,27 @@ mod tests {
         }
         assert_eq!(merged.digest(), reader.digest());
         assert_eq!(reader.key_count() as usize, keys.len());
+    }
+
+    #[test]
+    fn applying_names_the_edit_keys_an_update_adds() {
+        let mut a = Peer::new(1, "c", Backend::Offline, Metrics::new(), 7);
+        let reader = Replica::empty();
+        let (first, k1) = a.edit("doc");
+        let (second, k2) = a.edit("doc");
+        // Out of order: the second waits for the first, and names its key once it applies.
+        assert_eq!(reader.apply_keys(&second).unwrap(), Vec::<String>::new());
+        let mut both = reader.apply_keys(&first).unwrap();
+        both.sort();
+        assert_eq!(both, {
+            let mut k = vec![k1, k2];
+            k.sort();
+            k
+        });
+        // Again: nothing new.
+        assert!(reader.apply_keys(&first).unwrap().is_empty());
+        let (probe, key) = a.refused_edit(3);
+        assert_eq!(reader.apply_keys(&probe).unwrap(), vec![key]);
+        assert!(reader.apply_keys(&[1, 2, 3]).is_err());
     }
 }

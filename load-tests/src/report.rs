@@ -237,7 +237,7 @@ impl Report {
             0.0
         };
         out.push_str(&format!(
-            "bytes: {} on the wire (HTTP bodies) vs {} raw Yjs update bytes = {:.2}x\n",
+            "bytes: {} on the wire (HTTP bodies, websocket payloads) vs {} raw Yjs update bytes = {:.2}x\n",
             self.wire_bytes, self.raw_update_bytes, wire_ratio
         ));
     }

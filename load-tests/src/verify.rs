@@ -11,13 +11,15 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::peer::{empty_state_vector, Peer, Replica};
 
-/// One answered write: its seq, document, unique edit key and when its push started.
+/// One answered write: its seq, document, unique edit key, when its push started and when
+/// its answer came.
 #[derive(Debug, Clone)]
 pub struct Written {
     pub seq: u64,
     pub doc: String,
     pub key: String,
     pub started: Instant,
+    pub answered: Instant,
 }
 
 /// Every answered write of a scenario, shared by its writers.
@@ -31,6 +33,7 @@ impl Ledger {
             doc: doc.to_string(),
             key: key.to_string(),
             started,
+            answered: Instant::now(),
         });
     }
 
@@ -54,6 +57,21 @@ impl Ledger {
     /// Push start time by seq.
     pub fn started_by_seq(&self) -> HashMap<u64, Instant> {
         self.0.borrow().iter().map(|w| (w.seq, w.started)).collect()
+    }
+
+    /// Every answered write by its edit key (for feeds that carry keys, not seqs).
+    pub fn by_key(&self) -> HashMap<String, Written> {
+        let writes = self.0.borrow();
+        writes.iter().map(|w| (w.key.clone(), w.clone())).collect()
+    }
+
+    /// The edit keys of the answered writes, per document.
+    pub fn keys_by_doc(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for w in self.0.borrow().iter() {
+            out.entry(w.doc.clone()).or_default().push(w.key.clone());
+        }
+        out
     }
 }
 

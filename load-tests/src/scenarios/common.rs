@@ -93,6 +93,8 @@ pub struct Writes {
     pub deletes: bool,
     /// Pushes left for all the writers together (none: until the deadline).
     pub budget: Option<Rc<Cell<u64>>>,
+    /// Where a rated writer's schedule starts (none: now); see [`Writes::staggered`].
+    pub start: Option<Instant>,
     pub op: &'static str,
 }
 
@@ -111,6 +113,7 @@ impl Writes {
             rate: None,
             deletes: false,
             budget: None,
+            start: None,
             op,
         }
     }
@@ -126,6 +129,18 @@ impl Writes {
         Writes {
             deletes: true,
             ..self
+        }
+    }
+
+    /// The same writes for writer `i` of `n`, whose schedule starts `i / n` of a period
+    /// late: rated writers started together would otherwise push in bursts of `n` at once,
+    /// and a burst's deliveries queue behind each other in every subscriber.
+    pub fn staggered(&self, i: usize, n: usize) -> Self {
+        let period = self.rate.map_or(0.0, |r| 1.0 / r);
+        let offset = Duration::from_secs_f64(period * i as f64 / n.max(1) as f64);
+        Writes {
+            start: Some(Instant::now() + offset),
+            ..self.clone()
         }
     }
 

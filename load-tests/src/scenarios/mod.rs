@@ -66,7 +66,7 @@ pub struct Options {
     pub writers: usize,
     /// Subscribers for `fanout` and peers for `reconnect-storm` (default 200).
     pub subscribers: usize,
-    /// Writes per second of the `fanout` writer.
+    /// Writes per second of the `fanout` writers together.
     pub rate: f64,
     /// How far behind the `catchup` peer is, in deltas.
     pub deltas: u64,
@@ -200,7 +200,7 @@ pub fn doc_names(n: usize) -> Vec<String> {
 /// budget, or 100M writes), at most `writes.rate` per second if given. Inserts first, then
 /// updates, with an occasional delete when `writes.deletes` is set. Answers the peer back.
 pub async fn write_loop(mut peer: Peer, writes: Writes) -> Peer {
-    let mut next_at = Instant::now();
+    let mut next_at = writes.start.unwrap_or_else(Instant::now);
     let mut written = std::collections::HashSet::new();
     for _ in 0..100_000_000u64 {
         if Instant::now() >= writes.deadline {

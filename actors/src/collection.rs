@@ -112,6 +112,8 @@ pub struct CollectionActor {
     numbering: bool,
     /// A periodic head read is running (at most one at a time).
     head_check_running: bool,
+    /// A sweep of expired op ids is running (the actor does not stop before it commits).
+    sweep_running: bool,
     /// Documents whose counters are being read off this thread for auto-compaction.
     counter_reads: HashSet<String>,
 }
@@ -157,6 +159,7 @@ impl CollectionActor {
             numbering: shared.store.numbers_appends(),
             head_check_running: false,
             counter_reads: HashSet::new(),
+            sweep_running: false,
             shared,
         })
     }
@@ -181,18 +184,28 @@ impl CollectionActor {
         self.state.mark_durable(seq);
     }
 
-    /// On a shared engine: the head in the store, read on a read worker (a database round
-    /// trip must not hold up this actor, nor the other actors of its arbiter). Take it in with
-    /// [`Self::head_moved`].
-    fn read_head(&self) -> impl std::future::Future<Output = Result<u64>> + 'static {
+    /// Runs `read` on a read worker when the engine has them (a shared engine: a database
+    /// round trip must not hold up this actor, nor the other actors of its arbiter), else
+    /// where the future is polled (sled: a local read).
+    fn read_off_thread<T, F>(&self, read: F) -> impl std::future::Future<Output = Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store, &str) -> Result<T> + Send + 'static,
+    {
         let (store, name) = (self.shared.store.clone(), self.name.clone());
         let readers = self.shared.read_workers.clone();
         async move {
             match readers {
-                Some(readers) => readers.run(move || store.head(&name)).await?,
-                None => store.head(&name),
+                Some(readers) => readers.run(move || read(&store, &name)).await?,
+                None => read(&store, &name),
             }
         }
+    }
+
+    /// On a shared engine: the head in the store, read off this thread. Take it in with
+    /// [`Self::head_moved`].
+    fn read_head(&self) -> impl std::future::Future<Output = Result<u64>> + 'static {
+        self.read_off_thread(|store, name| store.head(name))
     }
 
     /// A head committed by another node: everything up to it is committed, and the documents
@@ -285,23 +298,9 @@ impl CollectionActor {
         if self.counter_reads.len() >= MAX_COUNTER_READS || !self.counter_reads.insert(doc.into()) {
             return;
         }
-        let (store, name, doc) = (
-            self.shared.store.clone(),
-            self.name.clone(),
-            doc.to_string(),
-        );
-        let readers = self.shared.read_workers.clone();
+        let doc = doc.to_string();
         let job_doc = doc.clone();
-        let read = async move {
-            match readers {
-                Some(readers) => {
-                    readers
-                        .run(move || store.doc_stats(&name, &job_doc))
-                        .await?
-                }
-                None => store.doc_stats(&name, &job_doc),
-            }
-        };
+        let read = self.read_off_thread(move |store, name| store.doc_stats(name, &job_doc));
         ctx.spawn(read.into_actor(self).map(move |stored, act, ctx| {
             act.counter_reads.remove(&doc);
             match stored {
@@ -330,6 +329,7 @@ impl CollectionActor {
             && self.state.settled()
             && self.stats.pending_writes == 0
             && self.compactions.is_empty()
+            && !self.sweep_running
             && self.checking.is_empty()
             && self.state.waiters() == 0;
         if quiet && idle_for >= min_idle_ms && self.shared.evict(&self.name, self.id) {
@@ -339,38 +339,43 @@ impl CollectionActor {
         }
     }
 
-    /// Forgets expired op ids and long-gone peers, a bounded batch at a time.
+    /// Forgets expired op ids and long-gone peers, a bounded batch at a time. The expired op
+    /// ids are listed off this thread (see [`Self::read_off_thread`]).
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         const BATCH: usize = 1_000;
+        if self.sweep_running {
+            return;
+        }
+        self.sweep_running = true;
         let now = self.shared.clock.now_millis();
         let ttl = self.shared.config.op_id_ttl.as_millis() as u64;
         let mut write = Batch::default();
-        match self
-            .shared
-            .store
-            .ops_before(&self.name, now.saturating_sub(ttl), BATCH)
-        {
-            Ok(expired) => {
-                self.stats.expired_op_ids += expired.len() as u64;
-                write.extend(Batch::forget_ops(&self.name, &expired));
-            }
-            Err(e) => tracing::warn!(collection = %self.name, error = %e, "op id sweep failed"),
-        }
         let retention = self.shared.config.peer_retention.as_millis() as u64;
         for peer in self.peers.forget_unseen(now, retention) {
             self.stats.forgotten_peers += 1;
             let unseen_since = now.saturating_sub(retention);
             write.extend(Batch::forget_peer(&self.name, &peer, unseen_since));
         }
-        if !write.is_empty() {
-            ctx.spawn(
-                self.shared
-                    .commit
-                    .submit(write)
-                    .into_actor(self)
-                    .map(|_, _, _| ()),
-            );
-        }
+        let expired = self.read_off_thread(move |store, name| {
+            store.ops_before(name, now.saturating_sub(ttl), BATCH)
+        });
+        ctx.spawn(expired.into_actor(self).then(move |expired, act, _| {
+            match expired {
+                Ok(expired) => {
+                    act.stats.expired_op_ids += expired.len() as u64;
+                    write.extend(Batch::forget_ops(&act.name, &expired));
+                }
+                Err(e) => tracing::warn!(collection = %act.name, error = %e, "op id sweep failed"),
+            }
+            let round = (!write.is_empty()).then(|| act.shared.commit.submit(write));
+            async move {
+                if let Some(round) = round {
+                    let _ = round.await;
+                }
+            }
+            .into_actor(act)
+            .map(|(), act, _| act.sweep_running = false)
+        }));
     }
 }
 

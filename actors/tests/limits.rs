@@ -52,6 +52,52 @@ async fn op_ids_are_per_document_remember_their_bytes_and_expire() {
     assert_eq!(stats.duplicate_writes, 1);
 }
 
+on_every_engine!(expired_op_ids_are_swept_from_the_store);
+
+/// The op-id sweep deletes expired op ids from the store (off the actor's thread) and keeps
+/// live ones; on PostgreSQL it is what makes an expired op id free again.
+async fn expired_op_ids_are_swept_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut config = config(dir.path());
+    config.op_id_ttl = Duration::from_secs(60);
+    // The sweep runs with the idle check, every `idle_timeout` when that is under 5 s.
+    config.idle_timeout = Duration::from_millis(20);
+    let r = open_with(config.clone(), &clock).await;
+    let a = Replica::new(1);
+    r.insert("c", op_write("d", a.append("A"), "op-1"))
+        .await
+        .unwrap();
+    clock.advance(61_000);
+    // A write now: op-2 is live, and the actor is not idle by the (stopped) clock.
+    r.insert("c", op_write("d", a.append("B"), "op-2"))
+        .await
+        .unwrap();
+    let mut swept = false;
+    for _ in 0..500 {
+        if r.collection_stats("c").await.unwrap().expired_op_ids >= 1 {
+            swept = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(swept, "the sweep never forgot the expired op id");
+    // Its commit is answered before the count shows; close and look in the store itself.
+    r.close(Duration::from_secs(2)).await.unwrap();
+    // sled releases its directory lock a moment after the last handle goes.
+    let mut store = open_store(&config);
+    for _ in 0..200 {
+        if store.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        store = open_store(&config);
+    }
+    let store = store.unwrap();
+    assert!(store.op_record("c", "d", "op-1").unwrap().is_none());
+    assert!(store.op_record("c", "d", "op-2").unwrap().is_some());
+}
+
 #[actix_rt::test]
 async fn waiters_are_capped_per_collection() {
     let dir = tempfile::tempdir().unwrap();

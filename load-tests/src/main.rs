@@ -23,7 +23,8 @@ use replicate_load::targets::Targets;
 )]
 struct Args {
     /// append, fanout, catchup, slow-peer, offline-peer, reconnect-storm, mixed, soak,
-    /// hostile, storage, postgres, or all (the default).
+    /// hostile, storage, postgres; several joined by commas (e.g. storage,postgres); or all
+    /// (the default).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Base URL of a running server (e.g. http://127.0.0.1:8080), or several, comma-separated
@@ -111,14 +112,19 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> Result<bool> {
     let names: Vec<&str> = if args.scenario == "all" {
         ALL.to_vec()
-    } else if let Some(n) = ALL.iter().find(|n| **n == args.scenario) {
-        vec![*n]
     } else {
-        bail!(
-            "unknown scenario {:?}; one of {} or all",
-            args.scenario,
-            ALL.join(", ")
-        );
+        // One, or several comma-separated, run in the order given (one run: one report).
+        let mut names = Vec::new();
+        for wanted in args.scenario.split(',').map(str::trim) {
+            match ALL.iter().find(|n| **n == wanted) {
+                Some(n) => names.push(*n),
+                None => bail!(
+                    "unknown scenario {wanted:?}; one of {}, several joined by commas, or all",
+                    ALL.join(", ")
+                ),
+            }
+        }
+        names
     };
     let opts = Options {
         quick: args.quick,

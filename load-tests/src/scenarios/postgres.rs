@@ -15,6 +15,9 @@
 //!   `synchronous_commit = on` (as the engine's connections). See
 //!   [`crate::floors::postgres_insert`].
 //!
+//! - **Second floor**: the same actors and workload on a fresh sled store, in the same run:
+//!   what of the gap is the engine, and what the write path every engine shares.
+//!
 //! The issue's target — the engine's append rate ≥ 0.5× the floor — is reported next to the
 //! ratio, never judged: the verdict checks only correctness (seqs exactly 1..=N, the engine's
 //! table holding exactly those rows, a fresh reader streaming from 0 covering every seq and
@@ -242,6 +245,18 @@ async fn measure(
         }
     }
     drop(client);
+    // The second floor: the same actors and workload on the embedded engine (sled), which
+    // shows what of the gap is the engine and what the write path every engine shares.
+    let on_sled = match ctx.opts.no_floors {
+        true => None,
+        false => match same_actors_on_sled(ctx).await {
+            Ok(rate) => Some(rate),
+            Err(e) => {
+                eprintln!("[postgres] the same workload on sled failed: {e:#}");
+                None
+            }
+        },
+    };
 
     let ms_per_round = seconds * 1000.0 / rounds.max(1) as f64;
     let f = floor.unwrap_or_default();
@@ -303,7 +318,38 @@ async fn measure(
             ),
         ));
     }
+    if let Some(sled_rate) = on_sled {
+        report.floors.push(Floor::rate(
+            "appends/s vs the same actors on sled (in-process)",
+            engine_rate,
+            sled_rate,
+            "appends/s",
+            "same writers, documents, edits and duration; everything but the engine is shared \
+             (the Yjs checks, the actor, the group commit)",
+        ));
+    }
     Ok(report)
+}
+
+/// Appends per second of the same workload through the same actors on a fresh sled store.
+async fn same_actors_on_sled(ctx: &Ctx) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut config = ctx.floor_config.clone();
+    config.data_dir = dir.path().to_path_buf();
+    config.postgres = None;
+    let replicate = Replicate::open(config)?;
+    let backend = Backend::Actor(replicate.clone());
+    let metrics = Metrics::new();
+    let docs = Rc::new(doc_names(DOCS));
+    let c = ctx.collection("postgres-on-sled");
+    let ledger = Ledger::default();
+    let started = Instant::now();
+    let writes = Writes::new(&docs, &ledger, started + ctx.opts.duration, PUSH);
+    let n = ctx.opts.writers;
+    write_all(writers(ctx, &backend, &c, 0, n, &metrics), &writes).await?;
+    let rate = ledger.len() as f64 / started.elapsed().as_secs_f64();
+    replicate.close(Duration::from_secs(10)).await?;
+    Ok(rate)
 }
 
 fn floor_json(f: Option<&PgInserted>) -> serde_json::Value {

@@ -6,7 +6,15 @@
 //! A leak or a record kept forever shows as RSS that keeps climbing under a steady load; a
 //! cache filling up shows as a climb that levels off. So the judgement looks only at the second
 //! half of the run (the first is warm-up: caches, pools and the documents' working set fill)
-//! and asks that every sample there stay within ±[`RSS_BAND`] of that half's median. The data
+//! and asks that every sample there stay within ±[`RSS_BAND`] of that half's median.
+//!
+//! The warm-up ends when the server's bounded caches are full, which may be after the
+//! midpoint: under `mixed` the documents grow for good, and the document cache (64 MiB of
+//! them by default) fills at ~7 minutes of a 10-minute run. Each sample also reads how full
+//! that cache is (`/metrics`), and the judged window starts at the later of the midpoint and
+//! the first sample with the cache ≥ [`CACHE_FULL`] of its bound — but only if that leaves at
+//! least [`MIN_WINDOW`] of the run to judge; otherwise it starts at the midpoint, strictly, as
+//! if nothing were known (see [`steady_from`]). The data
 //! directory is judged the same way but more loosely: sled appends and reclaims whole segments,
 //! so its size saws; what must not happen is a second half far above the first.
 
@@ -25,6 +33,48 @@ pub const RSS_BAND: f64 = 0.10;
 /// The data directory's largest size in the second half may be at most this many times its
 /// largest in the first (sled's segments saw up and down; unbounded growth does not level off).
 pub const DISK_GROWTH: f64 = 2.0;
+
+/// A cache this full (bytes ÷ bound) counts as full: the warm-up is over.
+pub const CACHE_FULL: f64 = 0.9;
+
+/// The least part of the run the RSS check judges when the warm-up ends after the midpoint.
+pub const MIN_WINDOW: f64 = 0.25;
+
+/// Where a sampled server answers `/metrics` (and the token it needs, if any).
+#[derive(Debug, Clone)]
+pub struct MetricsProbe {
+    pub base_url: String,
+    pub token: Option<String>,
+}
+
+impl MetricsProbe {
+    /// How full the document cache is (bytes ÷ capacity), if the server answers.
+    async fn doc_cache_fill(&self, client: &awc::Client) -> Option<f64> {
+        let mut request = client.get(format!("{}/metrics", self.base_url));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let mut answer = request.send().await.ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let body = answer.body().limit(4 << 20).await.ok()?;
+        doc_cache_fill(std::str::from_utf8(&body).ok()?)
+    }
+}
+
+/// The document cache's fill (bytes ÷ capacity) from a Prometheus text exposition.
+fn doc_cache_fill(metrics: &str) -> Option<f64> {
+    let gauge = |name: &str| {
+        metrics.lines().find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+    };
+    let bytes = gauge("replicate_doc_cache_bytes")?;
+    let capacity = gauge("replicate_doc_cache_capacity_bytes")?;
+    (capacity > 0.0).then(|| bytes / capacity)
+}
 
 /// Whose memory is sampled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +131,8 @@ pub struct Sample {
     pub rss_kib: u64,
     /// The data directory's size, when the run knows where it is.
     pub data_bytes: Option<u64>,
+    /// How full the server's document cache was (bytes ÷ bound), when it answered.
+    pub doc_cache_fill: Option<f64>,
 }
 
 /// Samples a process every `every` until stopped, on the current actix arbiter.
@@ -93,17 +145,31 @@ pub struct Sampler {
 impl Sampler {
     /// Starts sampling `process` (and `data_dir`'s size, if given) at once and then every
     /// `every`. A sample the process cannot give (it exited) is skipped.
-    pub fn start(process: Process, data_dir: Option<PathBuf>, every: Duration) -> Sampler {
+    /// With `probe`, each sample also reads how full the server's document cache is.
+    pub fn start(
+        process: Process,
+        data_dir: Option<PathBuf>,
+        every: Duration,
+        probe: Option<MetricsProbe>,
+    ) -> Sampler {
         let samples: Rc<RefCell<Vec<Sample>>> = Rc::default();
         let into = samples.clone();
         let started = Instant::now();
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .finish();
         let handle = actix_rt::spawn(async move {
             loop {
+                let fill = match &probe {
+                    Some(probe) => probe.doc_cache_fill(&client).await,
+                    None => None,
+                };
                 if let Some(rss_kib) = process.rss_kib() {
                     into.borrow_mut().push(Sample {
                         secs: started.elapsed().as_secs_f64(),
                         rss_kib,
                         data_bytes: data_dir.as_deref().map(dir_bytes),
+                        doc_cache_fill: fill,
                     });
                 }
                 tokio::time::sleep(every).await;
@@ -125,6 +191,7 @@ impl Sampler {
                 secs: self.started.elapsed().as_secs_f64(),
                 rss_kib,
                 data_bytes: data_dir.map(dir_bytes),
+                doc_cache_fill: None,
             });
         }
         samples
@@ -151,16 +218,53 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// RSS over the second half of the run (from `half` seconds) within ±[`RSS_BAND`] of its
-/// median. Needs at least 3 samples there.
-pub fn rss_flat(samples: &[Sample], half: f64) -> Check {
+/// Where the steady state starts in a run of `secs` seconds: the later of the midpoint and the
+/// first sample whose document cache is full, if at least [`MIN_WINDOW`] of the run is left
+/// after it; else the midpoint. Answers the start and why.
+pub fn steady_from(samples: &[Sample], secs: f64) -> (f64, String) {
+    let half = secs / 2.0;
+    let full = samples
+        .iter()
+        .find(|s| s.doc_cache_fill.is_some_and(|f| f >= CACHE_FULL))
+        .map(|s| s.secs);
+    match full {
+        None if samples.iter().all(|s| s.doc_cache_fill.is_none()) => {
+            (half, "the midpoint (cache fill not read)".into())
+        }
+        None => (
+            half,
+            "the midpoint (the document cache never filled)".into(),
+        ),
+        Some(t) if t <= half => (
+            half,
+            format!("the midpoint (document cache full at {t:.0} s)"),
+        ),
+        Some(t) if secs - t >= MIN_WINDOW * secs => (
+            t,
+            format!("{t:.0} s, when the document cache was full (after the midpoint)"),
+        ),
+        Some(t) => (
+            half,
+            format!(
+                "the midpoint: the document cache was full only at {t:.0} s, leaving under {:.0} % \
+                 of the run",
+                MIN_WINDOW * 100.0
+            ),
+        ),
+    }
+}
+
+/// RSS from `from` seconds (the steady state: see [`steady_from`]) within ±[`RSS_BAND`] of
+/// its median. Needs at least 3 samples there.
+pub fn rss_flat(samples: &[Sample], from: f64) -> Check {
+    let half = from;
     let second = after(samples, half);
-    let name = "RSS flat over the second half";
+    let name = "RSS flat once warm (the second half, or after the caches filled)";
     if second.len() < 3 {
         return Check {
             name: name.into(),
             ok: false,
-            detail: format!("{} samples in the second half; need 3", second.len()),
+            detail: format!("{} samples from {half:.0} s; need 3", second.len()),
         };
     }
     let mut rss: Vec<u64> = second.iter().map(|s| s.rss_kib).collect();
@@ -218,9 +322,10 @@ pub fn disk_bounded(samples: &[Sample], half: f64) -> Option<Check> {
     })
 }
 
-/// The series as printed lines: seconds, RSS MiB, data directory MiB, eight to a line.
+/// The series as printed lines: seconds, RSS MiB, data directory MiB, document cache fill,
+/// eight to a line.
 pub fn format_series(samples: &[Sample]) -> String {
-    let mut out = String::from("series (s: RSS MiB / data MiB):\n");
+    let mut out = String::from("series (s: RSS MiB / data MiB / document cache full %):\n");
     for chunk in samples.chunks(8) {
         let line: Vec<String> = chunk
             .iter()
@@ -228,7 +333,10 @@ pub fn format_series(samples: &[Sample]) -> String {
                 let data = s
                     .data_bytes
                     .map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1048576.0));
-                format!("{:>4.0}: {:>5.1}/{data:<4}", s.secs, mib(s.rss_kib))
+                let fill = s
+                    .doc_cache_fill
+                    .map_or("-".to_string(), |f| format!("{:.0}", f * 100.0));
+                format!("{:>4.0}: {:>5.1}/{data}/{fill:<3}", s.secs, mib(s.rss_kib))
             })
             .collect();
         out.push_str(&format!("  {}\n", line.join(" ")));
@@ -248,8 +356,53 @@ mod tests {
                 secs: i as f64 * 10.0,
                 rss_kib: m * 1024,
                 data_bytes: Some(m * 1_000_000),
+                doc_cache_fill: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_steady_state_starts_when_the_cache_is_full_if_enough_run_is_left() {
+        let mut run = series(&[10, 20, 30, 40, 50, 60, 70, 80, 80, 81, 80, 79]);
+        // Not read: the midpoint.
+        assert_eq!(steady_from(&run, 120.0).0, 60.0);
+        // Full at 80 s of 120 (a third left): from there, and flat.
+        for (i, s) in run.iter_mut().enumerate() {
+            s.doc_cache_fill = Some(if i >= 8 { 0.95 } else { i as f64 / 10.0 });
+        }
+        let (from, _) = steady_from(&run, 120.0);
+        assert_eq!(from, 80.0);
+        assert!(rss_flat(&run, from).ok, "{}", rss_flat(&run, from).detail);
+        // Judged from the midpoint, the same run still climbs.
+        assert!(!rss_flat(&run, 60.0).ok);
+        // A climb after the cache is full still fails.
+        let mut leak = series(&[10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]);
+        for (i, s) in leak.iter_mut().enumerate() {
+            s.doc_cache_fill = Some(if i >= 8 { 0.95 } else { 0.5 });
+        }
+        assert!(!rss_flat(&leak, steady_from(&leak, 120.0).0).ok);
+        // Full too late (under a quarter of the run left): the midpoint, strictly.
+        for (i, s) in run.iter_mut().enumerate() {
+            s.doc_cache_fill = Some(if i >= 11 { 0.95 } else { 0.5 });
+        }
+        assert_eq!(steady_from(&run, 120.0).0, 60.0);
+        // Full before the midpoint: the midpoint.
+        for s in run.iter_mut() {
+            s.doc_cache_fill = Some(1.0);
+        }
+        assert_eq!(steady_from(&run, 120.0).0, 60.0);
+    }
+
+    #[test]
+    fn the_cache_fill_is_read_from_the_metrics_text() {
+        let text = "# TYPE replicate_doc_cache_bytes gauge\nreplicate_doc_cache_bytes 50\n\
+                    replicate_doc_cache_bytes_total 9\nreplicate_doc_cache_capacity_bytes 200\n";
+        assert_eq!(doc_cache_fill(text), Some(0.25));
+        assert_eq!(doc_cache_fill("replicate_doc_cache_bytes 5\n"), None);
+        assert_eq!(
+            doc_cache_fill("replicate_doc_cache_bytes 5\nreplicate_doc_cache_capacity_bytes 0\n"),
+            None
+        );
     }
 
     #[test]

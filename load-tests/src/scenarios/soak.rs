@@ -56,7 +56,11 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         )
     };
     let duration = soak.opts.duration;
-    let sampler = process.map(|p| Sampler::start(p, data.clone(), every(duration)));
+    let probe = soak.targets.as_ref().map(|t| memory::MetricsProbe {
+        base_url: t.first().to_string(),
+        token: soak.credentials.as_ref().map(|c| c.token.clone()),
+    });
+    let sampler = process.map(|p| Sampler::start(p, data.clone(), every(duration), probe));
 
     let mut report = mixed::run_named(&soak, "soak").await?;
 
@@ -79,7 +83,9 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         (Some(sampler), Some(process)) => {
             let samples = sampler.stop(process, data.as_deref());
             let load = memory::during(&samples, duration.as_secs_f64());
-            let mut checks = vec![memory::rss_flat(&load, half)];
+            let (from, why) = memory::steady_from(&load, duration.as_secs_f64());
+            report.notes.push(format!("RSS judged from {why}"));
+            let mut checks = vec![memory::rss_flat(&load, from)];
             checks.extend(memory::disk_bounded(&load, half));
             for check in checks {
                 if ctx.opts.quick {

@@ -315,10 +315,10 @@ impl CollectionActor {
         }));
     }
 
+    /// Sweeps, then stops if quiet for the idle timeout (after the sweep's commit: the actor
+    /// does not stop while that runs, and a collection's last sweep is the one before it stops).
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
         self.sweep(ctx);
-        let idle = self.shared.config.idle_timeout.as_millis() as u64;
-        self.stop_if_quiet(idle, ctx);
     }
 
     /// Stops this actor if it has nothing in flight and no traffic for `min_idle_ms`.
@@ -334,13 +334,18 @@ impl CollectionActor {
             && self.state.waiters() == 0;
         if quiet && idle_for >= min_idle_ms && self.shared.evict(&self.name, self.id) {
             tracing::debug!(collection = %self.name, "stopping quiet collection actor");
+            // Its built documents are as cold as it is: a later write rebuilds them, and
+            // until then their memory serves collections in use (issue 13: 100,000
+            // collections touched and left idle must not hold a full cache of them).
+            self.shared.docs.forget_collection(&self.name);
             self.stopped = true;
             ctx.stop();
         }
     }
 
-    /// Forgets expired op ids and long-gone peers, a bounded batch at a time. The expired op
-    /// ids are listed off this thread (see [`Self::read_off_thread`]).
+    /// Forgets expired op ids and long-gone peers, a bounded batch at a time, then stops the
+    /// actor if it is quiet. The expired op ids are listed off this thread (see
+    /// [`Self::read_off_thread`]); one sweep runs at a time.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         const BATCH: usize = 1_000;
         if self.sweep_running {
@@ -374,7 +379,11 @@ impl CollectionActor {
                 }
             }
             .into_actor(act)
-            .map(|(), act, _| act.sweep_running = false)
+            .map(|(), act, ctx| {
+                act.sweep_running = false;
+                let idle = act.shared.config.idle_timeout.as_millis() as u64;
+                act.stop_if_quiet(idle, ctx);
+            })
         }));
     }
 }

@@ -5,7 +5,7 @@
 //! puts it back afterwards, so a state is never used by two jobs at once and a state that is
 //! out cannot be evicted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::crdt::DocState;
@@ -14,7 +14,8 @@ type Key = (String, String);
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<Key, (DocState, u64)>,
+    /// Ordered by collection, so one collection's documents are one range.
+    entries: BTreeMap<Key, (DocState, u64)>,
     /// Last use → key, oldest first.
     order: BTreeMap<u64, Key>,
     tick: u64,
@@ -78,16 +79,18 @@ impl DocCache {
         drop(self.take(c, d));
     }
 
-    /// Forgets every document of collection `c` (another node wrote to it).
+    /// Forgets every document of collection `c` (another node wrote to it, or its actor
+    /// stopped idle). Costs the collection's entries, not the cache's.
     pub fn forget_collection(&self, c: &str) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
+        let from = (c.to_string(), String::new());
         let keys: Vec<Key> = inner
             .entries
-            .keys()
-            .filter(|(k, _)| k == c)
-            .cloned()
+            .range(from..)
+            .take_while(|((kc, _), _)| kc == c)
+            .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
             if let Some((state, tick)) = inner.entries.remove(&key) {

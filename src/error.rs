@@ -194,7 +194,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::StorageFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
         Error::StorageFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         // Only this write failed; the next commit tries again (a store several nodes share).
-        Error::CommitFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::CommitFailed { .. } | Error::CommitUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -266,11 +266,11 @@ where
             )
         };
         let result = match &round.failed {
-            Some(failure) if sticky => Err(failure.clone()),
-            _ => commit(&writes).map_err(|e| failed(&e, sticky)),
+            Some(failure) if sticky => Err((failure.clone(), None)),
+            _ => commit(&writes).map_err(|e| (failed(&e, sticky), Some(e))),
         };
         // The round's state first, so a writer that hears of its failure sees it in `failure`.
-        round.failed = result.as_ref().err().cloned();
+        round.failed = result.as_ref().err().map(|(failure, _)| failure.clone());
         round.rounds += 1;
         tx.send_replace(round.clone());
         match result {
@@ -280,9 +280,15 @@ where
                     let _ = answer.send(Ok(outcome));
                 }
             }
-            Err(failure) => {
+            Err((failure, cause)) => {
+                // A commit that may have stored its writes says so; other failures stored
+                // nothing (see `StorageFailure::error`).
+                let error = match cause {
+                    Some(e @ Error::CommitUnknown { .. }) => e,
+                    _ => failure.error(),
+                };
                 for answer in answers {
-                    let _ = answer.send(Err(failure.error()));
+                    let _ = answer.send(Err(error.clone()));
                 }
             }
         }

@@ -78,6 +78,14 @@ pub enum Error {
          seq was taken; retry (the next commit tries again)"
     )]
     CommitFailed { reason: String },
+    /// A commit's answer was lost with its connection (PostgreSQL) and the database could not
+    /// be asked in time whether it committed: the write may be stored. Retrying with the same
+    /// opId stores it at most once (see `store::postgres::settle`).
+    #[error(
+        "the store's answer to this write's commit was lost ({reason}), so it may or may not \
+         have been stored; retry with the same opId, which stores it at most once"
+    )]
+    CommitUnknown { reason: String },
     /// The store could not be reached (a networked store's connection failed or was cut);
     /// the request changed nothing. Worth retrying: the pool reconnects.
     #[error("the store could not be reached ({reason}); nothing was changed; retry")]
@@ -110,7 +118,9 @@ impl Error {
             Error::Relocated | Error::Unreachable { .. } => "unavailable",
             Error::Internal(_) => "internal",
             Error::StorageFull { .. } => "storage_full",
-            Error::StorageFailed { .. } | Error::CommitFailed { .. } => "storage_failed",
+            Error::StorageFailed { .. }
+            | Error::CommitFailed { .. }
+            | Error::CommitUnknown { .. } => "storage_failed",
         }
     }
 }

@@ -14,6 +14,11 @@
 //! (`Outcome::Superseded`; the actor then reads and merges again). The tests here drive that
 //! interleaving at the engine, where it can be made to happen every time.
 //!
+//! # A commit whose answer was lost
+//! A connection that breaks after `COMMIT` was sent may have committed: the engine asks the
+//! database (`store::postgres::settle`). A proxy that cuts exactly that answer makes it
+//! happen every time.
+//!
 //! Needs `REPLICATE_TEST_POSTGRES`; skipped loudly without it, failed under `CI=true`.
 
 mod common;
@@ -23,6 +28,10 @@ use replicate_actors::store::{
     Batch, CompactionGuard, CompactionWrite, DeltaRecord, DocStats, Outcome, SnapshotRecord,
 };
 use replicate_actors::{OperationType, Store};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 const C: &str = "guarded";
 const DOC: &str = "d";
@@ -376,4 +385,196 @@ fn an_append_commit_failing_before_its_commit_is_rolled_back() {
         &url,
         &format!("DROP SCHEMA {schema} CASCADE; DROP ROLE {role}"),
     );
+}
+
+/// A TCP proxy in front of PostgreSQL that, while armed, cuts the connection carrying a
+/// `COMMIT`'s answer: the server committed, the engine never hears so. It reads the server's
+/// messages (a type byte and a length each, after the startup reply which has the same shape
+/// with `NoTls`) and forwards all others untouched.
+struct CommitCutter {
+    url: String,
+    armed: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
+}
+
+impl CommitCutter {
+    fn start(url: &str) -> CommitCutter {
+        // postgres://USER@HOST:PORT/DB… → the upstream address, and the URL through the proxy.
+        let (scheme, rest) = url.split_once("://").expect("a postgres:// url");
+        let (user, rest) = rest.split_once('@').expect("a user in the url");
+        let (upstream, path) = rest.split_once('/').expect("a database in the url");
+        let upstream: SocketAddr = upstream.parse().expect("HOST:PORT as an address");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let proxy_url = format!(
+            "{scheme}://{user}@{}/{path}",
+            listener.local_addr().expect("proxy address")
+        );
+        let (armed, cut) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (armed.clone(), cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (to_server, from_client) = (
+                    server.try_clone().expect("clone"),
+                    client.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &from_client, &mut &to_server);
+                    let _ = to_server.shutdown(Shutdown::Both);
+                });
+                let (a, c) = (a.clone(), c.clone());
+                std::thread::spawn(move || relay_answers(server, client, &a, &c));
+            }
+        });
+        CommitCutter {
+            url: proxy_url,
+            armed,
+            cut,
+        }
+    }
+
+    /// Cuts the next `n` connections that carry a COMMIT's answer.
+    fn arm(&self, n: usize) {
+        self.armed.store(n, Ordering::SeqCst);
+    }
+
+    fn cuts(&self) -> usize {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+fn relay_answers(server: TcpStream, mut client: TcpStream, armed: &AtomicUsize, cut: &AtomicUsize) {
+    let mut from_server = std::io::BufReader::new(&server);
+    loop {
+        let mut head = [0u8; 5];
+        if from_server.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        if from_server.read_exact(&mut body).is_err() {
+            break;
+        }
+        let commit_answer = head[0] == b'C' && body == b"COMMIT\0";
+        if commit_answer
+            && armed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            cut.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if client.write_all(&head).is_err() || client.write_all(&body).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+}
+
+/// A store on a fresh schema reached through a [`CommitCutter`].
+fn open_behind_cutter(test: &str) -> Option<(String, String, CommitCutter, Store)> {
+    if !use_postgres(test) {
+        return None;
+    }
+    let url = std::env::var("REPLICATE_TEST_POSTGRES").expect("url");
+    let cutter = CommitCutter::start(&url);
+    let schema = format!("t_cut_{}_{}", std::process::id(), test.len());
+    let options = replicate_actors::store::postgres::PostgresOptions {
+        schema: schema.clone(),
+        pool_size: 2,
+    };
+    let store = Store::postgres(&cutter.url, &options).expect("open the PostgreSQL store");
+    Some((url, schema, cutter, store))
+}
+
+/// An append whose COMMIT went through but whose answer was lost with the connection (a
+/// database restart, a failover) is answered as stored, with its seq: the engine asks the
+/// database what became of the transaction. Answering "nothing stored" (what a lost
+/// connection means for every other statement) would refuse a write that is in the log,
+/// and its retry without an op id would store it twice.
+#[test]
+fn an_append_whose_commit_answer_was_lost_is_answered_by_what_the_database_did() {
+    let Some((url, schema, cutter, store)) = open_behind_cutter("lost_append_commit") else {
+        return;
+    };
+    let writer = Replica::new(11);
+    assert_eq!(
+        append_with_op(&store, &writer.append("a"), "op-1").unwrap(),
+        Outcome::Stored(1)
+    );
+    cutter.arm(1);
+    let second = writer.append("b");
+    assert_eq!(
+        append_with_op(&store, &second, "op-2").unwrap(),
+        Outcome::Stored(2),
+        "the commit went through: its write is answered as stored"
+    );
+    assert_eq!(cutter.cuts(), 1, "the COMMIT's answer was cut");
+    assert_eq!(store.head(C).unwrap(), 2);
+    assert_eq!(
+        append_with_op(&store, &second, "op-2").unwrap(),
+        Outcome::Duplicate(replicate_actors::store::OpRecord {
+            seq: 2,
+            hash: 9,
+            created_at: 1
+        }),
+        "a retry of the write finds it stored"
+    );
+    assert_eq!(
+        append_with_op(&store, &writer.append("c"), "op-3").unwrap(),
+        Outcome::Stored(3),
+        "the pool reconnected"
+    );
+    drop(store);
+    execute(&url, &format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// The same for a commit that is not appends alone (an append and a peer's ack: the general
+/// transaction, whose COMMIT is its own statement).
+#[test]
+fn a_mixed_commit_whose_answer_was_lost_is_answered_by_what_the_database_did() {
+    let Some((url, schema, cutter, store)) = open_behind_cutter("lost_mixed_commit") else {
+        return;
+    };
+    let writer = Replica::new(12);
+    assert_eq!(
+        append_with_op(&store, &writer.append("a"), "op-1").unwrap(),
+        Outcome::Stored(1)
+    );
+    let delta = DeltaRecord {
+        document_id: DOC.into(),
+        operation: OperationType::Update,
+        bytes: writer.append("b"),
+        created_at: 1,
+    };
+    let op = replicate_actors::store::OpWrite {
+        op_id: "op-2",
+        hash: 9,
+    };
+    let mut batch = Batch::append(C, 0, &delta, &DocStats::default(), Some(op));
+    batch.extend(Batch::put_peer(
+        C,
+        "p",
+        &replicate_actors::store::PeerRecord {
+            synced_seq: 1,
+            last_seen_at: 1,
+        },
+    ));
+    cutter.arm(1);
+    let outcomes = store
+        .commit(&[batch])
+        .expect("answered by what the database did");
+    assert_eq!(cutter.cuts(), 1, "the COMMIT's answer was cut");
+    assert_eq!(outcomes[0][0], Outcome::Stored(2));
+    assert_eq!(store.head(C).unwrap(), 2);
+    assert_eq!(
+        store.op_record(C, DOC, "op-2").unwrap().map(|r| r.seq),
+        Some(2)
+    );
+    drop(store);
+    execute(&url, &format!("DROP SCHEMA {schema} CASCADE"));
 }

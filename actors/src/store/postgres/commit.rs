@@ -22,7 +22,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
-use super::{int, operation_code, uint, Failure};
+use super::{int, operation_code, settle, uint, Failure};
 use crate::paging;
 use crate::store::{Batch, CompactionGuard, DeltaRecord, Mutation, OpRecord, Outcome};
 
@@ -109,7 +109,7 @@ pub(super) async fn commit(
     channel: &str,
     node: u64,
 ) -> Result<Vec<Vec<Outcome>>> {
-    let mut heads = lock_collections(&tx, batches).await?;
+    let (mut heads, xid) = futures::try_join!(lock_collections(&tx, batches), current_xact(&tx))?;
     let before = heads.clone();
     let stmts = AppendStatements::prepare(&tx).await?;
     let mut outcomes: Vec<Vec<Outcome>> = batches
@@ -130,8 +130,16 @@ pub(super) async fn commit(
     }
     write_appends(&tx, &stmts, &run, &mut heads, &mut outcomes).await?;
     announce_heads(&tx, &stmts, &before, &heads, channel, node).await?;
-    tx.commit().await?;
-    Ok(outcomes)
+    match tx.commit().await {
+        Ok(()) => Ok(outcomes),
+        Err(e) => Err(Failure::from(e).at_commit(&xid, outcomes)),
+    }
+}
+
+/// This transaction's id (see `settle`).
+async fn current_xact<C: GenericClient>(client: &C) -> Result<String> {
+    let stmt = client.prepare_cached(settle::CURRENT_XACT).await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
 }
 
 /// Whether every mutation of `batches` is an append (then [`commit_appends`] applies them).
@@ -176,13 +184,15 @@ pub(super) async fn commit_appends<C: GenericClient>(
     let lock = client.prepare_cached(LOCK_COLLECTIONS).await?;
     let lookup = client.prepare_cached(LOOKUP_OP_IDS).await?;
     let commit = client.prepare_cached("COMMIT").await?;
+    let xact = client.prepare_cached(settle::CURRENT_XACT).await?;
     let stmts = AppendStatements::prepare(client).await?;
     let (c, d, o) = op_id_keys(&appends, &claims);
     // Round trip 1: sent in this order (the driver sends a request when its future is first
     // polled, and `try_join!` polls in order), so the lookup runs under the lock.
     let names_param: [&(dyn ToSql + Sync); 1] = [&names];
-    let (_, _, locked, known) = futures::try_join!(
+    let (_, xid, _, locked, known) = futures::try_join!(
         client.execute(&begin, &[]),
+        async { Ok(client.query_one(&xact, &[]).await?.get::<_, String>(0)) },
         client.execute(&create, &names_param),
         client.query(&lock, &names_param),
         async {
@@ -202,15 +212,19 @@ pub(super) async fn commit_appends<C: GenericClient>(
     let (seqs, new) = number_appends(&run, &appends, &mut fates, &mut heads, &mut outcomes);
     // Round trip 2: every write, then COMMIT, in this order (each future sends on its first
     // poll: everything is prepared). A failed statement aborts the transaction and its error
-    // fails this call; the COMMIT behind it then only ends the aborted transaction.
-    futures::try_join!(
+    // fails this call; the COMMIT behind it then only ends the aborted transaction. A lost
+    // connection here may have lost only the COMMIT's answer (see `settle`).
+    let written = futures::try_join!(
         insert_deltas(client, &stmts, &appends, &seqs, &new),
         add_to_counters(client, &stmts, &appends, &new),
         insert_op_ids(client, &stmts, &appends, &seqs, &new),
         announce_heads(client, &stmts, &before, &heads, channel, node),
         async { Ok(client.execute(&commit, &[]).await?) },
-    )?;
-    Ok(outcomes)
+    );
+    match written {
+        Ok(_) => Ok(outcomes),
+        Err(f) => Err(f.at_commit(&xid, outcomes)),
+    }
 }
 
 /// Writes the heads that moved and notifies every node of them.

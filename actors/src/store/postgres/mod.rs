@@ -26,6 +26,7 @@
 mod commit;
 mod listen;
 mod schema;
+mod settle;
 
 use std::future::Future;
 
@@ -81,23 +82,31 @@ pub struct PostgresEngine {
 }
 
 fn pg_error(e: tokio_postgres::Error) -> Error {
-    // `{:#}` is not implemented; the source holds the server's message (e.g. a full disk).
-    let source = std::error::Error::source(&e);
-    let reason = match source {
-        Some(source) => format!("postgres: {e}: {source}"),
-        None => format!("postgres: {e}"),
-    };
-    // A lost connection (closed, an I/O error, or the server ending it: SQLSTATE class 08
-    // or 57P) changed nothing and is worth a retry; anything else is the store's answer.
-    let lost = e.is_closed()
-        || source.is_some_and(|s| s.is::<std::io::Error>())
-        || e.code()
-            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"));
-    if lost {
+    let reason = pg_reason(&e);
+    if connection_lost(&e) {
         Error::Unreachable { reason }
     } else {
         Error::Storage(reason)
     }
+}
+
+/// The driver's error with its source, which holds the server's message (e.g. a full disk):
+/// `{:#}` is not implemented.
+fn pg_reason(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(source) => format!("postgres: {e}: {source}"),
+        None => format!("postgres: {e}"),
+    }
+}
+
+/// Whether `e` is a lost connection (closed, an I/O error, or the server ending it: SQLSTATE
+/// class 08 or 57P), not the store's answer. A statement lost so changed nothing and is worth
+/// a retry; a lost `COMMIT` may have committed (see `settle`).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> Error {
@@ -338,10 +347,18 @@ impl Drop for Connection {
     }
 }
 
-/// Why a commit attempt failed: the database's error (maybe worth another attempt) or ours.
+/// Why a commit attempt failed: the database's error (maybe worth another attempt), ours, or
+/// a lost connection after `COMMIT` was sent (see `settle`).
 enum Failure {
     Db(tokio_postgres::Error),
     Other(Error),
+    /// The connection broke after transaction `xid`'s `COMMIT` was sent: it may have
+    /// committed, and then `outcomes` is what it did.
+    Unanswered {
+        error: tokio_postgres::Error,
+        xid: String,
+        outcomes: Vec<Vec<Outcome>>,
+    },
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -359,9 +376,22 @@ impl Failure {
             || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE))
     }
 
+    /// The failure of a commit whose `COMMIT` was the statement that failed (or was sent
+    /// with it): unanswered if the connection was lost.
+    fn at_commit(self, xid: &str, outcomes: Vec<Vec<Outcome>>) -> Failure {
+        match self {
+            Failure::Db(error) if connection_lost(&error) => Failure::Unanswered {
+                error,
+                xid: xid.to_owned(),
+                outcomes,
+            },
+            other => other,
+        }
+    }
+
     fn into_error(self) -> Error {
         match self {
-            Failure::Db(e) => pg_error(e),
+            Failure::Db(e) | Failure::Unanswered { error: e, .. } => pg_error(e),
             Failure::Other(e) => e,
         }
     }
@@ -444,6 +474,7 @@ impl Engine for PostgresEngine {
         let channel = heads_channel(&self.schema);
         let node = self.node;
         let appends_only = commit::appends_only(&batches);
+        let pool = self.pool.clone();
         self.with(move |client| async move {
             let mut client = Connection::new(client);
             let mut attempt = 1;
@@ -462,6 +493,19 @@ impl Engine for PostgresEngine {
                 };
                 match result {
                     Ok(outcomes) => return Ok(outcomes),
+                    Err(Failure::Unanswered {
+                        error,
+                        xid,
+                        outcomes,
+                    }) => {
+                        drop(client);
+                        tracing::warn!(%xid, error = %pg_reason(&error), "postgres commit unanswered; asking what became of it");
+                        return match settle::fate(&pool, &xid, settle::SETTLE_FOR).await {
+                            settle::Fate::Committed => Ok(outcomes),
+                            settle::Fate::RolledBack => Err(pg_error(error)),
+                            settle::Fate::Unknown(why) => Err(settle::unknown(&error, why)),
+                        };
+                    }
                     Err(f) if f.retryable() && attempt < COMMIT_ATTEMPTS => {
                         tracing::info!(attempt, "postgres commit rolled back; trying again");
                         attempt += 1;

@@ -15,8 +15,19 @@
 //! Every edit sets a map key unique to it (`"{peer}:{n}"`), so "nothing lost" is checkable: the
 //! key of every answered write must be in every converged replica. What the peer received is
 //! logged in [`Seen`] for the ordering and coverage checks in [`crate::verify`].
+//!
+//! # Steady documents
+//! Those documents grow for good (every edit adds text and a key), so a long run's memory grows
+//! with its data. A [`Peer::steady`] peer (the `soak`'s writers) makes documents that stop
+//! growing: each block is a Y.Map holding its text and the keys of the edits made in it, and a
+//! peer keeps [`STEADY_BLOCKS`] of them per document, each new block replacing the oldest. A
+//! replaced block is deleted whole with everything in it, so Yjs garbage-collects its content
+//! into a few ranges. Its keys are gone by design: "nothing lost" then checks the keys of each
+//! peer's live blocks ([`present_keys`]); the checks by seq still cover every write.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -27,7 +38,7 @@ use yrs::types::EntryChange;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    Doc, Map, MapPrelim, MapRef, Observable, ReadTxn, StateVector, Text, TextPrelim, TextRef,
+    Doc, Map, MapPrelim, MapRef, Observable, Out, ReadTxn, StateVector, Text, TextPrelim, TextRef,
     Transact, Update,
 };
 
@@ -47,6 +58,8 @@ const DOCS_PER_PEER: u64 = 256;
 /// Edits a peer makes to one block of a document before it starts a new one (about a
 /// paragraph of text, ~100–300 yrs items).
 pub const BLOCK_EDITS: u32 = 64;
+/// Blocks a steady peer keeps per document (see the module docs).
+pub const STEADY_BLOCKS: u64 = 2;
 
 /// How many times a push is retried (with the same opId) before it counts as failed.
 const PUSH_ATTEMPTS: u32 = 8;
@@ -58,6 +71,89 @@ pub struct Replica {
     map: MapRef,
     /// The block this peer is typing into and how many edits it has had.
     block: Option<(TextRef, u32)>,
+    /// A steady peer's block (see the module docs), and how many it started.
+    steady: Option<SteadyBlock>,
+    steady_started: u64,
+}
+
+/// The edit key of every update the writers pushed, by the update's bytes: a websocket
+/// subscriber names the write a delivered update carries without applying it, since the
+/// service stores and broadcasts an update's bytes as pushed. (An update not found here, such
+/// as a resync's diff, is applied to learn its keys.)
+#[derive(Clone, Default)]
+pub struct SentUpdates(Rc<RefCell<HashMap<u64, String>>>);
+
+impl SentUpdates {
+    pub fn note(&self, update: &[u8], key: &str) {
+        self.0
+            .borrow_mut()
+            .insert(bytes_hash(update), key.to_string());
+    }
+
+    /// The key of the write whose update is `update`, if one was noted.
+    pub fn key_of(&self, update: &[u8]) -> Option<String> {
+        self.0.borrow().get(&bytes_hash(update)).cloned()
+    }
+}
+
+fn bytes_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// A steady peer's current block: a map of its text and its edits' keys.
+struct SteadyBlock {
+    map: MapRef,
+    text: TextRef,
+    edits: u32,
+    ordinal: u64,
+}
+
+/// A steady edit key (`"{peer}:{n}@{block ordinal}"`) split into its peer and block ordinal.
+fn steady_key(key: &str) -> Option<(&str, u64)> {
+    let (rest, ordinal) = key.split_once('@')?;
+    let (prefix, _) = rest.rsplit_once(':')?;
+    Some((prefix, ordinal.parse().ok()?))
+}
+
+/// Where a steady peer's block `ordinal` lives in the blocks map.
+fn steady_slot(prefix: &str, ordinal: u64) -> String {
+    format!("{prefix}:b{}", ordinal % STEADY_BLOCKS)
+}
+
+/// The keys of `keys` (one document's answered writes) a converged replica must hold: all of
+/// them, except that a steady peer's keys count only in its [`STEADY_BLOCKS`] newest blocks.
+pub fn present_keys(keys: &[String]) -> Vec<&String> {
+    let mut newest: HashMap<&str, u64> = HashMap::new();
+    for (prefix, ordinal) in keys.iter().filter_map(|k| steady_key(k)) {
+        let e = newest.entry(prefix).or_default();
+        *e = (*e).max(ordinal);
+    }
+    keys.iter()
+        .filter(|k| match steady_key(k) {
+            Some((prefix, ordinal)) => newest
+                .get(prefix)
+                .is_some_and(|newest| ordinal + STEADY_BLOCKS > *newest),
+            None => true,
+        })
+        .collect()
+}
+
+/// A value's content with map entries sorted (yrs renders maps in hash order).
+fn render<T: ReadTxn>(value: Out, txn: &T) -> String {
+    match value {
+        Out::YMap(map) => {
+            let mut entries: Vec<String> = map
+                .iter(txn)
+                .map(|(k, v)| format!("{k}:{}", render(v, txn)))
+                .collect();
+            entries.sort();
+            format!("{{{}}}", entries.join(","))
+        }
+        other => other.to_string(txn),
+    }
 }
 
 impl Replica {
@@ -70,6 +166,8 @@ impl Replica {
             blocks,
             map,
             block: None,
+            steady: None,
+            steady_started: 0,
         }
     }
 
@@ -156,7 +254,7 @@ impl Replica {
         for map in [&self.blocks, &self.map] {
             let mut entries: Vec<(String, String)> = map
                 .iter(&txn)
-                .map(|(k, v)| (k.to_string(), v.to_string(&txn)))
+                .map(|(k, v)| (k.to_string(), render(v, &txn)))
                 .collect();
             entries.sort();
             for (k, v) in entries {
@@ -174,8 +272,16 @@ impl Replica {
             .encode_state_as_update_v1(&StateVector::default())
     }
 
+    /// Whether the edit of `key` is here: in the edit-key map, or a steady edit in its block.
     pub fn has_key(&self, key: &str) -> bool {
-        self.map.contains_key(&self.doc.transact(), key)
+        let txn = self.doc.transact();
+        match steady_key(key) {
+            Some((prefix, ordinal)) => match self.blocks.get(&txn, &steady_slot(prefix, ordinal)) {
+                Some(Out::YMap(block)) => block.contains_key(&txn, key),
+                _ => false,
+            },
+            None => self.map.contains_key(&txn, key),
+        }
     }
 
     pub fn key_count(&self) -> u32 {
@@ -220,9 +326,18 @@ pub struct Peer {
     pub cursor: u64,
     rng: StdRng,
     edits: u64,
+    /// Make documents that stop growing (see the module docs).
+    pub steady: bool,
     pub seen: Seen,
     /// Record receipt times of deltas (fan-out latency).
     pub track_receipts: bool,
+    /// Keep received changes to apply later ([`Peer::apply_deferred`]) instead of applying
+    /// each page as it comes: a fan-out subscriber then costs the load generator's one thread
+    /// a parse per delivery, not a yrs apply, so what is timed is the service's delivery.
+    pub defer_applies: bool,
+    deferred: BTreeMap<String, Vec<Vec<u8>>>,
+    /// Where this peer notes each update it pushes (see [`SentUpdates`]).
+    pub sent: Option<SentUpdates>,
     /// Keep the bytes of every change received for this document (input for the yrs floors).
     pub capture: Option<(String, Vec<Vec<u8>>)>,
 }
@@ -249,8 +364,12 @@ impl Peer {
             cursor: 0,
             rng: StdRng::seed_from_u64(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             edits: 0,
+            steady: false,
             seen: Seen::default(),
             track_receipts: false,
+            defer_applies: false,
+            deferred: BTreeMap::new(),
+            sent: None,
             capture: None,
         }
     }
@@ -295,6 +414,9 @@ impl Peer {
     /// peer's current block, starting a new block every [`BLOCK_EDITS`] edits — and returns its
     /// update and its unique key.
     pub fn edit(&mut self, doc: &str) -> (Vec<u8>, String) {
+        if self.steady {
+            return self.steady_edit(doc);
+        }
         let key = format!("{}.{}:{}", self.name, self.instance, self.edits);
         self.edits += 1;
         let choice = self.rng.gen_range(0..10u32);
@@ -331,6 +453,56 @@ impl Peer {
         (txn.encode_update_v1(), key)
     }
 
+    /// [`Peer::edit`] for a steady peer: the text edit goes into its current block, which
+    /// also records the edit's key; after [`BLOCK_EDITS`] edits a new block replaces its
+    /// oldest (see the module docs).
+    fn steady_edit(&mut self, doc: &str) -> (Vec<u8>, String) {
+        let n = self.edits;
+        self.edits += 1;
+        let choice = self.rng.gen_range(0..10u32);
+        let token_len = self.rng.gen_range(4..24usize);
+        let salt: u32 = self.rng.gen();
+        let prefix = format!("{}.{}", self.name, self.instance);
+        self.know(doc);
+        let rng = &mut self.rng;
+        let replica = self.docs.get_mut(doc).expect("known above");
+        let mut txn = replica.doc.transact_mut();
+        let mut block = match replica.steady.take() {
+            Some(block) if block.edits < BLOCK_EDITS => block,
+            _ => {
+                let ordinal = replica.steady_started;
+                replica.steady_started += 1;
+                let slot = steady_slot(&prefix, ordinal);
+                let map = replica.blocks.insert(&mut txn, slot, MapPrelim::default());
+                let text = map.insert(&mut txn, "text", TextPrelim::new(""));
+                SteadyBlock {
+                    map,
+                    text,
+                    edits: 0,
+                    ordinal,
+                }
+            }
+        };
+        let key = format!("{prefix}:{n}@{}", block.ordinal);
+        let mut token = format!("[{key}:{salt:08x}]");
+        token.truncate(token_len.max(key.len() + 2));
+        let len = block.text.len(&txn);
+        if choice < 2 && len > 16 {
+            let cut = rng.gen_range(1..=8);
+            let at = rng.gen_range(0..=len - cut);
+            block.text.remove_range(&mut txn, at, cut);
+        } else {
+            let at = rng.gen_range(0..=len);
+            block.text.insert(&mut txn, at, &token);
+        }
+        block.map.insert(&mut txn, key.clone(), n as i64);
+        block.edits += 1;
+        let update = txn.encode_update_v1();
+        drop(txn);
+        replica.steady = Some(block);
+        (update, key)
+    }
+
     /// An edit the service must refuse: a fresh edit key (named as [`Peer::edit`] names
     /// them) set to maps nested `depth` deep — valid Yjs, past the service's nesting limit
     /// when `depth` exceeds it. Its key is content no reader may ever hold. Made with the
@@ -361,6 +533,9 @@ impl Peer {
         ledger: &Ledger,
     ) -> Result<u64> {
         let (update, key) = self.edit(doc);
+        if let Some(sent) = &self.sent {
+            sent.note(&update, &key);
+        }
         let started = Instant::now();
         let mut backoff = Duration::from_millis(10);
         let mut last = None;
@@ -457,6 +632,16 @@ impl Peer {
         for change in changes {
             by_doc.entry(&change.document_id).or_default().push(change);
         }
+        if self.defer_applies {
+            for (doc, group) in by_doc {
+                let kept = self.deferred.entry(doc.to_string()).or_default();
+                kept.extend(group.iter().map(|c| c.bytes.clone()));
+            }
+            for change in changes {
+                self.note(change, op_name);
+            }
+            return Ok(());
+        }
         for (doc, group) in by_doc {
             let next = self.client_base + self.docs.len() as u64;
             let replica = self
@@ -469,6 +654,19 @@ impl Peer {
         }
         for change in changes {
             self.note(change, op_name);
+        }
+        Ok(())
+    }
+
+    /// Applies what [`Peer::defer_applies`] kept, each document's in one transaction.
+    ///
+    /// # Errors
+    /// An update that does not decode or apply.
+    pub fn apply_deferred(&mut self) -> Result<()> {
+        for (doc, updates) in std::mem::take(&mut self.deferred) {
+            self.know(&doc)
+                .apply_all(updates.iter().map(Vec::as_slice))
+                .with_context(|| format!("deferred changes of {doc}"))?;
         }
         Ok(())
     }
@@ -708,14 +906,98 @@ mod tests {
         // The reader holds every edit; the blocks merge into one document.
         assert!(keys.iter().all(|k| reader.has_key(k)));
         assert!(!reader.has_pending());
+        assert_eq!(merged_state(&[&a, &b]).digest(), reader.digest());
+        assert_eq!(reader.key_count() as usize, keys.len());
+    }
+
+    /// The peers' replicas of "doc" merged into one.
+    fn merged_state(peers: &[&Peer]) -> Replica {
         let merged = Replica::new(0x7fff_fff2);
-        for p in [&a, &b] {
+        for p in peers {
             merged
                 .apply(&p.replica("doc").unwrap().encode_state())
                 .unwrap();
         }
-        assert_eq!(merged.digest(), reader.digest());
-        assert_eq!(reader.key_count() as usize, keys.len());
+        merged
+    }
+
+    /// A steady peer's documents stop growing: after ten times as many edits the encoded
+    /// state is about the same size (it grows by a few bytes per replaced block), and a
+    /// reader holds exactly the live blocks' keys.
+    #[test]
+    fn steady_documents_stop_growing_and_keep_their_newest_keys() {
+        let mut a = Peer::new(1, "c", Backend::Offline, Metrics::new(), 7);
+        let mut b = Peer::new(2, "c", Backend::Offline, Metrics::new(), 7);
+        a.steady = true;
+        b.steady = true;
+        let reader = Replica::new(0x7fff_fff1);
+        let mut keys = Vec::new();
+        let mut size_at = |edits: u32, reader: &Replica, keys: &mut Vec<String>| {
+            while (keys.len() as u32) < edits {
+                let p = if keys.len().is_multiple_of(3) {
+                    &mut b
+                } else {
+                    &mut a
+                };
+                let (update, key) = p.edit("doc");
+                reader.apply(&update).unwrap();
+                keys.push(key);
+            }
+            reader.encode_state().len()
+        };
+        let early = size_at(10 * BLOCK_EDITS, &reader, &mut keys);
+        let late = size_at(100 * BLOCK_EDITS, &reader, &mut keys);
+        assert!(
+            late < early * 3 / 2,
+            "{early} bytes after {} edits, {late} after {}",
+            10 * BLOCK_EDITS,
+            100 * BLOCK_EDITS
+        );
+        let present = present_keys(&keys);
+        let most = 2 * (STEADY_BLOCKS as usize) * BLOCK_EDITS as usize;
+        assert!(present.len() <= most, "{}", present.len());
+        assert!(present.iter().all(|k| reader.has_key(k)));
+        let gone = keys.iter().filter(|k| !reader.has_key(k)).count();
+        assert_eq!(
+            gone,
+            keys.len() - present.len(),
+            "older blocks were replaced"
+        );
+        assert!(!reader.has_pending());
+        assert_eq!(merged_state(&[&a, &b]).digest(), reader.digest());
+    }
+
+    /// A peer that defers its applies records the same receipts and, once it applies what
+    /// it kept, holds what a peer applying each page holds.
+    #[test]
+    fn deferred_applies_end_where_page_applies_do() {
+        let mut writer = Peer::new(1, "c", Backend::Offline, Metrics::new(), 7);
+        let changes: Vec<Change> = (1..=200u64)
+            .map(|seq| {
+                let doc = if seq % 2 == 0 { "a" } else { "b" };
+                Change {
+                    document_id: doc.to_string(),
+                    seq,
+                    bytes: writer.edit(doc).0,
+                    operation: OperationType::Update,
+                }
+            })
+            .collect();
+        let mut eager = Peer::new(2, "c", Backend::Offline, Metrics::new(), 7);
+        let mut lazy = Peer::new(3, "c", Backend::Offline, Metrics::new(), 7);
+        lazy.defer_applies = true;
+        for page in changes.chunks(7) {
+            eager.apply_page(page, "t").unwrap();
+            lazy.apply_page(page, "t").unwrap();
+        }
+        assert!(lazy.replica("a").is_none(), "nothing applied yet");
+        assert_eq!(lazy.seen.deltas, eager.seen.deltas);
+        lazy.apply_deferred().unwrap();
+        for doc in ["a", "b"] {
+            let want = writer.replica(doc).unwrap().digest();
+            assert_eq!(eager.replica(doc).unwrap().digest(), want);
+            assert_eq!(lazy.replica(doc).unwrap().digest(), want);
+        }
     }
 
     #[test]

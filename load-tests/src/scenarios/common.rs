@@ -95,6 +95,8 @@ pub struct Writes {
     pub budget: Option<Rc<Cell<u64>>>,
     /// Where a rated writer's schedule starts (none: now); see [`Writes::staggered`].
     pub start: Option<Instant>,
+    /// The writers make documents that stop growing ([`crate::peer::Peer::steady`]).
+    pub steady: bool,
     pub op: &'static str,
 }
 
@@ -114,7 +116,16 @@ impl Writes {
             deletes: false,
             budget: None,
             start: None,
+            steady: false,
             op,
+        }
+    }
+
+    /// Documents that stop growing (a long run whose memory must level off).
+    pub fn steady(self) -> Self {
+        Writes {
+            steady: true,
+            ..self
         }
     }
 

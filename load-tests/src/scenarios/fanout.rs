@@ -4,7 +4,10 @@
 //! [`crate::ws`]). Several writers, so the writer is not what limits the rate.
 //!
 //! Measures push→delivery latency per kind of subscriber: from the moment a writer starts a
-//! push to the moment the subscriber holds the change. Long-poll and SSE changes carry their
+//! push to the moment the subscriber has received and parsed the change. Subscribers apply
+//! what they received once they stop ([`Peer::defer_applies`], and see [`crate::ws`]): 200
+//! subscribers' yrs applies on the load generator's one thread were what limited the run,
+//! not the service. The checks are on the applied replicas, as before. Long-poll and SSE changes carry their
 //! seq, matched to the push answered that seq; websocket updates carry none and are matched
 //! by the edit key every write sets (see [`crate::ws`]).
 //!
@@ -38,7 +41,7 @@ use super::common::{join, join_peers, spawn_reader, with_latency_floors, Latency
 use super::{doc_names, params, write_loop, writers, Ctx, ReadStyle, Target};
 use crate::backend::Backend;
 use crate::metrics::Metrics;
-use crate::peer::{Peer, Replica};
+use crate::peer::{Peer, Replica, SentUpdates};
 use crate::report::Report;
 use crate::verify::{self, Check, Ledger, Verdict};
 use crate::ws::{self, Expected, Follow, WsSubscriber};
@@ -93,6 +96,7 @@ async fn workload(
         synced: Rc::default(),
         metrics: metrics.clone(),
         op: WS,
+        sent: SentUpdates::default(),
     });
     let subscribers = Subscribers::start(ctx, backend, &target, &follow);
     subscribers.listening(&follow).await;
@@ -103,7 +107,10 @@ async fn workload(
     let writing = writers(ctx, backend, &c, 0, WRITERS, &metrics)
         .into_iter()
         .enumerate()
-        .map(|(i, p)| actix_rt::spawn(write_loop(p, writes.staggered(i, WRITERS))))
+        .map(|(i, mut p)| {
+            p.sent = Some(follow.sent.clone());
+            actix_rt::spawn(write_loop(p, writes.staggered(i, WRITERS)))
+        })
         .collect();
     let prober = ctx.peer(50, &c, backend, &metrics);
     let probing = actix_rt::spawn(probe_loop(prober, docs.clone(), deadline));
@@ -195,6 +202,7 @@ impl Subscribers {
         for i in 0..ctx.opts.subscribers {
             let mut p = ctx.peer(100 + i as u64, &follow.collection, backend, &follow.metrics);
             p.track_receipts = true;
+            p.defer_applies = true;
             let kind = Kind::of(i);
             match (kind, p.backend().clone()) {
                 (Kind::Ws, Backend::Http(http)) => {
@@ -227,7 +235,9 @@ impl Subscribers {
     async fn join(self) -> Result<Done> {
         let mut readers = Vec::with_capacity(self.readers.len());
         for (kind, handle) in self.readers {
-            readers.push((kind, join(handle, "subscriber").await?));
+            let mut peer = join(handle, "subscriber").await?;
+            peer.apply_deferred()?;
+            readers.push((kind, peer));
         }
         let mut sockets = Vec::with_capacity(self.sockets.len());
         for handle in self.sockets {

@@ -25,12 +25,13 @@ const RETURN: &str = "recovery (returning)";
 const LATE: &str = "stream (late joiner)";
 
 pub async fn run(ctx: &Ctx) -> Result<Report> {
-    run_named(ctx, "mixed").await
+    run_named(ctx, "mixed", false).await
 }
 
 /// The workload under another scenario's `name` (its report and collection): `soak` runs it
-/// for longer while it samples the server's memory.
-pub async fn run_named(ctx: &Ctx, name: &str) -> Result<Report> {
+/// for longer, with `steady` documents (they stop growing, so memory can level off), while it
+/// samples the server's memory.
+pub async fn run_named(ctx: &Ctx, name: &str, steady: bool) -> Result<Report> {
     let backend = &ctx.backend;
     let metrics = Metrics::new();
     let c = ctx.collection(name);
@@ -93,6 +94,7 @@ pub async fn run_named(ctx: &Ctx, name: &str) -> Result<Report> {
     let writes = Writes::new(&docs, &ledger, deadline, PUSH)
         .rate(20.0)
         .with_deletes();
+    let writes = if steady { writes.steady() } else { writes };
     let head = write_all(writers(ctx, backend, &c, 0, 8, &metrics), &writes).await?;
     target.set(head);
     let runs = join(compactor, "compactor").await?;

@@ -200,6 +200,7 @@ pub fn doc_names(n: usize) -> Vec<String> {
 /// budget, or 100M writes), at most `writes.rate` per second if given. Inserts first, then
 /// updates, with an occasional delete when `writes.deletes` is set. Answers the peer back.
 pub async fn write_loop(mut peer: Peer, writes: Writes) -> Peer {
+    peer.steady = writes.steady;
     let mut next_at = writes.start.unwrap_or_else(Instant::now);
     let mut written = std::collections::HashSet::new();
     for _ in 0..100_000_000u64 {

@@ -1,5 +1,7 @@
-//! `soak`: the `mixed` workload for a long time (default 10 minutes, 25 s with `--quick`)
-//! while the server's resident memory and data directory are sampled every few seconds
+//! `soak`: the `mixed` workload for a long time (default 10 minutes, 25 s with `--quick`),
+//! its writers making steady documents (they stop growing: see [`crate::peer`]; `mixed`'s own
+//! grow with every edit, so their memory rightly grows with them), while the server's
+//! resident memory and data directory are sampled every few seconds
 //! ([`crate::memory`]). CORRECT needs `mixed`'s checks, RSS flat within ±10 % over the second
 //! half of the load (samples after it, while the verdict reads, are printed, not judged), and
 //! a data directory that stops growing while compaction keeps up. With `--quick` the memory
@@ -62,7 +64,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     });
     let sampler = process.map(|p| Sampler::start(p, data.clone(), every(duration), probe));
 
-    let mut report = mixed::run_named(&soak, "soak").await?;
+    let mut report = mixed::run_named(&soak, "soak", true).await?;
 
     let half = duration.as_secs_f64() / 2.0;
     let mut params = report.params.clone();

@@ -158,6 +158,9 @@ pub async fn run_with_auth(
 pub struct RunningServer {
     /// The bound address (with the real port when bound to port 0).
     pub addr: SocketAddr,
+    /// The server's own actors (a handle on the same runtime the HTTP front calls), for an
+    /// embedder or a benchmark that wants the same data without HTTP.
+    replicate: Replicate,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
@@ -166,6 +169,12 @@ impl RunningServer {
     /// `http://ADDR`, without a trailing slash.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A handle on the server's actors: calls on it reach the same collections as HTTP
+    /// requests do, without the front (the load tool times its in-process floor with it).
+    pub fn replicate(&self) -> Replicate {
+        self.replicate.clone()
     }
 
     /// Stops gracefully (see [`run`]) and waits for the server thread; errors are logged.
@@ -239,7 +248,7 @@ where
     F: FnOnce() -> replicate_actors::Result<Replicate> + Send + 'static,
 {
     settings.validate().map_err(invalid_input)?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<SocketAddr>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<(SocketAddr, Replicate)>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("replicate-server".into())
@@ -262,7 +271,7 @@ where
                         return Ok(());
                     }
                 };
-                let _ = ready_tx.send(Ok(addr));
+                let _ = ready_tx.send(Ok((addr, replicate.clone())));
                 let stop = async move {
                     let _ = stop_rx.await;
                 };
@@ -274,8 +283,9 @@ where
             })
         })?;
     match ready_rx.recv() {
-        Ok(Ok(addr)) => Ok(RunningServer {
+        Ok(Ok((addr, replicate))) => Ok(RunningServer {
             addr,
+            replicate,
             stop: Some(stop_tx),
             thread: Some(thread),
         }),

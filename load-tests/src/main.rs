@@ -197,7 +197,8 @@ async fn run(args: Args) -> Result<bool> {
     );
     let ctx = Ctx::new(opts, Backend::Http(http), config)
         .with_targets(&server.targets)
-        .with_credentials(credentials);
+        .with_credentials(credentials)
+        .with_service_actors(server.service_actors());
 
     let mut reports: Vec<Report> = Vec::new();
     let mut all_ok = true;

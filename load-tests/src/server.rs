@@ -50,6 +50,13 @@ impl Server {
         })
     }
 
+    /// The in-process server's own actors (none for `--target`s).
+    pub fn service_actors(&self) -> Option<replicate_actors::Replicate> {
+        self.running
+            .as_ref()
+            .map(replicate::RunningServer::replicate)
+    }
+
     /// Servers someone else runs.
     pub fn remote(targets: Targets) -> Server {
         Server {

@@ -5,8 +5,10 @@
 //! followed by streaming what is left. Each peer applies what arrived together (a page) in one
 //! yrs transaction per document, as a client would.
 //!
-//! Floors: the long-poll catch-up through the in-process actors (on a smaller fill), and raw
-//! yrs build+diff of one document's deltas against the recovery of that document.
+//! Floors: pages of 1000 from the in-process server's own actors on the same collection (no
+//! HTTP; the page and deltas/s targets are judged against it), the long-poll catch-up through
+//! separate in-process actors (on a smaller fill: the fill's floor), and raw yrs build+diff of
+//! one document's deltas against the recovery of that document.
 //!
 //! With several `--target`s the fill's writers and the catching-up peers are spread over them
 //! (peer i on target i mod n); the timed recovery of doc-0 asks the first.
@@ -38,6 +40,9 @@ const WHOLE_POLL: &str = "time to head: long-poll";
 const WHOLE_SSE: &str = "time to head: SSE";
 const WHOLE_RECOVERY: &str = "time to head: recovery+stream";
 const DOC0_RECOVERY: &str = "recovery of doc-0 (empty SV)";
+/// The same collection read through the server's own actors (no HTTP).
+const PAGES_SAME: &str = "catch-up: in-process page (1000), same collection";
+const WHOLE_SAME: &str = "time to head: in-process pages, same collection";
 
 pub async fn run(ctx: &Ctx) -> Result<Report> {
     let mut report = workload(ctx, &ctx.backend, ctx.opts.deltas, true, "").await?;
@@ -79,15 +84,8 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
             &[Latency::P50],
             "the request alone: O(page), not O(collection)",
         );
-        // The binary page against the same in-process page (target: ratio ≥ 0.5).
-        report.floors.push(Floor::cost(
-            &format!("{PAGES_BIN} p50 vs in-process page"),
-            figure(&report, PAGES_BIN, |r| Latency::P50.of(r)),
-            figure(&floor, PAGES, |r| Latency::P50.of(r)),
-            "ms",
-            "request + decode, no applies; target ratio >= 0.5",
-        ));
     }
+    same_collection_floors(&mut report);
     Ok(report)
 }
 
@@ -119,7 +117,7 @@ async fn workload(
         format!("catchup{suffix}"),
         backend,
         &metrics,
-        &[PAGES, PAGES_BIN, SSE, FEED_BIN, RECOVER],
+        &[PAGES, PAGES_BIN, SSE, FEED_BIN, RECOVER, PAGES_SAME],
     );
     let deadline = run.started + ctx.drain() * 4;
     let mut verdict = Verdict::default();
@@ -184,6 +182,22 @@ async fn workload(
         to_head.push((WHOLE_RECOVERY, t.elapsed()));
         peers.push(recovering);
 
+        // The floor on the very data: the server's own actors, no HTTP (in-process only).
+        if let (Some(actors), "") = (&ctx.service_actors, suffix) {
+            let local = Backend::Actor(actors.clone());
+            let mut reader = ctx.peer(6, &c, &local, &metrics);
+            let t = Instant::now();
+            let r = reader.catch_up(head, deadline, PAGES_SAME).await;
+            verdict.result(
+                "in-process peer (same collection) reached the head",
+                &r,
+                format!("{head} deltas"),
+            );
+            metrics.record(WHOLE_SAME, t.elapsed());
+            to_head.push((WHOLE_SAME, t.elapsed()));
+            peers.push(reader);
+        }
+
         time_recovery(
             backend,
             &c,
@@ -226,6 +240,41 @@ async fn workload(
         }
     }
     Ok(report)
+}
+
+/// The HTTP ways against the server's own actors reading the same collection (targets:
+/// a binary page ≥ 0.5× the in-process page; the fastest way ≥ 300,000 deltas/s). Nothing
+/// when the in-process read did not run (`--target`).
+fn same_collection_floors(report: &mut Report) {
+    let in_process = figure(report, PAGES_SAME, |r| Latency::P50.of(r));
+    if in_process == 0.0 {
+        return;
+    }
+    for way in [PAGES_BIN, PAGES] {
+        let page = figure(report, way, |r| Latency::P50.of(r));
+        report.floors.push(Floor::cost(
+            &format!("{way} p50 vs in-process page"),
+            page,
+            in_process,
+            "ms",
+            "same collection, the server's own actors; request + decode, no applies; target ratio >= 0.5",
+        ));
+    }
+    let rate = |op: &str| figure(report, op, |r| r.items_per_sec.unwrap_or(0.0));
+    let fastest = [PAGES_BIN, PAGES, FEED_BIN, SSE]
+        .into_iter()
+        .map(|op| (op, rate(op)))
+        .fold(
+            ("", 0.0),
+            |best, next| if next.1 > best.1 { next } else { best },
+        );
+    report.floors.push(Floor::rate(
+        &format!("{} deltas/s vs in-process pages", fastest.0),
+        fastest.1,
+        rate(PAGES_SAME),
+        "deltas/s",
+        "the fastest HTTP way, incl. the client's yrs applies, vs pages of 1000 from the server's own actors on the same collection; target 300,000/s",
+    ));
 }
 
 /// A peer with nothing follows `backend`'s feed (SSE or binary) from 0 to `head`, timed as

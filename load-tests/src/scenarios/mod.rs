@@ -97,6 +97,9 @@ pub struct Ctx {
     pub targets: Option<Targets>,
     /// The token requests carry, if the service wants one.
     pub credentials: Option<Credentials>,
+    /// The in-process server's own actors (none with `--target`): a floor on the very data
+    /// the service holds (see `catchup`).
+    pub service_actors: Option<Replicate>,
     run_id: String,
     floor_actor: std::cell::RefCell<Option<(Replicate, tempfile::TempDir)>>,
 }
@@ -113,6 +116,7 @@ impl Ctx {
             floor_config,
             targets: None,
             credentials: None,
+            service_actors: None,
             floor_actor: Default::default(),
         }
     }
@@ -121,6 +125,14 @@ impl Ctx {
     pub fn with_targets(self, targets: &Targets) -> Ctx {
         Ctx {
             targets: Some(targets.clone()),
+            ..self
+        }
+    }
+
+    /// Records the in-process server's actors (see [`Ctx::service_actors`]).
+    pub fn with_service_actors(self, service_actors: Option<Replicate>) -> Ctx {
+        Ctx {
+            service_actors,
             ..self
         }
     }

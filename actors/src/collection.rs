@@ -48,6 +48,8 @@ const IDLE_CHECK_EVERY: Duration = Duration::from_secs(5);
 const HEAD_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Counter reads for auto-compaction running at once per collection (shared engines).
 const MAX_COUNTER_READS: usize = 64;
+/// Expired op ids forgotten per sweep round (one store read and one commit).
+const SWEEP_BATCH: usize = 1_000;
 /// Attempts of a compaction that another node's compaction of the same document superseded.
 const COMPACTION_ATTEMPTS: u32 = 4;
 
@@ -345,9 +347,11 @@ impl CollectionActor {
 
     /// Forgets expired op ids and long-gone peers, a bounded batch at a time, then stops the
     /// actor if it is quiet. The expired op ids are listed off this thread (see
-    /// [`Self::read_off_thread`]); one sweep runs at a time.
+    /// [`Self::read_off_thread`]); one sweep runs at a time. A full batch is followed by
+    /// another round at once, not at the next idle check: op ids then expire as fast as they
+    /// are written, however fast that is (one batch per check capped expiry at 200 a second
+    /// per collection, so a busier collection's op records grew without bound).
     fn sweep(&mut self, ctx: &mut Context<Self>) {
-        const BATCH: usize = 1_000;
         if self.sweep_running {
             return;
         }
@@ -362,11 +366,13 @@ impl CollectionActor {
             write.extend(Batch::forget_peer(&self.name, &peer, unseen_since));
         }
         let expired = self.read_off_thread(move |store, name| {
-            store.ops_before(name, now.saturating_sub(ttl), BATCH)
+            store.ops_before(name, now.saturating_sub(ttl), SWEEP_BATCH)
         });
         ctx.spawn(expired.into_actor(self).then(move |expired, act, _| {
+            let mut full = false;
             match expired {
                 Ok(expired) => {
+                    full = expired.len() >= SWEEP_BATCH;
                     act.stats.expired_op_ids += expired.len() as u64;
                     write.extend(Batch::forget_ops(&act.name, &expired));
                 }
@@ -374,13 +380,17 @@ impl CollectionActor {
             }
             let round = (!write.is_empty()).then(|| act.shared.commit.submit(write));
             async move {
-                if let Some(round) = round {
-                    let _ = round.await;
+                match round {
+                    Some(round) => round.await.is_ok(),
+                    None => true,
                 }
             }
             .into_actor(act)
-            .map(|(), act, ctx| {
+            .map(move |committed, act, ctx| {
                 act.sweep_running = false;
+                if full && committed && !act.stopped {
+                    return act.sweep(ctx);
+                }
                 let idle = act.shared.config.idle_timeout.as_millis() as u64;
                 act.stop_if_quiet(idle, ctx);
             })

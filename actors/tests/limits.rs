@@ -52,7 +52,10 @@ async fn op_ids_are_per_document_remember_their_bytes_and_expire() {
     assert_eq!(stats.duplicate_writes, 1);
 }
 
-on_every_engine!(expired_op_ids_are_swept_from_the_store);
+on_every_engine!(
+    expired_op_ids_are_swept_from_the_store,
+    op_ids_expire_as_fast_as_they_are_written
+);
 
 /// The op-id sweep deletes expired op ids from the store (off the actor's thread) and keeps
 /// live ones; on PostgreSQL it is what makes an expired op id free again.
@@ -96,6 +99,61 @@ async fn expired_op_ids_are_swept_from_the_store() {
     let store = store.unwrap();
     assert!(store.op_record("c", "d", "op-1").unwrap().is_none());
     assert!(store.op_record("c", "d", "op-2").unwrap().is_some());
+}
+
+/// A collection that writes op ids faster than one sweep batch per idle check (1,000 every
+/// 5 s) still has them all forgotten once expired: a full sweep batch is followed by another
+/// round at once. Before, one batch per check left a busy collection's op records growing
+/// without bound; here that would take until the next check, 3 s later.
+async fn op_ids_expire_as_fast_as_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let mut config = config(dir.path());
+    config.op_id_ttl = Duration::from_secs(60);
+    // The sweep runs with the idle check, every `idle_timeout` when that is under 5 s.
+    config.idle_timeout = Duration::from_secs(3);
+    let r = open_with(config, &clock).await;
+    let a = Replica::new(1);
+    const WRITES: u64 = 2_500;
+    let mut writes = Vec::new();
+    for i in 0..WRITES {
+        let write = op_write("d", a.append("x"), &format!("op-{i}"));
+        writes.push((replicate_actors::OperationType::Update, write));
+        if writes.len() == 500 {
+            for answer in r
+                .write_batch("c", std::mem::take(&mut writes))
+                .await
+                .unwrap()
+            {
+                answer.unwrap();
+            }
+        }
+    }
+    clock.advance(61_000);
+    // A write now keeps the actor from being idle by the (stopped) clock.
+    r.insert("c", op_write("d", a.append("B"), "live"))
+        .await
+        .unwrap();
+    // The first round comes with the next idle check (within 3 s) ...
+    let started = std::time::Instant::now();
+    while r.collection_stats("c").await.unwrap().expired_op_ids == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no sweep ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ... and the rest follow it, well before the check after that.
+    let first = std::time::Instant::now();
+    let mut expired = 0;
+    while first.elapsed() < Duration::from_secs(2) {
+        expired = r.collection_stats("c").await.unwrap().expired_op_ids;
+        if expired >= WRITES {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        expired, WRITES,
+        "expired op ids 2 s after the first sweep round"
+    );
 }
 
 #[actix_rt::test]

@@ -50,6 +50,11 @@ const HEAD_CHECK_EVERY: Duration = Duration::from_secs(1);
 const MAX_COUNTER_READS: usize = 64;
 /// Expired op ids forgotten per sweep round (one store read and one commit).
 const SWEEP_BATCH: usize = 1_000;
+/// A cached document weighing this many times what a rebuild after its compaction would is
+/// dropped from the cache (see [`CollectionActor::shed_outgrown`]).
+const OUTGROWN_RATIO: u64 = 2;
+/// ... unless it weighs less than this: rebuilding small documents saves nothing.
+const OUTGROWN_FLOOR: u64 = 64 * 1024;
 /// Attempts of a compaction that another node's compaction of the same document superseded.
 const COMPACTION_ATTEMPTS: u32 = 4;
 
@@ -1322,6 +1327,9 @@ struct MergedDoc {
     merged_deltas: Vec<(u64, u64)>,
     quarantined: Vec<(u64, String)>,
     empty: bool,
+    /// What a document built from the merged snapshot alone would weigh
+    /// ([`crdt::rebuilt_weight`]; see [`CollectionActor::shed_outgrown`]).
+    snapshot_weight: u64,
 }
 
 impl CollectionActor {
@@ -1392,7 +1400,9 @@ impl CollectionActor {
             superseded,
         } = job;
         let work = merge.into_actor(self).then(move |merged, act, _| {
+            let mut snapshot_weight = None;
             let planned = merged.and_then(|m| {
+                snapshot_weight = Some(m.snapshot_weight);
                 act.quarantine(&doc, &m.quarantined);
                 if m.empty {
                     return Ok((
@@ -1436,7 +1446,12 @@ impl CollectionActor {
                 // Its counters are in the store now (or the store failed for good).
                 act.state.docs.settle(&doc);
                 let result = match result {
-                    Ok(Some(compacted)) => Ok(compacted),
+                    Ok(Some(compacted)) => {
+                        if let Some(weight) = snapshot_weight {
+                            act.shed_outgrown(&doc, weight, compacted.retained);
+                        }
+                        Ok(compacted)
+                    }
                     Ok(None) if superseded + 1 < COMPACTION_ATTEMPTS => {
                         // Another node compacted the document after this one read it: read
                         // and merge again, ahead of any compaction waiting.
@@ -1524,6 +1539,32 @@ impl CollectionActor {
     }
 }
 
+impl CollectionActor {
+    /// After a compaction of `doc`: forgets its cached state if that weighs over
+    /// [`OUTGROWN_RATIO`] times what a rebuild would (the new snapshot, `snapshot_weight`, plus
+    /// the `retained` deltas a rebuild applies again) and over [`OUTGROWN_FLOOR`], so the next
+    /// write is checked against a rebuild.
+    ///
+    /// Why: a cached state's weight (the cache's estimate of its heap) adds every write's
+    /// structs and never subtracts, while Yjs collects removed content in memory as it goes:
+    /// a document whose encoded state stays flat (blocks replaced whole) claims ever more of
+    /// the cache (21× what it holds after 2,000 such writes, `tests/doc_memory.rs`) until it
+    /// is evicted, and it pushes out documents in use on the way. Shed here, it is rebuilt
+    /// and weighed again on its next write, cheaply (a fresh snapshot and few deltas), at
+    /// most once per compaction. A document whose deltas a slow peer holds back is not shed:
+    /// its rebuild would weigh as much.
+    fn shed_outgrown(&mut self, doc: &str, snapshot_weight: u64, retained: u64) {
+        let retained_bytes = self.state.docs.peek(doc).map_or(0, |s| s.retained_bytes);
+        let rebuilt = snapshot_weight
+            .saturating_add(retained_bytes)
+            .saturating_add(crdt::STRUCT_WEIGHT.saturating_mul(retained));
+        let limit = rebuilt.saturating_mul(OUTGROWN_RATIO).max(OUTGROWN_FLOOR);
+        if self.shared.docs.shed_if_heavier(&self.name, doc, limit) {
+            self.stats.shed_documents += 1;
+        }
+    }
+}
+
 /// The compaction job: the document through `upto`, merged (see
 /// [`compactor::load_document`]).
 fn merge_document(
@@ -1535,10 +1576,12 @@ fn merge_document(
 ) -> Result<MergedDoc> {
     let stored = store.doc_stats(c, doc)?;
     let loaded = compactor::load_document(store, c, doc, upto, limits)?;
+    let merged = loaded.built.state.encode();
     Ok(MergedDoc {
+        snapshot_weight: crdt::rebuilt_weight(&merged.update),
         read_generation: stored.map_or(0, |s| s.generation),
         stored,
-        merged: loaded.built.state.encode(),
+        merged,
         merged_deltas: loaded.merged,
         quarantined: loaded.built.quarantined,
         empty: loaded.empty,

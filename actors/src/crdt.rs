@@ -266,6 +266,13 @@ pub const STRUCT_WEIGHT: u64 = 512;
 /// many tiny documents (one per collection touched) held twice its bound.
 pub const DOC_WEIGHT: u64 = 4096;
 
+/// What a document built from `update` alone (a snapshot) weighs by the same estimate as
+/// [`DocState::weight`], without building it: one layout scan.
+pub fn rebuilt_weight(update: &[u8]) -> u64 {
+    let structs = precheck::scan_update(update).map_or(0, |layout| layout.structs.len());
+    DOC_WEIGHT + update.len() as u64 + STRUCT_WEIGHT * structs as u64
+}
+
 /// One document as the server holds it: its yrs doc, its [`DocShape`] and what it cost to
 /// build. Every write is checked against it ([`DocState::apply`]) before it is stored, so two
 /// writes that are each fine alone but break the document together are refused, and every

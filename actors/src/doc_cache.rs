@@ -79,6 +79,25 @@ impl DocCache {
         drop(self.take(c, d));
     }
 
+    /// Forgets document `d` if its cached state weighs more than `limit` (it has outgrown
+    /// what a rebuild would hold; see `CollectionActor::shed_outgrown`). A state taken out by
+    /// a running check is left alone. Answers whether it was forgotten.
+    pub fn shed_if_heavier(&self, c: &str, d: &str, limit: u64) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        let key = (c.to_string(), d.to_string());
+        match inner.entries.get(&key) {
+            Some((state, _)) if state.weight() > limit => {}
+            _ => return false,
+        }
+        if let Some((state, tick)) = inner.entries.remove(&key) {
+            inner.order.remove(&tick);
+            inner.weight -= state.weight();
+        }
+        true
+    }
+
     /// Forgets every document of collection `c` (another node wrote to it, or its actor
     /// stopped idle). Costs the collection's entries, not the cache's.
     pub fn forget_collection(&self, c: &str) {
@@ -152,5 +171,18 @@ mod tests {
         // Too heavy to keep at all.
         cache.put("c", "big", state_of_weight(10_000));
         assert!(cache.take("c", "big").is_none());
+    }
+
+    #[test]
+    fn sheds_a_state_only_past_the_limit() {
+        let cache = DocCache::new(1 << 20);
+        let weight = state_of_weight(100).weight();
+        cache.put("c", "a", state_of_weight(100));
+        assert!(!cache.shed_if_heavier("c", "a", weight));
+        assert!(!cache.shed_if_heavier("c", "missing", 0));
+        assert_eq!(cache.size(), (1, weight));
+        assert!(cache.shed_if_heavier("c", "a", weight - 1));
+        assert_eq!(cache.size(), (0, 0));
+        assert!(cache.take("c", "a").is_none());
     }
 }

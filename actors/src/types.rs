@@ -163,6 +163,9 @@ pub struct CollectionStats {
     pub quarantined_updates: u64,
     /// Op ids forgotten after `Config::op_id_ttl`.
     pub expired_op_ids: u64,
+    /// Built documents dropped from the document cache after a compaction because they had
+    /// outgrown what a rebuild holds (rebuilt from the new snapshot on their next write).
+    pub shed_documents: u64,
     /// Peers forgotten after `Config::peer_retention` unseen.
     pub forgotten_peers: u64,
     pub stream_pages: u64,

@@ -8,6 +8,8 @@
 //! Allocation counts are deterministic for a given sequence of updates, so this is exact, not
 //! timing-dependent; it runs single-threaded (one test in this binary).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -143,4 +145,33 @@ fn a_built_document_weighs_at_least_the_memory_it_holds() {
             );
         }
     }
+    a_document_of_replaced_blocks_weighs_far_less_once_rebuilt();
+}
+
+/// Why a compaction sheds an outgrown cached document (`CollectionActor::shed_outgrown`): a
+/// document that integrated block-replacing edits one by one holds no more heap than one
+/// rebuilt from their snapshot (yrs collects the removed blocks in memory too), but its weight
+/// adds every edit's structs and never subtracts, so it claims many times what it holds; the
+/// snapshot's estimate ([`replicate_actors::crdt::rebuilt_weight`]) claims at least what the
+/// rebuild holds. (Called from the test above: one test per binary, as the heap count is
+/// global.)
+fn a_document_of_replaced_blocks_weighs_far_less_once_rebuilt() {
+    let (_, updates) = common::block_edits(2_000);
+    let snapshot = merged(&updates);
+    let (cached, cached_weight) = measure(&updates, true);
+    let (rebuilt, rebuilt_weight) = measure(std::slice::from_ref(&snapshot), false);
+    let estimate = replicate_actors::crdt::rebuilt_weight(&snapshot);
+    println!(
+        "2,000 block edits (snapshot {} bytes): one by one holds {cached} bytes (weighs \
+         {cached_weight}); rebuilt holds {rebuilt} (weighs {rebuilt_weight}, estimated \
+         {estimate})",
+        snapshot.len()
+    );
+    assert!(cached_weight >= cached && rebuilt_weight >= rebuilt);
+    assert!(estimate >= rebuilt, "estimated {estimate} < held {rebuilt}");
+    // What shedding corrects: the cached state claims over 4× its rebuild's estimate.
+    assert!(
+        cached_weight > 4 * estimate,
+        "cached weighs {cached_weight}, rebuild estimated {estimate}"
+    );
 }

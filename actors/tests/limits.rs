@@ -156,6 +156,87 @@ async fn op_ids_expire_as_fast_as_they_are_written() {
     );
 }
 
+/// The content of root map "m" of a v1 update, as JSON.
+fn map_of(update: &[u8]) -> yrs::Any {
+    use yrs::types::ToJson;
+    use yrs::updates::decoder::Decode;
+    use yrs::Transact;
+    let doc = yrs::Doc::new();
+    let map = doc.get_or_insert_map("m");
+    doc.transact_mut()
+        .apply_update(yrs::Update::decode_v1(update).unwrap())
+        .unwrap();
+    let txn = doc.transact();
+    map.to_json(&txn)
+}
+
+/// A document of replaced blocks stays small encoded, but its built state in the document cache
+/// keeps an item per write; a compaction that finds the cached state over twice
+/// what a rebuild from the new snapshot would hold sheds it (issue 13: such documents filled
+/// the cache and held memory), and the next write is checked against a rebuild. A document
+/// whose deltas an active peer holds back is kept: its rebuild would apply them all again.
+#[actix_rt::test]
+async fn a_cached_document_that_outgrew_its_snapshot_is_rebuilt_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let r = open_with(config(dir.path()), &clock).await;
+    async fn write_all(r: &replicate_actors::Replicate, doc: &str, updates: &[Vec<u8>]) {
+        for chunk in updates.chunks(500) {
+            let writes = chunk
+                .iter()
+                .map(|u| {
+                    (
+                        replicate_actors::OperationType::Update,
+                        write(doc, u.clone()),
+                    )
+                })
+                .collect();
+            for answer in r.write_batch("c", writes).await.unwrap() {
+                answer.unwrap();
+            }
+        }
+    }
+    let (writer, updates) = block_edits(2_001);
+    let (last, first) = updates.split_last().unwrap();
+    write_all(&r, "m", first).await;
+    let outgrown = r.cache_stats().doc_cache_bytes;
+    let compacted = r
+        .compact("c", replicate_actors::CompactRequest::document("m"))
+        .await
+        .unwrap();
+    assert_eq!(compacted.removed, 2_000);
+    assert_eq!(r.collection_stats("c").await.unwrap().shed_documents, 1);
+    // The next write is checked against the rebuild, and the document is whole.
+    r.update("c", write("m", last.clone())).await.unwrap();
+    let rebuilt = r.cache_stats().doc_cache_bytes;
+    assert!(
+        rebuilt > 0 && rebuilt * 4 < outgrown,
+        "cached before the compaction {outgrown} B, rebuilt {rebuilt} B"
+    );
+    let state = r.recovery("c", &[0], Some("m")).await.unwrap();
+    let expected = {
+        use yrs::{ReadTxn, Transact};
+        writer
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default())
+    };
+    assert_eq!(map_of(&state.update), map_of(&expected));
+    assert!(matches!(map_of(&state.update), yrs::Any::Map(m) if m.len() == 2));
+
+    // An active peer at the head holds back every delta of "h": its compaction removes none,
+    // and the cached state is what a rebuild would hold.
+    let head = r.collection_stats("c").await.unwrap().durable_seq;
+    r.ack("c", "slow", head).await.unwrap();
+    let (_, held) = block_edits(2_000);
+    write_all(&r, "h", &held).await;
+    let compacted = r
+        .compact("c", replicate_actors::CompactRequest::document("h"))
+        .await
+        .unwrap();
+    assert_eq!((compacted.removed, compacted.retained), (0, 2_000));
+    assert_eq!(r.collection_stats("c").await.unwrap().shed_documents, 1);
+}
+
 #[actix_rt::test]
 async fn waiters_are_capped_per_collection() {
     let dir = tempfile::tempdir().unwrap();

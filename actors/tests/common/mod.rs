@@ -268,3 +268,31 @@ impl Peer {
         r.ack(c, &self.id, self.cursor).await.expect("ack answers")
     }
 }
+
+/// Edits like a block editor's: each write sets a key in the current block (a nested map under
+/// root map "m"), and every 50 writes a new block replaces the oldest of two whole, as `soak`'s
+/// steady documents do. The encoded state stays small (a removed block's items come back as a
+/// few merged ranges), while the cache's weight of a document built write by write counts an
+/// item per write.
+pub fn block_edits(writes: usize) -> (Doc, Vec<Vec<u8>>) {
+    use yrs::{Map, MapPrelim, MapRef};
+    let doc = Doc::with_client_id(42);
+    let blocks = doc.get_or_insert_map("m");
+    let mut block: Option<MapRef> = None;
+    let mut updates = Vec::with_capacity(writes);
+    for i in 0..writes {
+        let before = doc.transact().state_vector();
+        {
+            let mut txn = doc.transact_mut();
+            if i % 50 == 0 {
+                let key = format!("b{}", (i / 50) % 2);
+                block = Some(blocks.insert(&mut txn, key, MapPrelim::default()));
+            }
+            if let Some(block) = &block {
+                block.insert(&mut txn, format!("e{i}"), format!("{i:020}"));
+            }
+        }
+        updates.push(doc.transact().encode_diff_v1(&before));
+    }
+    (doc, updates)
+}

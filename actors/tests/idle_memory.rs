@@ -50,12 +50,21 @@ const LIVE_ACTOR_BUDGET: i64 = 4 * 1024;
 /// allows for allocator and sled bookkeeping that grows with keys written).
 const EVICTED_BUDGET: i64 = 512;
 
-/// What `replicate-server` does by default (`src/malloc.rs`): two arenas, freed memory
-/// trimmed; so the RSS printed is what the service would show.
-fn tune_malloc_like_the_server() {
-    // SAFETY: both only change or trim malloc's own state.
+/// What `replicate-server` does at start (`src/malloc.rs`): two malloc arenas. Like the
+/// server, before the threads that allocate start: a cap set later does not undo the arenas
+/// they already made.
+fn cap_arenas_like_the_server() {
+    // SAFETY: only changes malloc's parameters.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// What `replicate-server` does every 10 s (`src/malloc.rs`): freed memory handed back, so the
+/// RSS printed is what the service would show.
+fn trim_like_the_server() {
+    // SAFETY: only releases malloc's free memory.
+    unsafe {
         libc::malloc_trim(0);
     }
 }
@@ -109,6 +118,7 @@ fn touch_with(
     doc_cache: u64,
     idle_timeout: Option<Duration>,
 ) -> Figures {
+    cap_arenas_like_the_server();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::new(dir.path().join("data"));
     config.max_live_collections = max_live;
@@ -164,7 +174,7 @@ fn touch_with(
             Some(_) => settle(1).await,
             None => settle(max_live as u64).await,
         };
-        tune_malloc_like_the_server();
+        trim_like_the_server();
         let grown = heap() - heap0;
         let figures = Figures {
             collections: n,

@@ -36,18 +36,20 @@ pub struct ChildServer {
 }
 
 impl ChildServer {
-    /// Starts `current_exe() --serve-child DIR` on a new temporary directory and waits for the
-    /// URL it prints once listening.
+    /// Starts `current_exe() --serve-child DIR` on a new temporary directory, remembering op
+    /// ids for `op_id_ttl`, and waits for the URL it prints once listening.
     ///
     /// # Errors
     /// If the binary cannot be started or exits before printing its URL.
-    pub fn start() -> Result<ChildServer> {
+    pub fn start(op_id_ttl: Duration) -> Result<ChildServer> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let exe = std::env::current_exe().context("cannot find this binary to start a server")?;
         let mut child = Command::new(exe)
             .arg("--serve-child")
             .arg(&data)
+            .arg("--child-op-id-ttl-secs")
+            .arg(op_id_ttl.as_secs().max(1).to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -92,16 +94,18 @@ impl Drop for ChildServer {
     }
 }
 
-/// The child's side: serves anonymously on loopback port 0 with the default settings and
-/// `dir` as its sled directory, prints its URL, and stops when stdin closes.
+/// The child's side: serves anonymously on loopback port 0 with the default settings (op ids
+/// remembered for `op_id_ttl`) and `dir` as its sled directory, prints its URL, and stops
+/// when stdin closes.
 ///
 /// # Errors
 /// If the server cannot start.
-pub fn serve(dir: &Path) -> Result<()> {
+pub fn serve(dir: &Path, op_id_ttl: Duration) -> Result<()> {
     replicate::malloc::tune(replicate::malloc::MallocTuning::default());
-    let running =
-        replicate::spawn_in_thread(Config::new(dir), replicate::ServerSettings::default())
-            .context("cannot start the server")?;
+    let mut config = Config::new(dir);
+    config.op_id_ttl = op_id_ttl;
+    let running = replicate::spawn_in_thread(config, replicate::ServerSettings::default())
+        .context("cannot start the server")?;
     let mut out = std::io::stdout();
     writeln!(out, "{}", running.base_url())?;
     out.flush()?;

@@ -60,6 +60,9 @@ struct Args {
     /// Internal: serve on this sled directory as `soak`'s child server (see `child.rs`).
     #[arg(long, hide = true)]
     serve_child: Option<PathBuf>,
+    /// Internal: how long the child server remembers op ids (see `soak`).
+    #[arg(long, hide = true, default_value_t = 7 * 24 * 3600)]
+    child_op_id_ttl_secs: u64,
     /// Concurrent writers in `append`.
     #[arg(long, default_value_t = 64)]
     writers: usize,
@@ -94,7 +97,8 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = &args.serve_child {
-        return match replicate_load::child::serve(dir) {
+        let op_id_ttl = Duration::from_secs(args.child_op_id_ttl_secs.max(1));
+        return match replicate_load::child::serve(dir, op_id_ttl) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("replicate-load: {e:#}");

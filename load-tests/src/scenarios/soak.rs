@@ -5,7 +5,8 @@
 //! ([`crate::memory`]). CORRECT needs `mixed`'s checks, RSS flat within ±10 % over the second
 //! half of the load (samples after it, while the verdict reads, are printed, not judged), and
 //! a data directory that stops growing while compaction keeps up. With `--quick` the memory
-//! checks are printed, not judged: 25 s is mostly warm-up.
+//! checks are printed, not judged: 25 s is mostly warm-up. The child server remembers op ids
+//! for a tenth of the run, not 7 days (see [`OP_ID_TTL_DIVISOR`]).
 //!
 //! Which process is sampled:
 //! - without `--target`: a child process running the same server code (see [`crate::child`]
@@ -28,6 +29,13 @@ use crate::targets::Targets;
 /// Samples per run, about: the interval is the duration over this, between 1 and 15 s.
 const SAMPLES: u32 = 40;
 
+/// The child server remembers op ids for the run's duration over this (the default is 7 days).
+/// Records kept for a TTL grow the store (and sled's memory with it) until the TTL passes,
+/// then level off at rate × TTL; a soak shorter than the TTL sees only their growth and
+/// cannot tell a bound from a leak. With a tenth of the run, they reach their steady count
+/// early and the second half judges it; the sweep must also keep up with the writes.
+const OP_ID_TTL_DIVISOR: u32 = 10;
+
 /// The interval between samples for a run of `duration`.
 fn every(duration: Duration) -> Duration {
     (duration / SAMPLES).clamp(Duration::from_secs(1), Duration::from_secs(15))
@@ -37,6 +45,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     let mut opts = ctx.opts.clone();
     opts.duration = ctx.opts.soak;
     let child;
+    let mut op_id_ttl = None;
     let (soak, process, data) = if ctx.opts.remote {
         let soak = Ctx::new(opts, ctx.backend.clone(), ctx.floor_config.clone())
             .with_credentials(ctx.credentials.clone());
@@ -47,7 +56,9 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         let process = ctx.opts.server_pid.map(Process::Pid);
         (soak, process, ctx.opts.server_data.clone())
     } else {
-        child = ChildServer::start()?;
+        let ttl = (ctx.opts.soak / OP_ID_TTL_DIVISOR).max(Duration::from_secs(1));
+        child = ChildServer::start(ttl)?;
+        op_id_ttl = Some(ttl);
         let targets = Targets::one(&child.url);
         let backend = Backend::Http(Http::new(targets.clone()));
         let soak = Ctx::new(opts, backend, ctx.floor_config.clone()).with_targets(&targets);
@@ -70,6 +81,9 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
     let mut params = report.params.clone();
     if let Some(obj) = params.as_object_mut() {
         obj.insert("duration_s".into(), json!(duration.as_secs_f64()));
+        if let Some(ttl) = op_id_ttl {
+            obj.insert("op_id_ttl_s".into(), json!(ttl.as_secs()));
+        }
         obj.insert(
             "sampled".into(),
             json!(match process {
@@ -81,6 +95,18 @@ pub async fn run(ctx: &Ctx) -> Result<Report> {
         );
     }
     report.params = params;
+    report.notes.push(match op_id_ttl {
+        Some(ttl) => format!(
+            "the server remembers op ids for {} s (a tenth of the run; the default is 7 days), \
+             so they reach their steady count within the run",
+            ttl.as_secs()
+        ),
+        None => format!(
+            "op ids are remembered for what the server was given: start it with \
+             --op-id-ttl-secs {} or less, or they grow the store through the whole run",
+            (duration / OP_ID_TTL_DIVISOR).as_secs().max(1)
+        ),
+    });
     match (sampler, process) {
         (Some(sampler), Some(process)) => {
             let samples = sampler.stop(process, data.as_deref());

@@ -183,6 +183,10 @@ struct Args {
     /// Messages queued for one websocket connection; a client that lets it fill is closed (1013).
     #[arg(long, env = "REPLICATE_WS_SEND_QUEUE", default_value_t = ws_defaults().send_queue)]
     ws_send_queue: usize,
+    /// Bytes waiting to be written to one websocket connection before it is closed as too slow
+    /// (a single larger message is still sent).
+    #[arg(long, env = "REPLICATE_WS_SEND_QUEUE_BYTES", default_value_t = ws_defaults().send_queue_bytes)]
+    ws_send_queue_bytes: usize,
     /// Milliseconds between websocket pings; silent for two of them, a connection closes.
     #[arg(long, env = "REPLICATE_WS_PING_MS", default_value_t = millis(ws_defaults().ping_interval))]
     ws_ping_ms: u64,
@@ -258,6 +262,7 @@ impl Args {
                 max_rooms: self.ws_max_rooms,
                 max_message_bytes: self.ws_max_message_bytes,
                 send_queue: self.ws_send_queue.max(1),
+                send_queue_bytes: self.ws_send_queue_bytes.max(1),
                 ping_interval: Duration::from_millis(self.ws_ping_ms.max(1)),
             },
             ..ServerSettings::default()

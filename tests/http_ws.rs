@@ -6,7 +6,8 @@
 //!   validation) close the connection with a code and reason, store nothing, and the server
 //!   keeps serving;
 //! - a client that stops reading is dropped as a slow consumer while its queue stays within
-//!   its bound;
+//!   its bounds (messages and bytes; repeated step 1 requests included);
+//! - awareness messages are bounded in entries and handled in linear time;
 //! - a server restart mid-session converges once the clients reconnect;
 //! - a socket whose token expires is closed with 4401 at the token's `exp`.
 
@@ -410,6 +411,100 @@ fn a_slow_consumer_is_dropped_and_its_queue_stays_bounded() {
     again.edit("!");
     let fresh = WsPeer::join(ts.client.addr, c, "doc", Peer::new(3));
     assert!(fresh.peer.text(TEXT).len() >= WRITES * chunk.len());
+}
+
+/// Found in review: a client (`read` is enough) sending one 1,200-byte frame of 300 sync step 1
+/// requests (empty state vector: answer with the whole document) and never reading pinned
+/// 300 copies of a 1 MiB document (255 MiB) behind a queue bounded only in messages. The queue
+/// is bounded in bytes too: it holds at most its byte bound (or one message larger than it),
+/// and the client is dropped as a slow consumer.
+#[test]
+fn repeated_step1_requests_are_bounded_in_bytes() {
+    const DOC: usize = 1 << 20;
+    const QUEUE_BYTES: usize = 4 << 20;
+    let ts = TestServer::start_with(|_| {}, ws_settings(|ws| ws.send_queue_bytes = QUEUE_BYTES));
+    let writer = Peer::new(1);
+    ts.client.write(
+        "amp",
+        "insert",
+        "doc",
+        &writer.append(TEXT, &"x".repeat(DOC)),
+    );
+    let slow_before = metric(&ts, replicate::ws::METRIC_SLOW_CONSUMERS);
+    let mut ws = RawWs::connect(ts.client.addr, "/v1/amp/ws/doc");
+    let step1_empty: [u8; 4] = [0, 0, 1, 0];
+    ws.binary(&step1_empty.repeat(300));
+    let mut most = 0f64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        most = most.max(metric(&ts, replicate::ws::METRIC_QUEUED_BYTES));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The gauge is process-wide: other tests' small messages get some slack.
+    let bound = (QUEUE_BYTES + DOC + 256 * 1024) as f64;
+    assert!(most <= bound, "{most} bytes queued, bound {bound}");
+    assert!(metric(&ts, replicate::ws::METRIC_SLOW_CONSUMERS) > slow_before);
+    // Reading again, it finds fewer answers than it asked for, then the end (a 1013 close
+    // frame, or none when the socket was still full past the close's grace).
+    let mut answers = 0;
+    let end = loop {
+        match ws.recv() {
+            Got::Binary(_) => answers += 1,
+            other => break other,
+        }
+    };
+    assert!(answers < 300, "all {answers} answers arrived");
+    assert!(matches!(end, Got::Close(1013, _) | Got::Eof), "{end:?}");
+}
+
+/// An awareness message of `n` new states (ids from `first`) and as many removals of ids nobody
+/// announced.
+fn crowded_awareness(first: u64, n: u64) -> Vec<u8> {
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    let entry = |clock, json: &str| AwarenessUpdateEntry {
+        clock,
+        json: json.into(),
+    };
+    let clients = (0..n)
+        .map(|i| (yrs::ClientID::new(first + i), entry(1, "{}")))
+        .chain((0..n).map(|i| (yrs::ClientID::new(first + n + i), entry(1, "null"))))
+        .collect();
+    Message::Awareness(yrs::sync::AwarenessUpdate { clients }).encode_v1()
+}
+
+/// Found in review: one awareness message of 100,000 entries (850 KB) took 33 s of an HTTP
+/// worker under the room's lock, as each new id counted the table. Entries per message are
+/// bounded (16,384; over it the connection closes with 4400) and each costs O(1): a message
+/// at the bound is handled, and the sender still owns at most 8 ids.
+#[test]
+fn crowded_awareness_messages_are_bounded_and_handled() {
+    let ts = TestServer::start();
+    let mut over = RawWs::connect(ts.client.addr, "/v1/aw/ws/doc");
+    over.binary(&crowded_awareness(1, 8_193));
+    let (code, reason) = over.closed();
+    assert_eq!(code, 4400, "{reason}");
+    assert!(
+        reason.contains("awareness update of 16386 entries"),
+        "{reason}"
+    );
+
+    let mut at = RawWs::connect(ts.client.addr, "/v1/aw/ws/doc");
+    at.binary(&crowded_awareness(1_000_000, 8_192));
+    // query-awareness: answered with the live states once the message above is handled.
+    at.binary(&[3]);
+    let states = loop {
+        match at.recv() {
+            Got::Binary(frame) => {
+                if let Message::Awareness(update) = decode(&frame) {
+                    if !update.clients.is_empty() && update.clients.len() <= 8 {
+                        break update;
+                    }
+                }
+            }
+            other => panic!("no awareness answer: {other:?}"),
+        }
+    };
+    assert_eq!(states.clients.len(), 8);
 }
 
 #[test]

@@ -4,7 +4,6 @@
 
 use actix_web::web::{Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
-use tokio::sync::mpsc;
 
 use crate::auth::extract::{Access, Authorized, Read};
 use crate::auth::Right;
@@ -14,6 +13,7 @@ use crate::routes::AppState;
 use crate::wire::{path_segment, DocumentPath};
 use crate::ws::close::Closer;
 use crate::ws::connection::{self, Connection};
+use crate::ws::outbox::outbox;
 use crate::ws::room::Link;
 
 /// The document named in the path's last segment, decoded strictly (the naming rule itself
@@ -65,7 +65,11 @@ pub async fn ws(
     })?;
     let hub = &state.ws;
     let settings = &hub.settings;
-    let (tx, rx) = mpsc::channel(settings.send_queue.max(1));
+    let (tx, rx) = outbox(
+        settings.send_queue,
+        settings.send_queue_bytes,
+        hub.stats.clone(),
+    );
     let closer = Closer::default();
     let link = Link {
         tx: tx.clone(),

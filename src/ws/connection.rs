@@ -16,11 +16,12 @@ use std::sync::Arc;
 use actix_web::web::Bytes;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, ProtocolError, Session};
 use replicate_actors::{OperationType, Replicate, Write};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 
 use super::close::{Close, Closer};
 use super::hub::Member;
+use super::outbox::{Inbox, Outbox, Refused};
 use super::protocol::{self, Incoming};
 use super::WsStats;
 use crate::error::ApiError;
@@ -37,7 +38,7 @@ pub struct Connection {
     pub replicate: Replicate,
     /// Whether the token grants `write` on the collection.
     pub can_write: bool,
-    pub tx: mpsc::Sender<Bytes>,
+    pub tx: Outbox,
     pub closer: Closer,
     /// When the token expires, if it does.
     pub expires: Option<Instant>,
@@ -50,7 +51,7 @@ pub struct Connection {
 /// Starts both tasks of a connection whose upgrade was answered.
 pub fn spawn(
     conn: Connection,
-    rx: mpsc::Receiver<Bytes>,
+    rx: Inbox,
     session: Session,
     stream: AggregatedMessageStream,
     ping_interval: Duration,
@@ -62,7 +63,6 @@ pub fn spawn(
         closer: conn.closer.clone(),
         seen: seen.clone(),
         ping_interval,
-        stats: conn.stats.clone(),
     };
     actix_web::rt::spawn(writer.run());
     actix_web::rt::spawn(conn.read(session, stream, seen));
@@ -99,19 +99,15 @@ impl Connection {
     /// Queues `bytes` for this connection.
     ///
     /// # Errors
-    /// [`Close::slow_consumer`] when its queue is full.
+    /// [`Close::slow_consumer`] when its queue is full (in messages or bytes).
     pub fn send(&self, bytes: Bytes) -> Result<(), Close> {
-        let len = bytes.len() as i64;
-        match self.tx.try_send(bytes) {
-            Ok(()) => {
-                self.stats.queued(len);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.tx.push(bytes) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full) => {
                 self.stats.slow_consumer();
                 Err(Close::slow_consumer())
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Close::new(1000, "")),
+            Err(Refused::Closed) => Err(Close::new(1000, "")),
         }
     }
 
@@ -239,11 +235,10 @@ impl Connection {
 /// The writing half: drains the queue into the socket, pings, and sends the close frame.
 struct Writer {
     session: Session,
-    rx: mpsc::Receiver<Bytes>,
+    rx: Inbox,
     closer: Closer,
     seen: Arc<Seen>,
     ping_interval: Duration,
-    stats: Arc<WsStats>,
 }
 
 impl Writer {
@@ -256,7 +251,6 @@ impl Writer {
                 _ = self.closer.closed() => break,
                 bytes = self.rx.recv() => {
                     let Some(bytes) = bytes else { break };
-                    self.stats.queued(-(bytes.len() as i64));
                     let sent = tokio::select! {
                         biased;
                         _ = self.closer.closed() => break,
@@ -285,9 +279,6 @@ impl Writer {
         self.closer.close(Close::new(1000, ""));
         // Closed first, so nothing arrives after the drain.
         self.rx.close();
-        while let Ok(bytes) = self.rx.try_recv() {
-            self.stats.queued(-(bytes.len() as i64));
-        }
         if let Some(close) = self.closer.reason() {
             let frame = self.session.close(Some(close.frame()));
             let _ = tokio::time::timeout(CLOSE_GRACE, frame).await;

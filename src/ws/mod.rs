@@ -14,7 +14,8 @@
 //! - [`hub`]: the rooms of a server, created on the first join and dropped with the last
 //!   connection; the connection and room limits.
 //! - [`connection`]: one socket: its reader (client messages → writes, replies) and its writer
-//!   (bounded outbound queue, pings, close frames).
+//!   (pings, close frames), joined by its [`outbox`]: the outbound queue, bounded in messages
+//!   and bytes.
 //! - [`close`]: why a connection closes, as a WebSocket close code and reason.
 //!
 //! yrs is used by [`protocol`] and [`doc`] only.
@@ -39,6 +40,7 @@ pub mod close;
 pub mod connection;
 pub mod doc;
 pub mod hub;
+pub mod outbox;
 pub mod protocol;
 pub mod room;
 
@@ -71,6 +73,11 @@ pub struct WsSettings {
     /// queue is full when a message is broadcast is closed with 1013 (it resyncs when it
     /// reconnects) instead of growing memory.
     pub send_queue: usize,
+    /// Bytes waiting to be written to one connection (default 16 MiB; a message larger than
+    /// that is still taken into an empty queue): past it, as past `send_queue`, the
+    /// connection is closed with 1013. Without it a client asking sync step 1 again and again
+    /// pinned a copy of the document per request (see [`outbox`]).
+    pub send_queue_bytes: usize,
     /// How often the server pings (default 15 s). A connection that sent nothing, not even a
     /// pong, for two intervals is closed.
     pub ping_interval: Duration,
@@ -83,6 +90,7 @@ impl Default for WsSettings {
             max_rooms: 1_000,
             max_message_bytes: 8 * 1024 * 1024 + 1024,
             send_queue: 256,
+            send_queue_bytes: 16 * 1024 * 1024,
             ping_interval: Duration::from_secs(15),
         }
     }

@@ -23,6 +23,11 @@ use yrs::StateVector;
 /// Largest awareness state (its JSON) one client id may publish.
 pub const MAX_AWARENESS_STATE_BYTES: usize = 32 * 1024;
 
+/// Most entries one awareness message may hold. A provider sends its own state, or echoes
+/// every state it knows (one per client in the room; rooms are bounded by the server's
+/// websocket connections, 10,000 by default); more is refused before anything is decoded.
+pub const MAX_AWARENESS_ENTRIES: u64 = 16 * 1024;
+
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
@@ -69,13 +74,22 @@ fn check_message(cursor: &mut Cursor) -> Result<(), String> {
             let body = read_buf(cursor, "sync message")?;
             match sub {
                 // A state vector entry is a client id and a clock: two varints.
-                0 => check_count(body, 2, "state vector"),
+                0 => check_count(body, 2, "state vector").map(drop),
                 1 | 2 => Ok(()),
                 other => Err(format!("unknown sync message type {other}")),
             }
         }
         // An awareness entry: client id, clock, JSON string length (three varints at least).
-        1 => check_count(read_buf(cursor, "awareness update")?, 3, "awareness update"),
+        1 => {
+            let body = read_buf(cursor, "awareness update")?;
+            let count = check_count(body, 3, "awareness update")?;
+            if count > MAX_AWARENESS_ENTRIES {
+                return Err(format!(
+                    "awareness update of {count} entries, over {MAX_AWARENESS_ENTRIES}"
+                ));
+            }
+            Ok(())
+        }
         2 => Err("auth messages are sent by the server only".into()),
         3 => Ok(()),
         other => Err(format!("unknown message type {other}")),
@@ -100,8 +114,9 @@ fn read_buf<'a>(cursor: &mut Cursor<'a>, what: &str) -> Result<&'a [u8], String>
     Ok(&cursor.buf[start..end])
 }
 
-/// Checks that the count `body` starts with could fit: each entry takes at least `min` bytes.
-fn check_count(body: &[u8], min: usize, what: &str) -> Result<(), String> {
+/// Checks that the count `body` starts with could fit (each entry takes at least `min`
+/// bytes); answers it.
+fn check_count(body: &[u8], min: usize, what: &str) -> Result<u64, String> {
     let mut cursor = Cursor::new(body);
     let count = read_var(&mut cursor, what)?;
     let room = (body.len() - cursor.next) / min;
@@ -111,7 +126,7 @@ fn check_count(body: &[u8], min: usize, what: &str) -> Result<(), String> {
             body.len()
         ));
     }
-    Ok(())
+    Ok(count)
 }
 
 fn incoming(message: Message) -> Result<Incoming, String> {
@@ -213,6 +228,18 @@ mod tests {
         let mut huge_awareness = vec![1, 4];
         huge_awareness.extend([0xff, 0xff, 0xff, 0x0f]);
         let bad_json = awareness(awareness_update("{not json")).to_vec();
+        let crowd = awareness(AwarenessUpdate {
+            clients: (0..=MAX_AWARENESS_ENTRIES)
+                .map(|id| {
+                    let entry = AwarenessUpdateEntry {
+                        clock: 1,
+                        json: "null".into(),
+                    };
+                    (ClientID::new(id), entry)
+                })
+                .collect(),
+        })
+        .to_vec();
         let big_json = format!("\"{}\"", "x".repeat(MAX_AWARENESS_STATE_BYTES));
         let big = awareness(awareness_update(&big_json)).to_vec();
         let cases: &[(&[u8], &str)] = &[
@@ -225,6 +252,7 @@ mod tests {
             (&huge_sv, "state vector declares"),
             (&huge_awareness, "awareness update declares"),
             (&bad_json, "not JSON"),
+            (&crowd, "awareness update of 16385 entries, over 16384"),
             (&big, "awareness state over"),
             (&[0xff, 0xff, 0xff], "truncated message type"),
         ];

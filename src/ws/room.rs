@@ -27,13 +27,14 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use replicate_actors::{Change, Replicate, StreamRequest, MAX_STREAM_LIMIT};
-use tokio::sync::{mpsc, watch, OnceCell};
+use tokio::sync::{watch, OnceCell};
 use yrs::sync::AwarenessUpdate;
 use yrs::StateVector;
 
 use super::awareness::{AwarenessTable, ConnId};
 use super::close::{Close, Closer};
 use super::doc::RoomDoc;
+use super::outbox::{Outbox, Refused};
 use super::{protocol, WsStats};
 use crate::error::ApiError;
 use crate::routes::until_shutdown;
@@ -50,7 +51,7 @@ const EMPTY_STATE_VECTOR: [u8; 1] = [0];
 
 /// How the room reaches one connection.
 pub struct Link {
-    pub tx: mpsc::Sender<Bytes>,
+    pub tx: Outbox,
     pub closer: Closer,
 }
 
@@ -210,15 +211,15 @@ impl Room {
             if Some(*id) == except {
                 continue;
             }
-            match link.tx.try_send(bytes.clone()) {
-                Ok(()) => self.stats.queued(bytes.len() as i64),
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            match link.tx.push(bytes.clone()) {
+                Ok(()) => {}
+                Err(Refused::Full) => {
                     if link.closer.reason().is_none() {
                         self.stats.slow_consumer();
                     }
                     link.closer.close(Close::slow_consumer());
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(Refused::Closed) => {}
             }
         }
     }

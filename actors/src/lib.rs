@@ -58,7 +58,7 @@ pub mod keys;
 pub mod names;
 pub mod paging;
 pub mod peers;
-pub mod precheck;
+pub use replicate_precheck as precheck;
 pub(crate) mod registry;
 pub mod runtime;
 pub mod shape;

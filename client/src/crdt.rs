@@ -10,12 +10,19 @@ use crate::error::{Error, Result};
 /// The client id used for scratch documents that only merge and never edit.
 const SCRATCH_CLIENT: u64 = 1;
 
-/// Decodes a Yjs v1 update.
+/// Decodes a Yjs v1 update, after the same layout check the server runs on what clients send
+/// (`replicate-precheck`): yrs decodes nested values recursively and trusts declared counts,
+/// so bytes from a hostile or broken server could otherwise overflow this process's stack
+/// (which aborts it: nothing catches that) or reserve gigabytes, and yrs asserts client ids
+/// fit 53 bits (a panic in debug builds). A panic left in yrs's decoder is caught too.
 ///
 /// # Errors
 /// [`Error::InvalidYjs`] if the bytes are not one.
 pub fn decode(bytes: &[u8]) -> Result<Update> {
-    Update::decode_v1(bytes).map_err(|e| Error::InvalidYjs(e.to_string()))
+    replicate_precheck::check_update(bytes).map_err(|r| Error::InvalidYjs(r.to_string()))?;
+    std::panic::catch_unwind(|| Update::decode_v1(bytes))
+        .map_err(|_| Error::InvalidYjs("the decoder panicked".into()))?
+        .map_err(|e| Error::InvalidYjs(e.to_string()))
 }
 
 /// Applies `bytes` (a v1 update) to `txn`.

@@ -477,6 +477,7 @@ impl Syncer {
                 }
                 Err(e) => return Err(e),
             };
+            check_page_cursor(cursor, page.cursor, page.has_more)?;
             let stored = self.store_changes(collection, page.changes, page.cursor)?;
             applied += stored;
             tracing::debug!(
@@ -865,4 +866,21 @@ impl Syncer {
             tracing::error!(error = %e, "could not start the push thread");
         }
     }
+}
+
+/// A page (or a group of events) answered from `asked` must not move the cursor back, and a
+/// page saying more is ready must move it forward. An honest server never does either (a
+/// server that lost its data answers `cursor_ahead` instead); a hostile or broken one made the
+/// stored cursor go back (downloading and storing the same changes again) or the pull loop ask
+/// for the same page forever.
+///
+/// # Errors
+/// [`Error::Protocol`] naming both cursors.
+pub(crate) fn check_page_cursor(asked: u64, answered: u64, has_more: bool) -> Result<()> {
+    if answered < asked || (has_more && answered == asked) {
+        return Err(Error::Protocol(format!(
+            "the page from cursor {asked} answered cursor {answered} (hasMore {has_more})"
+        )));
+    }
+    Ok(())
 }

@@ -199,6 +199,7 @@ impl Syncer {
             }
             let (group, error) = gather(first, feed.as_mut(), max_changes, GROUP_BYTES);
             if let Some(resume) = group.resume {
+                super::check_page_cursor(cursor, resume, false)?;
                 let _pull = lock(&locks.pull);
                 if self.store.cursor(collection)? != cursor {
                     tracing::debug!("the cursor moved under the event stream; reconnecting");

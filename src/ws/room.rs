@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
-use replicate_actors::{Change, Replicate, StreamRequest, MAX_STREAM_LIMIT};
+use replicate_actors::{Change, OperationType, Replicate, StreamRequest, MAX_STREAM_LIMIT};
 use tokio::sync::{watch, OnceCell};
 use yrs::sync::AwarenessUpdate;
 use yrs::StateVector;
@@ -229,7 +229,14 @@ impl Room {
     fn deliver(&self, changes: Vec<Change>, cursor: u64) {
         let mut members = self.lock();
         for change in changes {
-            let origin = members.origins.remove(&change.seq);
+            // A snapshot's seq is the highest it holds, which may be one connection's own
+            // write, but it also holds others' deleted writes: it goes to every connection.
+            // (Taken as that connection's own, its writer never got those writes: found in
+            // review, `http_lost_updates`.)
+            let origin = match change.operation {
+                OperationType::Snapshot => None,
+                _ => members.origins.remove(&change.seq),
+            };
             self.broadcast(&members, protocol::update(change.bytes), origin);
         }
         members.cursor = members.cursor.max(cursor);

@@ -487,6 +487,9 @@ struct QueuedWrite {
     write: Write,
     hash: u64,
     answer: oneshot::Sender<Result<Written>>,
+    /// Refused once by a cached document on a shared engine and queued again to be checked
+    /// against a rebuild (see [`CollectionActor::finish_check`]); refused again, it is refused.
+    rechecked: bool,
 }
 
 /// Most writes of one document checked in one worker job.
@@ -503,6 +506,8 @@ struct Checked {
     /// Per refused write, the seq the store already holds it under (same op id and bytes):
     /// a retry of a stored write the check refused (see [`CollectionActor::check_job`]).
     stored: Vec<Option<u64>>,
+    /// The writes were checked against the cached state, not a rebuild made by this job.
+    from_cache: bool,
 }
 
 /// The answer to an op id used again for other bytes of `doc` (first used by `seq`).
@@ -550,6 +555,7 @@ impl Handler<Append> for CollectionActor {
             write: msg.write,
             hash,
             answer: tx,
+            rechecked: false,
         };
         self.enqueue_check(doc, Queued::One(queued), ctx);
         Box::pin(async move {
@@ -684,12 +690,37 @@ impl CollectionActor {
                 return self.next_check(doc, ctx);
             }
         };
-        if let Some(state) = checked.state {
+        // On a shared engine a cached document may lack what another node wrote since it was
+        // built: this node hears of those commits late (a notification) or not at all until
+        // its next read (one lost, or its own commit moving the head past them), and until
+        // then a write depending on them is refused ("the delete set names an id the document
+        // does not have"). Such a refusal is not trusted: the document is dropped and the
+        // write checked once more against a rebuild from the store.
+        let refused = |i: usize, q: &QueuedWrite, outcome: &Option<Result<()>>| {
+            matches!(outcome, Some(Err(_)))
+                && checked.stored.get(i).copied().flatten().is_none()
+                && !q.rechecked
+        };
+        let recheck = self.numbering
+            && checked.from_cache
+            && batch
+                .iter()
+                .zip(&checked.outcomes)
+                .enumerate()
+                .any(|(i, (q, outcome))| refused(i, q, outcome));
+        if recheck {
+            self.shared.docs.forget(&self.name, &doc);
+        } else if let Some(state) = checked.state {
             self.shared.docs.put(&self.name, &doc, state);
         }
         self.quarantine(&doc, &checked.quarantined);
         let mut again = Vec::new();
-        for (i, (q, outcome)) in batch.into_iter().zip(checked.outcomes).enumerate() {
+        for (i, (mut q, outcome)) in batch.into_iter().zip(checked.outcomes).enumerate() {
+            if recheck && refused(i, &q, &outcome) {
+                q.rechecked = true;
+                again.push(q);
+                continue;
+            }
             match outcome {
                 None => again.push(q),
                 Some(Err(e)) => match checked.stored.get(i).copied().flatten() {
@@ -814,6 +845,7 @@ impl CollectionActor {
             write,
             hash,
             answer,
+            rechecked: _,
         } = q;
         let (prepared, doc, len, op_id) = self.numbered_append(operation, write, hash);
         let round = self.shared.commit.submit_outcomes(prepared);
@@ -960,6 +992,7 @@ fn check_writes(
     limits: &YjsLimits,
 ) -> Result<Checked> {
     let mut quarantined = Vec::new();
+    let mut from_cache = true;
     let mut state = match cached {
         // Measured over its budget by a rebuild: refused below without another rebuild, so a
         // write to such a document costs nothing.
@@ -969,6 +1002,7 @@ fn check_writes(
         _ => {
             let built = build_doc(store, c, doc, limits)?;
             quarantined = built.quarantined;
+            from_cache = false;
             built.state
         }
     };
@@ -989,6 +1023,7 @@ fn check_writes(
             outcomes,
             quarantined,
             stored: Vec::new(),
+            from_cache,
         });
     }
     for bytes in writes {
@@ -1004,6 +1039,7 @@ fn check_writes(
                     outcomes,
                     quarantined,
                     stored: Vec::new(),
+                    from_cache,
                 });
             }
             Err(refused) => outcomes.push(Some(Err(refused.error))),
@@ -1014,6 +1050,7 @@ fn check_writes(
         outcomes,
         quarantined,
         stored: Vec::new(),
+        from_cache,
     })
 }
 
@@ -1153,8 +1190,12 @@ impl Handler<ReadPage> for CollectionActor {
         let job = async move {
             readers
                 .run(move || {
-                    let head = if cursor > known {
-                        store.head(&name)?
+                    // A reader at or past what this node knows asks the store: another node
+                    // may have committed since, and its notification may be late or lost (a
+                    // reader polling without `waitMs` would otherwise never see those writes
+                    // until this node committed again).
+                    let head = if cursor >= known {
+                        store.head(&name)?.max(known)
                     } else {
                         known
                     };

@@ -92,12 +92,30 @@ pub fn recover_document(
 }
 
 /// The whole collection through seq `upto`, merged into one v1 update.
+///
+/// Each document's snapshot goes in first, then only that document's deltas above its
+/// `snapshot_seq` (as [`load_document`] does for one document), in seq order. Applying the
+/// retained deltas first and the snapshots last lost answered writes: a delta kept for a peer
+/// waits for content that only the snapshot holds, and the snapshot applied on top of such
+/// waiting structs was refused, so `state` (and collection-wide recovery) left out every write
+/// whose delta compaction had deleted while claiming the head as its cursor. Deltas are read
+/// before the snapshots, as in [`load_document`], so a compaction in between only moves
+/// content into a snapshot this read sees.
 pub fn merge_collection(store: &Store, c: &str, upto: u64, limits: &YjsLimits) -> Result<Vec<u8>> {
     let deltas = store.all_deltas(c, upto)?;
     let snapshots = store.snapshots(c)?;
+    let inside: HashMap<&str, u64> = snapshots
+        .iter()
+        .map(|(doc, s)| (doc.as_str(), s.snapshot_seq))
+        .collect();
     let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + snapshots.len());
-    parts.extend(deltas.iter().map(|(seq, d)| (*seq, d.bytes.as_slice())));
     parts.extend(snapshots.iter().map(|(_, s)| (0, s.bytes.as_slice())));
+    parts.extend(
+        deltas
+            .iter()
+            .filter(|(seq, d)| inside.get(d.document_id.as_str()).is_none_or(|s| seq > s))
+            .map(|(seq, d)| (*seq, d.bytes.as_slice())),
+    );
     Ok(DocState::build(parts.iter().copied(), limits)
         .state
         .encode()

@@ -598,6 +598,11 @@ impl CollectionActor {
                     let age = self.shared.clock.now_millis().saturating_sub(r.created_at);
                     age <= self.shared.config.op_id_ttl.as_millis() as u64
                 })
+                // A record above the durable head that no pending write holds is from a round
+                // whose flush failed (applied, never durable; writes stop until restart): the
+                // retry goes the normal way and gets that failure at once. Answered as a
+                // duplicate it waited for a durable head that never came (30 s, then 504).
+                .filter(|r| r.seq <= self.state.durable())
                 .map(|r| (r.seq, r.hash)),
         };
         match record {

@@ -196,6 +196,56 @@ async fn a_client_moving_from_one_node_to_the_other_keeps_writing() {
     b.close(Duration::from_secs(5)).await.ok();
 }
 
+/// The same through write batches: a batch part the cached copy on B refuses is checked again
+/// against a rebuild, so a client moving to B with a batch of its edits gets them stored.
+#[actix_rt::test]
+async fn a_client_moving_to_the_other_node_with_a_batch_keeps_writing() {
+    if !use_postgres("a_client_moving_to_the_other_node_with_a_batch_keeps_writing") {
+        return;
+    }
+    let schema = fresh_schema("stale_batch");
+    let clock = ManualClock::new(1_000_000);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &schema, "rev_stale_batch_a", &clock);
+    let b = node(db.path(), &schema, "rev_stale_batch_b", &clock);
+    let other = Replica::new(1);
+    let client = Replica::new(2);
+    b.update(C, write("d", other.append("x")))
+        .await
+        .expect("write on B");
+    cut_listener("rev_stale_batch_b").await;
+    a.update(C, write("d", client.append("hello")))
+        .await
+        .expect("write on A");
+    b.update(C, write("e", other.append("y")))
+        .await
+        .expect("write on B");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let writes = (0..12)
+        .map(|i| {
+            let update = if i % 3 == 2 {
+                client.delete_front(1)
+            } else {
+                client.append(&format!(" w{i}"))
+            };
+            (replicate_actors::OperationType::Update, write("d", update))
+        })
+        .collect();
+    let answers = b.write_batch(C, writes).await.expect("batch on B");
+    let refused: Vec<String> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| a.as_ref().err().map(|e| format!("write {i}: {e}")))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "node B refused {} valid writes of the batch: {refused:#?}",
+        refused.len()
+    );
+    a.close(Duration::from_secs(5)).await.ok();
+    b.close(Duration::from_secs(5)).await.ok();
+}
+
 mod concurrent {
     //! Lanes run at once against two nodes: writers pinned per (lane, document) to a node
     //! (with op-id retries on the other node, one after and one at once), compactions on

@@ -80,6 +80,9 @@ pub(in crate::collection) struct PendingBatch {
 pub(in crate::collection) struct Part {
     batch: u64,
     writes: Vec<(usize, Vec<u8>)>,
+    /// Checked again against a rebuild after the cached document refused some of its writes
+    /// on a shared engine (see [`CollectionActor::finish_part_check`]).
+    rechecked: bool,
 }
 
 impl Handler<AppendBatch> for CollectionActor {
@@ -178,6 +181,7 @@ impl CollectionActor {
                     Part {
                         batch: id,
                         writes: Vec::new(),
+                        rechecked: false,
                     },
                 ));
                 parts.len() - 1
@@ -190,7 +194,11 @@ impl CollectionActor {
 
     /// Checks a batch's part of `doc` on a worker thread; the document stays held after.
     pub(super) fn start_part_check(&mut self, doc: String, part: Part, ctx: &mut Context<Self>) {
-        let Part { batch, writes } = part;
+        let Part {
+            batch,
+            writes,
+            rechecked,
+        } = part;
         let (indices, bytes): (Vec<usize>, Vec<Vec<u8>>) = writes.into_iter().unzip();
         let ops = indices
             .iter()
@@ -201,7 +209,7 @@ impl CollectionActor {
             .collect();
         let work = self.check_job(&doc, bytes, ops);
         ctx.spawn(work.into_actor(self).map(move |checked, act, ctx| {
-            act.finish_part_check(doc, batch, indices, checked, ctx);
+            act.finish_part_check(doc, batch, indices, checked, rechecked, ctx);
         }));
     }
 
@@ -211,10 +219,37 @@ impl CollectionActor {
         id: u64,
         indices: Vec<usize>,
         checked: Result<Checked>,
+        rechecked: bool,
         ctx: &mut Context<Self>,
     ) {
         let (outcomes, stored): (Vec<Option<Result<()>>>, Vec<Option<u64>>) = match checked {
             Ok(checked) => {
+                // As for single writes (see `finish_check`): on a shared engine a refusal by
+                // the cached document is not trusted; the whole part goes again, once,
+                // against a rebuild from the store.
+                let refused = checked.outcomes.iter().enumerate().any(|(k, o)| {
+                    matches!(o, Some(Err(_))) && checked.stored.get(k).copied().flatten().is_none()
+                });
+                if self.numbering && checked.from_cache && refused && !rechecked {
+                    self.shared.docs.forget(&self.name, &doc);
+                    let writes = indices
+                        .iter()
+                        .filter_map(|&i| match self.batches.get(&id).map(|b| &b.slots[i]) {
+                            Some(Slot::Checking(_, write, _)) => Some((i, write.bytes.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    let part = Part {
+                        batch: id,
+                        writes,
+                        rechecked: true,
+                    };
+                    self.checking
+                        .entry(doc.clone())
+                        .or_default()
+                        .push_front(Queued::Part(part));
+                    return self.next_check(doc, ctx);
+                }
                 if let Some(state) = checked.state {
                     self.shared.docs.put(&self.name, &doc, state);
                 }
@@ -274,6 +309,7 @@ impl CollectionActor {
             let part = Part {
                 batch: id,
                 writes: again,
+                rechecked,
             };
             self.checking
                 .entry(doc.clone())

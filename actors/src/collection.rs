@@ -55,6 +55,11 @@ const SWEEP_BATCH: usize = 1_000;
 const OUTGROWN_RATIO: u64 = 2;
 /// ... unless it weighs less than this: rebuilding small documents saves nothing.
 const OUTGROWN_FLOOR: u64 = 64 * 1024;
+/// Least time between two rechecks of one document's refused writes (see
+/// [`CollectionActor::may_recheck`]).
+const RECHECK_EVERY_MS: u64 = 1_000;
+/// Documents whose last recheck an actor remembers (forgotten all at once past it).
+const MAX_RECHECKS_TRACKED: usize = 1_024;
 /// Attempts of a compaction that another node's compaction of the same document superseded.
 const COMPACTION_ATTEMPTS: u32 = 4;
 
@@ -123,6 +128,9 @@ pub struct CollectionActor {
     sweep_running: bool,
     /// Documents whose counters are being read off this thread for auto-compaction.
     counter_reads: HashSet<String>,
+    /// Per document, when a refusal last sent its writes to be checked again against a
+    /// rebuild (shared engines; see [`Self::may_recheck`]).
+    rechecked_at: HashMap<String, u64>,
 }
 
 impl CollectionActor {
@@ -166,6 +174,7 @@ impl CollectionActor {
             numbering: shared.store.numbers_appends(),
             head_check_running: false,
             counter_reads: HashSet::new(),
+            rechecked_at: HashMap::new(),
             sweep_running: false,
             shared,
         })
@@ -326,6 +335,24 @@ impl CollectionActor {
     /// does not stop while that runs, and a collection's last sweep is the one before it stops).
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
         self.sweep(ctx);
+    }
+
+    /// Whether a refusal of `doc`'s writes by its cached document may send them to be checked
+    /// again against a rebuild (see [`Self::finish_check`]), and if so notes it: at most once
+    /// per [`RECHECK_EVERY_MS`] per document, so a client sending refused writes on purpose
+    /// costs at most one rebuild a second per document, not one per request.
+    fn may_recheck(&mut self, doc: &str) -> bool {
+        let now = self.shared.clock.now_millis();
+        if let Some(at) = self.rechecked_at.get(doc) {
+            if now.saturating_sub(*at) < RECHECK_EVERY_MS {
+                return false;
+            }
+        }
+        if self.rechecked_at.len() >= MAX_RECHECKS_TRACKED {
+            self.rechecked_at.clear();
+        }
+        self.rechecked_at.insert(doc.to_string(), now);
+        true
     }
 
     /// Stops this actor if it has nothing in flight and no traffic for `min_idle_ms`.
@@ -712,7 +739,8 @@ impl CollectionActor {
                 .iter()
                 .zip(&checked.outcomes)
                 .enumerate()
-                .any(|(i, (q, outcome))| refused(i, q, outcome));
+                .any(|(i, (q, outcome))| refused(i, q, outcome))
+            && self.may_recheck(&doc);
         if recheck {
             self.shared.docs.forget(&self.name, &doc);
         } else if let Some(state) = checked.state {

@@ -230,7 +230,12 @@ impl CollectionActor {
                 let refused = checked.outcomes.iter().enumerate().any(|(k, o)| {
                     matches!(o, Some(Err(_))) && checked.stored.get(k).copied().flatten().is_none()
                 });
-                if self.numbering && checked.from_cache && refused && !rechecked {
+                if self.numbering
+                    && checked.from_cache
+                    && refused
+                    && !rechecked
+                    && self.may_recheck(&doc)
+                {
                     self.shared.docs.forget(&self.name, &doc);
                     let writes = indices
                         .iter()

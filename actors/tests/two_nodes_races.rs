@@ -147,43 +147,63 @@ async fn a_polling_reader_on_the_other_node_gets_a_write_whose_notification_was_
 /// Node B's own commit moves its head past a seq A committed whose notification B has not
 /// taken in yet (lost while its listener reconnected, or simply still on its way): the
 /// notification, when it comes, is below B's head and B keeps the document it built before
-/// A's write. Writes checked against that copy: a client that wrote through A and goes on
-/// through B.
+/// A's write. Sets that up (B builds `d`; its listener is cut; a client writes "hello" to `d`
+/// through A; B commits to `e`) and answers both nodes and the client, who goes on through B
+/// like any client behind a load balancer.
+struct StaleB {
+    a: Replicate,
+    b: Replicate,
+    client: Replica,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn stale_b(tag: &str) -> StaleB {
+    let schema = fresh_schema(tag);
+    let clock = ManualClock::new(1_000_000);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (app_a, app_b) = (format!("rev_{tag}_a"), format!("rev_{tag}_b"));
+    let a = node(da.path(), &schema, &app_a, &clock);
+    let b = node(db.path(), &schema, &app_b, &clock);
+    let other = Replica::new(1);
+    let client = Replica::new(2);
+    b.update(C, write("d", other.append("x")))
+        .await
+        .expect("write on B");
+    cut_listener(&app_b).await;
+    a.update(C, write("d", client.append("hello")))
+        .await
+        .expect("write on A");
+    b.update(C, write("e", other.append("y")))
+        .await
+        .expect("write on B");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    StaleB {
+        a,
+        b,
+        client,
+        _dirs: (da, db),
+    }
+}
+
+/// The client's next edit of `d`: typing, and every third a delete of text it wrote on A.
+fn next_edit(client: &Replica, i: usize) -> Vec<u8> {
+    if i % 3 == 2 {
+        client.delete_front(1)
+    } else {
+        client.append(&format!(" w{i}"))
+    }
+}
+
+/// Writes checked against B's stale copy are checked again against a rebuild, not refused.
 #[actix_rt::test]
 async fn a_client_moving_from_one_node_to_the_other_keeps_writing() {
     if !use_postgres("a_client_moving_from_one_node_to_the_other_keeps_writing") {
         return;
     }
-    let schema = fresh_schema("stale");
-    let clock = ManualClock::new(1_000_000);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &schema, "rev_stale_a", &clock);
-    let b = node(db.path(), &schema, "rev_stale_b", &clock);
-    let other = Replica::new(1);
-    let client = Replica::new(2);
-    // B builds document d.
-    b.update(C, write("d", other.append("x")))
-        .await
-        .expect("write on B");
-    cut_listener("rev_stale_b").await;
-    // The client writes through A ...
-    a.update(C, write("d", client.append("hello")))
-        .await
-        .expect("write on A");
-    // ... B commits a write of its own (another document) before it hears of that ...
-    b.update(C, write("e", other.append("y")))
-        .await
-        .expect("write on B");
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    // ... and the client goes on through B, like any client behind a load balancer.
+    let StaleB { a, b, client, .. } = stale_b("stale").await;
     let mut refused = Vec::new();
     for i in 0..40 {
-        let update = if i % 3 == 2 {
-            client.delete_front(1)
-        } else {
-            client.append(&format!(" w{i}"))
-        };
-        if let Err(e) = b.update(C, write("d", update)).await {
+        if let Err(e) = b.update(C, write("d", next_edit(&client, i))).await {
             refused.push(format!("write {i}: {e}"));
         }
     }
@@ -203,31 +223,10 @@ async fn a_client_moving_to_the_other_node_with_a_batch_keeps_writing() {
     if !use_postgres("a_client_moving_to_the_other_node_with_a_batch_keeps_writing") {
         return;
     }
-    let schema = fresh_schema("stale_batch");
-    let clock = ManualClock::new(1_000_000);
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &schema, "rev_stale_batch_a", &clock);
-    let b = node(db.path(), &schema, "rev_stale_batch_b", &clock);
-    let other = Replica::new(1);
-    let client = Replica::new(2);
-    b.update(C, write("d", other.append("x")))
-        .await
-        .expect("write on B");
-    cut_listener("rev_stale_batch_b").await;
-    a.update(C, write("d", client.append("hello")))
-        .await
-        .expect("write on A");
-    b.update(C, write("e", other.append("y")))
-        .await
-        .expect("write on B");
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let StaleB { a, b, client, .. } = stale_b("stale_batch").await;
     let writes = (0..12)
         .map(|i| {
-            let update = if i % 3 == 2 {
-                client.delete_front(1)
-            } else {
-                client.append(&format!(" w{i}"))
-            };
+            let update = next_edit(&client, i);
             (replicate_actors::OperationType::Update, write("d", update))
         })
         .collect();

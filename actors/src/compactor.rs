@@ -2,12 +2,12 @@
 //! merged collection state), as plain functions run on worker threads
 //! ([`crate::workers::Workers`]), never on an actor's arbiter or an HTTP worker.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::crdt::{Built, DocState, YjsLimits};
-use crate::error::Result;
-use crate::store::Store;
+use crate::crdt::{self, Built, DocState, YjsLimits};
+use crate::error::{Error, Result};
+use crate::store::{SnapshotRecord, Store};
 
 /// One document rebuilt from the store, and what went into it.
 pub struct LoadedDoc {
@@ -46,25 +46,8 @@ pub fn load_document(
     let snapshot = store.snapshot(c, doc)?;
     let empty = snapshot.is_none() && deltas.is_empty();
     let snapshot = snapshot.filter(|_| !skip.contains(&0));
-    let inside = snapshot.as_ref().map_or(0, |s| s.snapshot_seq);
-    let parts = |inside: u64| {
-        let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + 1);
-        if let Some(s) = &snapshot {
-            parts.push((0, s.bytes.as_slice()));
-        }
-        parts.extend(
-            deltas
-                .iter()
-                .filter(|(seq, _)| *seq > inside)
-                .map(|(seq, b)| (*seq, b.as_slice())),
-        );
-        parts
-    };
-    let mut built = DocState::build(parts(inside), limits);
-    if inside > 0 && built.quarantined.iter().any(|(seq, _)| *seq == 0) {
-        // The snapshot failed now: what it held must come from the deltas after all.
-        built = DocState::build(parts(0), limits);
-    }
+    let parts: Vec<(u64, &[u8])> = deltas.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+    let built = build_document(snapshot.as_ref(), &parts, limits);
     let merged = deltas
         .iter()
         .filter(|(seq, _)| !built.quarantined.iter().any(|(q, _)| q == seq))
@@ -75,6 +58,29 @@ pub fn load_document(
         merged,
         empty,
     })
+}
+
+/// Builds one document from its snapshot and its retained `deltas` (ascending, quarantined
+/// ones already left out): the snapshot first, then only the deltas above its
+/// `snapshot_seq` (see [`load_document`]); if the snapshot fails, from every delta instead.
+fn build_document(
+    snapshot: Option<&SnapshotRecord>,
+    deltas: &[(u64, &[u8])],
+    limits: &YjsLimits,
+) -> Built {
+    let inside = snapshot.map_or(0, |s| s.snapshot_seq);
+    let parts = |inside: u64| {
+        snapshot
+            .map(|s| (0, s.bytes.as_slice()))
+            .into_iter()
+            .chain(deltas.iter().copied().filter(move |(seq, _)| *seq > inside))
+    };
+    let built = DocState::build(parts(inside), limits);
+    if inside > 0 && built.quarantined.iter().any(|(seq, _)| *seq == 0) {
+        // The snapshot failed now: what it held must come from the deltas after all.
+        return DocState::build(parts(0), limits);
+    }
+    built
 }
 
 /// The state of one document, as a diff against `state_vector` (the whole state if empty).
@@ -93,33 +99,81 @@ pub fn recover_document(
 
 /// The whole collection through seq `upto`, merged into one v1 update.
 ///
-/// Each document's snapshot goes in first, then only that document's deltas above its
-/// `snapshot_seq` (as [`load_document`] does for one document), in seq order. Applying the
-/// retained deltas first and the snapshots last lost answered writes: a delta kept for a peer
-/// waits for content that only the snapshot holds, and the snapshot applied on top of such
-/// waiting structs was refused, so `state` (and collection-wide recovery) left out every write
-/// whose delta compaction had deleted while claiming the head as its cursor. Deltas are read
-/// before the snapshots, as in [`load_document`], so a compaction in between only moves
-/// content into a snapshot this read sees.
+/// Each document is built on its own, exactly as [`load_document`] builds it for a
+/// per-document recovery (its snapshot, then its deltas above `snapshot_seq`, under the
+/// per-document limits its writes were checked with), and the documents' encoded states are
+/// then merged as updates. Building the whole collection as one Yjs document instead lost
+/// answered writes while the answer still claimed the head as its cursor: the per-document
+/// limits then applied to the sum of all documents (two documents' waiting structs together
+/// went past the pending bound, and one document's update was left out), and an earlier
+/// version applied retained deltas before the snapshots they wait on.
+///
+/// Deltas are read before the snapshots, as in [`load_document`], so a compaction in between
+/// only moves content into a snapshot this read sees.
+///
+/// # Errors
+/// [`Error::Conflict`] when two documents were written by the same Yjs client id: one update
+/// cannot hold both (their structs have the same ids, so one document's would be taken for
+/// the other's and dropped). Yjs picks client ids at random per document, so this is rare
+/// unless an app sets them itself; per-document recovery and the stream are unaffected.
 pub fn merge_collection(store: &Store, c: &str, upto: u64, limits: &YjsLimits) -> Result<Vec<u8>> {
     let deltas = store.all_deltas(c, upto)?;
     let snapshots = store.snapshots(c)?;
-    let inside: HashMap<&str, u64> = snapshots
-        .iter()
-        .map(|(doc, s)| (doc.as_str(), s.snapshot_seq))
-        .collect();
-    let mut parts: Vec<(u64, &[u8])> = Vec::with_capacity(deltas.len() + snapshots.len());
-    parts.extend(snapshots.iter().map(|(_, s)| (0, s.bytes.as_slice())));
-    parts.extend(
-        deltas
-            .iter()
-            .filter(|(seq, d)| inside.get(d.document_id.as_str()).is_none_or(|s| seq > s))
-            .map(|(seq, d)| (*seq, d.bytes.as_slice())),
-    );
-    Ok(DocState::build(parts.iter().copied(), limits)
-        .state
-        .encode()
-        .update)
+    let mut docs: BTreeMap<&str, StoredDoc> = BTreeMap::new();
+    for (doc, snapshot) in &snapshots {
+        docs.entry(doc.as_str()).or_default().0 = Some(snapshot);
+    }
+    for (seq, d) in &deltas {
+        let entry = docs.entry(d.document_id.as_str()).or_default();
+        entry.1.push((*seq, d.bytes.as_slice()));
+    }
+    let mut writers = ClientOwners::default();
+    let mut updates = Vec::with_capacity(docs.len());
+    for (doc, (snapshot, parts)) in docs {
+        let skip = store.quarantined(c, doc)?;
+        let snapshot = snapshot.filter(|_| !skip.contains(&0));
+        let parts: Vec<(u64, &[u8])> = parts
+            .into_iter()
+            .filter(|(seq, _)| !skip.contains(seq))
+            .collect();
+        let state = build_document(snapshot, &parts, limits).state.encode();
+        writers.claim(doc, &state.state_vector)?;
+        updates.push(state.update);
+    }
+    crdt::merge_disjoint(&updates)
+}
+
+/// One document as read from the store: its snapshot, and its retained deltas (seq, bytes).
+type StoredDoc<'a> = (Option<&'a SnapshotRecord>, Vec<(u64, &'a [u8])>);
+
+/// Which document each Yjs client id wrote, to refuse merging two documents that share one.
+#[derive(Default)]
+struct ClientOwners<'a> {
+    owners: HashMap<yrs::ClientID, &'a str>,
+}
+
+impl<'a> ClientOwners<'a> {
+    /// Records the clients of `doc`'s v1 `state_vector`.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] for a client already recorded for another document.
+    fn claim(&mut self, doc: &'a str, state_vector: &[u8]) -> Result<()> {
+        let sv = crdt::decode_state_vector("stateVector", state_vector)?;
+        for (client, _) in sv.iter() {
+            match self.owners.insert(*client, doc) {
+                Some(other) if other != doc => {
+                    return Err(Error::Conflict(format!(
+                        "documents {other:?} and {doc:?} were both written by Yjs client id \
+                         {client}, so the collection cannot be merged into one update without \
+                         losing writes; recover each document with its documentId, or stream \
+                         from cursor 0"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 type MergedAt = (u64, Arc<Vec<u8>>);

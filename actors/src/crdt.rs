@@ -568,6 +568,39 @@ pub fn diff<'a>(
         .diff(state_vector)
 }
 
+/// Merges the encoded states of documents whose Yjs client ids are disjoint into one v1
+/// update, as updates (no document is built: each part is already a document's whole state,
+/// so there is nothing to integrate or collect).
+///
+/// # Errors
+/// [`Error::Internal`] if yrs fails or panics on the parts (they come from [`DocState::encode`]).
+pub fn merge_disjoint(states: &[Vec<u8>]) -> Result<Vec<u8>> {
+    if states.is_empty() {
+        return Ok(EMPTY_UPDATE.to_vec());
+    }
+    catch_unwind(AssertUnwindSafe(|| yrs::merge_updates_v1(states)))
+        .map_err(|_| Error::Internal("merging document states panicked in yrs".into()))?
+        .map_err(|e| Error::Internal(format!("merging document states: {e}")))
+}
+
+/// The part of the v1 `update` a peer with the v1 `state_vector` lacks, computed on the
+/// update itself (no document is built, so no per-document limit or budget can leave part of
+/// it out).
+///
+/// # Errors
+/// [`Error::InvalidYjs`] for a bad state vector; [`Error::Internal`] if yrs fails on `update`.
+pub fn diff_update(update: &[u8], state_vector: &[u8]) -> Result<Vec<u8>> {
+    if state_vector.is_empty() {
+        return Ok(update.to_vec());
+    }
+    decode_state_vector("stateVector", state_vector)?;
+    catch_unwind(AssertUnwindSafe(|| {
+        yrs::diff_updates_v1(update, state_vector)
+    }))
+    .map_err(|_| Error::Internal("a diff of the merged state panicked in yrs".into()))?
+    .map_err(|e| Error::Internal(format!("a diff of the merged state: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,9 @@ pub fn parse(body: &RecoveryBody) -> Result<(Vec<u8>, Option<&str>), ApiError> {
     responses(
         (status = 200, description = "The diff", body = RecoveryAnswer,
             example = json!({"diff": "AQEBAAQBB2NvbnRlbnQCaGkA", "cursor": 3})),
+        (status = 409, description = "`conflict` (whole collection only): two documents were \
+            written by the same Yjs client id, so no one update can hold both; recover each \
+            document by its `documentId`", body = ErrorBody),
         (status = 422, description = "`invalid_yjs`: not a Yjs v1 state vector", body = ErrorBody),
     )
 )]

@@ -3,7 +3,7 @@
 use actix_web::web::{Data, Json};
 
 use crate::auth::extract::{Authorized, Read};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::AppState;
 use crate::wire::{encode, CollectionPath, StateAnswer};
 
@@ -13,11 +13,14 @@ use crate::wire::{encode, CollectionPath, StateAnswer};
     tag = "read",
     operation_id = "state",
     summary = "The whole collection merged into one update",
-    description = "Needs `read`.",
+    description = "Each document's state, merged into one update. Needs `read`.",
     params(CollectionPath),
     responses(
         (status = 200, description = "The state and its cursor", body = StateAnswer,
             example = json!({"crdtBytes": "AQEBAAQBB2NvbnRlbnQCaGkA", "cursor": 3})),
+        (status = 409, description = "`conflict`: two documents were written by the same Yjs \
+            client id, so no one update can hold both; recover each document by its \
+            `documentId`, or stream from cursor 0", body = ErrorBody),
     )
 )]
 pub async fn state(

@@ -23,6 +23,7 @@ mod state;
 
 pub use batch::AppendBatch;
 
+use crate::clock;
 use crate::compaction;
 use crate::compactor;
 use crate::crdt::{self, DocState, Merged, YjsLimits};
@@ -50,6 +51,12 @@ const HEAD_CHECK_EVERY: Duration = Duration::from_secs(1);
 const MAX_COUNTER_READS: usize = 64;
 /// Expired op ids forgotten per sweep round (one store read and one commit).
 const SWEEP_BATCH: usize = 1_000;
+/// Largest mailbox capacity an actor asks actix for. actix counts mailbox capacity and
+/// addresses in one word, so a capacity near `usize::MAX` (an embedder's "no limit" for
+/// `Config::max_in_flight`) overflows on the next `Addr::clone` and panics in the caller.
+/// Admission (`Config::max_in_flight`, checked before each send) is what bounds the queue; past
+/// this many queued messages a sender only waits, within its ask timeout.
+const MAX_MAILBOX: usize = 1 << 20;
 /// A cached document weighing this many times what a rebuild after its compaction would is
 /// dropped from the cache (see [`CollectionActor::shed_outgrown`]).
 const OUTGROWN_RATIO: u64 = 2;
@@ -302,7 +309,7 @@ impl CollectionActor {
             return;
         }
         let (tx, _) = oneshot::channel();
-        let timeout = self.shared.config.peer_timeout.as_millis() as u64;
+        let timeout = clock::millis(self.shared.config.peer_timeout);
         self.enqueue_compaction(doc.to_string(), timeout, tx, ctx);
     }
 
@@ -389,9 +396,9 @@ impl CollectionActor {
         }
         self.sweep_running = true;
         let now = self.shared.clock.now_millis();
-        let ttl = self.shared.config.op_id_ttl.as_millis() as u64;
+        let ttl = clock::millis(self.shared.config.op_id_ttl);
         let mut write = Batch::default();
-        let retention = self.shared.config.peer_retention.as_millis() as u64;
+        let retention = clock::millis(self.shared.config.peer_retention);
         for peer in self.peers.forget_unseen(now, retention) {
             self.stats.forgotten_peers += 1;
             let unseen_since = now.saturating_sub(retention);
@@ -423,7 +430,7 @@ impl CollectionActor {
                 if full && committed && !act.stopped {
                     return act.sweep(ctx);
                 }
-                let idle = act.shared.config.idle_timeout.as_millis() as u64;
+                let idle = clock::millis(act.shared.config.idle_timeout);
                 act.stop_if_quiet(idle, ctx);
             })
         }));
@@ -447,7 +454,7 @@ impl Actor for CollectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.shared.config.max_in_flight.max(16));
+        ctx.set_mailbox_capacity(self.shared.config.max_in_flight.clamp(16, MAX_MAILBOX));
         let every = IDLE_CHECK_EVERY.min(
             self.shared
                 .config
@@ -623,7 +630,7 @@ impl CollectionActor {
                 .op_record(&self.name, &write.document_id, op)?
                 .filter(|r| {
                     let age = self.shared.clock.now_millis().saturating_sub(r.created_at);
-                    age <= self.shared.config.op_id_ttl.as_millis() as u64
+                    age <= clock::millis(self.shared.config.op_id_ttl)
                 })
                 // A record above the durable head that no pending write holds is from a round
                 // whose flush failed (applied, never durable; writes stop until restart): the

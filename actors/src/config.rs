@@ -31,7 +31,8 @@ pub struct Config {
     /// memory (default 5 minutes).
     pub idle_timeout: Duration,
     /// Requests allowed in flight per collection before new ones get
-    /// [`crate::Error::Overloaded`] (default 4096).
+    /// [`crate::Error::Overloaded`] (default 4096; `usize::MAX` for no limit: the actor's
+    /// mailbox capacity is capped on its own, see `collection::MAX_MAILBOX`).
     pub max_in_flight: usize,
     /// How long to wait for an actor's answer before [`crate::Error::Timeout`] (default 30 s).
     pub ask_timeout: Duration,

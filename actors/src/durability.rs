@@ -23,7 +23,7 @@
 //! [`Error::StorageFailed`], whose messages say what the operator must do.
 
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 
 use tokio::sync::watch;
 
@@ -125,12 +125,16 @@ struct Shared {
     wake: Condvar,
 }
 
-/// The committer; clones share one thread, which stops when the last clone is dropped.
+/// The committer; clones share one thread, which stops when the last clone is dropped or
+/// [`GroupCommit::stop`] is called.
 #[derive(Clone)]
 pub struct GroupCommit {
     shared: Arc<Shared>,
     rounds: watch::Receiver<Round>,
     _stopper: Arc<Stopper>,
+    /// The committer thread, taken by the first [`GroupCommit::stop`] to join it: the thread
+    /// holds the store, which (sled) keeps its directory locked until the thread is gone.
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 struct Stopper(Arc<Shared>);
@@ -174,7 +178,7 @@ impl GroupCommit {
         });
         let (tx, rx) = watch::channel(Round::default());
         let thread_shared = shared.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("replicate-commit".into())
             .spawn(move || committer_loop(commit, sticky, thread_shared, tx))
             .map_err(|e| Error::Internal(format!("cannot start committer thread: {e}")))?;
@@ -182,7 +186,28 @@ impl GroupCommit {
             shared: shared.clone(),
             rounds: rx,
             _stopper: Arc::new(Stopper(shared)),
+            thread: Arc::new(Mutex::new(Some(thread))),
         })
+    }
+
+    /// Stops the committer once everything queued is committed, and waits for its thread to
+    /// end, so the store it holds is released (dropping the last clone only asks it to stop).
+    /// Later writes are refused with [`Error::ShuttingDown`]. Blocks for at most the round in
+    /// progress; later calls return at once.
+    pub fn stop(&self) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.stop = true;
+        }
+        self.shared.wake.notify_all();
+        let thread = self
+            .thread
+            .lock()
+            .map(|mut t| t.take())
+            .unwrap_or_else(|e| e.into_inner().take());
+        if let Some(thread) = thread {
+            // A panic in the committer already failed its writers; nothing more to report.
+            let _ = thread.join();
+        }
     }
 
     /// Queues `write`; the returned future resolves once it (and everything queued or written
@@ -221,6 +246,17 @@ impl GroupCommit {
                 .queue
                 .lock()
                 .map_err(|_| Error::Internal("commit queue lock poisoned".into()))?;
+            if q.stop {
+                // Nobody would answer it. Everything queued before the stop was committed, so
+                // an empty write (`durable`) is answered as that last round went.
+                let answer_now = match self.failure() {
+                    Some(failure) if write.is_empty() => Err(failure.error()),
+                    None if write.is_empty() => Ok(Vec::new()),
+                    _ => Err(Error::ShuttingDown),
+                };
+                let _ = answer.send(answer_now);
+                return Ok(());
+            }
             q.writes.push(write);
             q.answers.push(answer);
         }
@@ -331,6 +367,29 @@ fn failed(e: &Error, sticky: bool) -> StorageFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_rt::test]
+    async fn stop_commits_what_was_queued_joins_the_thread_and_refuses_later_writes() {
+        let held = Arc::new(());
+        let in_thread = held.clone();
+        let gc = GroupCommit::start_with(
+            move |writes| {
+                let _ = &in_thread;
+                Ok(writes.iter().map(|_| Vec::new()).collect())
+            },
+            true,
+        )
+        .unwrap();
+        let queued = gc.submit(Batch::put_peer("c", "p", &Default::default()));
+        gc.stop();
+        queued.await.unwrap();
+        // The thread is gone, and with it what its commit held (the store, in `start`).
+        assert_eq!(Arc::strong_count(&held), 1);
+        let late = gc.submit(Batch::put_peer("c", "p", &Default::default()));
+        assert_eq!(late.await, Err(Error::ShuttingDown));
+        gc.durable().await.unwrap();
+        gc.stop(); // a second stop returns at once
+    }
 
     #[actix_rt::test]
     async fn concurrent_requests_share_rounds() {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use actix::prelude::*;
 
@@ -19,13 +19,16 @@ use crate::compactor::StateCache;
 use crate::config::Config;
 use crate::doc_cache::DocCache;
 use crate::durability::GroupCommit;
-use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::error::Result;
+use crate::store::{Claim, Store};
 use crate::workers::Workers;
 
 /// State shared by the handle and every actor.
 pub(crate) struct Shared {
     pub store: Store,
+    /// This handle's ownership of `store`, released when this is dropped or the handle is
+    /// closed (see [`Store`]'s invariants).
+    pub claim: Claim,
     pub commit: GroupCommit,
     pub clock: Arc<dyn Clock>,
     pub config: Config,
@@ -98,35 +101,31 @@ impl Registry {
 
     /// The collection's actor and admission counter, starting the actor if needed.
     pub fn actor(&self, shared: &Arc<Shared>, c: &str) -> Result<Live> {
-        if let Some(live) = self.live_actor(c)? {
+        if let Some(live) = self.live_actor(c) {
             return Ok(live);
         }
-        let gate = {
-            let mut loading = self
-                .loading
-                .lock()
-                .map_err(|_| Error::Internal("loading lock poisoned".into()))?;
-            loading.entry(c.to_string()).or_default().clone()
-        };
+        let gate = recover(self.loading.lock())
+            .entry(c.to_string())
+            .or_default()
+            .clone();
         let started = {
-            let _loading = gate.lock().unwrap_or_else(|e| e.into_inner());
-            match self.live_actor(c)? {
+            let _loading = recover(gate.lock());
+            match self.live_actor(c) {
                 Some(live) => Ok(live),
                 None => self.start_actor(shared, c),
             }
         };
-        if let Ok(mut loading) = self.loading.lock() {
-            // Only the map and this caller hold it: nobody else waits for this collection.
-            if Arc::strong_count(&gate) == 2 {
-                loading.remove(c);
-            }
+        let mut loading = recover(self.loading.lock());
+        // Only the map and this caller hold it: nobody else waits for this collection.
+        if Arc::strong_count(&gate) == 2 {
+            loading.remove(c);
         }
         started
     }
 
     /// The live actor of collection `c` and its admission counter, if one runs.
-    fn live_actor(&self, c: &str) -> Result<Option<Live>> {
-        let mut map = self.lock()?;
+    fn live_actor(&self, c: &str) -> Option<Live> {
+        let mut map = self.lock();
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let live = map.get_mut(c).filter(|e| e.addr.connected()).map(|e| {
             e.last_used = id;
@@ -135,7 +134,7 @@ impl Registry {
         if id.is_multiple_of(OVER_CAP_RECHECK) {
             ask_excess_to_stop(&map, self.max_live);
         }
-        Ok(live)
+        live
     }
 
     /// Loads collection `c` from the store and registers its new actor (the caller holds the
@@ -144,7 +143,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let actor = CollectionActor::load(c.to_string(), id, shared.clone(), in_flight.clone())?;
-        let mut map = self.lock()?;
+        let mut map = self.lock();
         // Make room for the new one (which is never asked: it has a caller waiting).
         ask_excess_to_stop(&map, self.max_live.saturating_sub(1));
         let arbiter =
@@ -162,18 +161,16 @@ impl Registry {
         Ok((addr, in_flight))
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Entry>>> {
-        self.live
-            .lock()
-            .map_err(|_| Error::Internal("registry lock poisoned".into()))
+    /// The map of live actors, taken back from a panic if one poisoned the lock (see
+    /// [`recover`]).
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        recover(self.live.lock())
     }
 
     /// Removes collection `name` if incarnation `id` is still the one registered and nothing
     /// is admitted for it. Returns whether it did.
     pub fn evict(&self, name: &str, id: u64) -> bool {
-        let Ok(mut map) = self.live.lock() else {
-            return false;
-        };
+        let mut map = self.lock();
         match map.get(name) {
             Some(e) if e.id == id && e.in_flight.load(Ordering::SeqCst) == 0 => {
                 map.remove(name);
@@ -185,11 +182,7 @@ impl Registry {
 
     /// Tells collection `c`'s actor, if one runs here, of a head another node committed.
     pub fn head_moved(&self, c: &str, head: u64) {
-        let addr = self
-            .live
-            .lock()
-            .ok()
-            .and_then(|m| m.get(c).map(|e| e.addr.clone()));
+        let addr = self.lock().get(c).map(|e| e.addr.clone());
         if let Some(addr) = addr {
             addr.do_send(HeadMoved { head });
         }
@@ -197,31 +190,34 @@ impl Registry {
 
     /// Whether collection `c` has a live actor.
     pub fn contains(&self, c: &str) -> bool {
-        self.live.lock().map(|m| m.contains_key(c)).unwrap_or(false)
+        self.lock().contains_key(c)
     }
 
     /// Every live actor.
     pub fn addrs(&self) -> Vec<Addr<CollectionActor>> {
-        self.live
-            .lock()
-            .map(|m| m.values().map(|e| e.addr.clone()).collect())
-            .unwrap_or_default()
+        self.lock().values().map(|e| e.addr.clone()).collect()
     }
 
     /// Requests admitted across every live actor.
     pub fn in_flight(&self) -> usize {
-        self.live
-            .lock()
-            .map(|m| m.values().map(|e| e.in_flight.load(Ordering::SeqCst)).sum())
-            .unwrap_or(0)
+        self.lock()
+            .values()
+            .map(|e| e.in_flight.load(Ordering::SeqCst))
+            .sum()
     }
 
     /// Forgets every actor (they stop with their arbiters).
     pub fn clear(&self) {
-        if let Ok(mut map) = self.live.lock() {
-            map.clear();
-        }
+        self.lock().clear();
     }
+}
+
+/// Takes a registry lock back from a panic that poisoned it. Every critical section here
+/// leaves its map whole (an entry is inserted or removed in one call, after anything that may
+/// panic, such as starting the actor), so the data is consistent; answering `Internal` for
+/// good instead, as before, turned one panic into a handle that refused every later call.
+fn recover<T>(locked: std::sync::LockResult<MutexGuard<'_, T>>) -> MutexGuard<'_, T> {
+    locked.unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Asks the least recently used quiet actors to stop, as many as the registry holds past

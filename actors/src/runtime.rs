@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{self, Clock, SystemClock};
 use crate::collection::{
     Ack, Append, AppendBatch, CollectionActor, Compact, GetState, Head, ReadPage,
 };
@@ -68,8 +68,16 @@ fn watch_heads(shared: &Arc<Shared>) -> Result<()> {
 
 /// The running actors; clone it freely (clones share everything).
 ///
+/// # Runtime requirements
 /// Create it inside a running actix `System` (for example in `#[actix_web::main]` or
-/// `System::new().block_on`): starting actors outside one panics.
+/// `System::new().block_on`): outside one, [`Replicate::open`] and [`Replicate::start`] answer
+/// [`Error::Internal`]. Await its calls inside a tokio runtime with its timer enabled (the
+/// actix `System`, or a tokio runtime of your own built with `enable_all`): awaited anywhere
+/// else (`futures::executor::block_on` on a plain thread, say) they answer
+/// [`Error::Internal`], since their timeouts need tokio's timer.
+///
+/// Start one handle per [`Store`] and clone it: a second [`Replicate::start`] on the same
+/// store (or a clone of it) is refused while the first runs.
 #[derive(Clone)]
 pub struct Replicate {
     shared: Arc<Shared>,
@@ -93,8 +101,11 @@ impl Replicate {
     /// PostgreSQL) and starts the actors, with the system clock.
     ///
     /// # Errors
-    /// [`Error::Storage`] if the store cannot be opened.
+    /// [`Error::Storage`] if the store cannot be opened; [`Error::Internal`] outside an actix
+    /// `System`.
     pub fn open(config: Config) -> Result<Replicate> {
+        // Before the store opens, so a misuse leaves the directory alone.
+        in_actix_system()?;
         let store = Store::for_config(&config)?;
         Self::start(config, store, Arc::new(SystemClock))
     }
@@ -103,8 +114,11 @@ impl Replicate {
     /// [`crate::ManualClock`]).
     ///
     /// # Errors
-    /// [`Error::Internal`] if a thread cannot be started.
+    /// [`Error::Internal`] outside an actix `System` or if a thread cannot be started;
+    /// [`Error::Storage`] if another running handle was started on `store` (or a clone of it).
     pub fn start(config: Config, store: Store, clock: Arc<dyn Clock>) -> Result<Replicate> {
+        in_actix_system()?;
+        let claim = store.claim()?;
         let commit = GroupCommit::start(store.clone())?;
         let workers = Workers::start("crdt", config.compactor_threads, config.worker_queue)?;
         let config_waiters = (config.max_waiters_per_collection, config.max_waiters);
@@ -121,6 +135,7 @@ impl Replicate {
         let arbiters = threads.iter().map(Arbiter::handle).collect();
         let shared = Arc::new(Shared {
             store,
+            claim,
             commit,
             clock,
             docs: DocCache::new(config.doc_cache_bytes),
@@ -172,6 +187,7 @@ impl Replicate {
         <CollectionActor as Actor>::Context: ToEnvelope<CollectionActor, M>,
         F: Fn() -> M,
     {
+        in_tokio_runtime()?;
         for _ in 0..RELOCATE_RETRIES {
             let (addr, in_flight) = self.actor(c)?;
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -191,7 +207,7 @@ impl Replicate {
                 Err(MailboxError::Timeout) => {
                     return Err(Error::Timeout {
                         what: "collection actor",
-                        millis: self.shared.config.ask_timeout.as_millis() as u64,
+                        millis: clock::millis(self.shared.config.ask_timeout),
                     })
                 }
                 Err(MailboxError::Closed) => continue,
@@ -423,10 +439,8 @@ impl Replicate {
         if let Some(sv) = &req.state_vector {
             crdt::validate_state_vector("stateVector", sv)?;
         }
-        let peer_timeout_ms = req
-            .peer_timeout
-            .unwrap_or(self.shared.config.peer_timeout)
-            .as_millis() as u64;
+        let peer_timeout_ms =
+            clock::millis(req.peer_timeout.unwrap_or(self.shared.config.peer_timeout));
         self.call(c, || Compact {
             request: req.clone(),
             peer_timeout_ms,
@@ -503,12 +517,7 @@ impl Replicate {
                             m
                         }
                     };
-                    if state_vector.is_empty() {
-                        return Ok(merged.as_ref().clone());
-                    }
-                    crdt::DocState::build([(0, merged.as_slice())], &limits)
-                        .state
-                        .diff(&state_vector)
+                    crdt::diff_update(&merged, &state_vector)
                 };
                 let timeout = self.shared.config.state_timeout;
                 tokio::time::timeout(timeout, self.shared.state_workers.run(job))
@@ -536,7 +545,11 @@ impl Replicate {
 
     /// Observable state of every live collection actor.
     pub async fn stats(&self) -> ServiceStats {
-        let addrs = self.shared.registry.addrs();
+        // Outside a runtime the asks' timeouts would panic: no collections are listed then.
+        let addrs = match in_tokio_runtime() {
+            Ok(()) => self.shared.registry.addrs(),
+            Err(_) => Vec::new(),
+        };
         let mut collections = Vec::with_capacity(addrs.len());
         for addr in addrs {
             if let Ok(Ok(s)) = addr
@@ -581,20 +594,28 @@ impl Replicate {
     /// [`Error::Storage`] if the final flush fails.
     pub async fn shutdown(&self, grace: Duration) -> Result<()> {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + grace;
+        // tokio's timer panics outside a runtime; a plain thread may block instead.
+        let blocking = in_tokio_runtime().is_err();
+        // `None`: a grace too long to add to now (`Duration::MAX`, "wait for them all").
+        let deadline = tokio::time::Instant::now().checked_add(grace);
         loop {
             let busy = self.shared.registry.in_flight();
-            if busy == 0 || tokio::time::Instant::now() >= deadline {
+            if busy == 0 || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if blocking {
+                std::thread::sleep(Duration::from_millis(10));
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         self.shared.commit.durable().await
     }
 
-    /// [`Self::shutdown`], then stops the collection actors and waits for their threads, so
-    /// the store is released once the last clone of this handle is dropped (a restart in the
-    /// same process can then reopen the directory).
+    /// [`Self::shutdown`], then stops the collection actors and the committer and waits for
+    /// their threads, so the store is released once the last clone of this handle is dropped
+    /// (a restart in the same process can then reopen the directory at once), and the
+    /// [`Store`] may be started on again.
     ///
     /// # Errors
     /// As [`Self::shutdown`].
@@ -609,7 +630,35 @@ impl Replicate {
             arbiter.stop();
             let _ = arbiter.join();
         }
+        // The committer thread holds a clone of the store: without this join, sled's lock on
+        // the directory outlived `close` and an immediate reopen failed.
+        self.shared.commit.stop();
+        self.shared.claim.release();
         flushed
+    }
+}
+
+/// Answers an error outside an actix `System`, where starting arbiters and actors panics.
+fn in_actix_system() -> Result<()> {
+    match System::try_current() {
+        Some(_) => Ok(()),
+        None => Err(Error::Internal(
+            "Replicate must be started inside a running actix System (e.g. \
+             `actix::System::new().block_on` or `#[actix_web::main]`)"
+                .into(),
+        )),
+    }
+}
+
+/// Answers an error outside a tokio runtime, where a call's timeout (tokio's timer) panics.
+fn in_tokio_runtime() -> Result<()> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::Internal(
+            "Replicate's calls must be awaited inside a tokio runtime with its timer enabled \
+             (the actix System, or a runtime built with `enable_all`)"
+                .into(),
+        )),
     }
 }
 

@@ -14,11 +14,12 @@ pub mod sled;
 
 use std::ops::Deref;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::paging::DeletedEntry;
 use crate::types::OperationType;
 
@@ -368,21 +369,78 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 /// A handle to the open store; clones share it.
+///
+/// # Invariants
+/// At most one running [`crate::Replicate`] uses a `Store` and its clones: each handle runs
+/// its own collection actors, which number writes from the head they loaded, so two handles
+/// on one sled store would hand out the same seq and the later write would overwrite the
+/// earlier, answered one. [`crate::Replicate::start`] claims the store ([`Store::claim`]) and
+/// refuses one already claimed. Nodes sharing a PostgreSQL database each open a `Store` of
+/// their own, so they do not claim each other's.
 #[derive(Clone)]
-pub struct Store(Arc<dyn Engine>);
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    /// Whether a running handle owns this store; shared by its clones.
+    owned: Arc<AtomicBool>,
+}
 
 impl Deref for Store {
     type Target = dyn Engine;
 
     fn deref(&self) -> &Self::Target {
-        &*self.0
+        &*self.engine
+    }
+}
+
+/// A running handle's ownership of a [`Store`]; released when dropped (or by
+/// [`Claim::release`]), after which the store may be started on again.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    owned: Arc<AtomicBool>,
+    /// Whether this claim still holds the store (a release is done once).
+    held: AtomicBool,
+}
+
+impl Claim {
+    /// Gives the store up; later calls do nothing.
+    pub(crate) fn release(&self) {
+        if self.held.swap(false, Ordering::SeqCst) {
+            self.owned.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
 impl Store {
     /// A store over any engine.
     pub fn from_engine(engine: impl Engine) -> Store {
-        Store(Arc::new(engine))
+        Store {
+            engine: Arc::new(engine),
+            owned: Arc::default(),
+        }
+    }
+
+    /// Claims this store (and its clones) for one running handle: see the type's invariants.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if a running handle already owns it.
+    pub(crate) fn claim(&self) -> Result<Claim> {
+        if self.owned.swap(true, Ordering::SeqCst) {
+            return Err(Error::Storage(
+                "this Store already has a running Replicate handle; clone that handle instead of \
+                 starting a second one (two handles on one store would issue the same seqs)"
+                    .into(),
+            ));
+        }
+        Ok(Claim {
+            owned: self.owned.clone(),
+            held: AtomicBool::new(true),
+        })
     }
 
     /// Opens (or creates) the embedded sled store in `dir`.
@@ -455,5 +513,26 @@ impl Store {
     /// Every retained delta of the collection with seq ≤ `upto`, in seq order.
     pub fn all_deltas(&self, c: &str, upto: u64) -> Result<Vec<(u64, DeltaRecord)>> {
         Ok(self.deltas_after(c, 0, upto, usize::MAX, usize::MAX)?.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_is_claimed_once_across_its_clones_until_released() {
+        let store = Store::temporary().unwrap();
+        let other = Store::temporary().unwrap();
+        let claim = store.claim().unwrap();
+        assert!(matches!(store.clone().claim(), Err(Error::Storage(_))));
+        // Another store (another node's, say) is not claimed by this one.
+        drop(other.claim().unwrap());
+        claim.release();
+        let again = store.clone().claim().unwrap();
+        drop(claim); // an old claim, released already, frees nothing
+        assert!(store.claim().is_err());
+        drop(again);
+        store.claim().unwrap();
     }
 }

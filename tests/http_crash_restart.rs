@@ -24,7 +24,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write as _};
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command};
@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{b64, unb64, Client, Peer};
+use common::{b64, raw_ws, unb64, Client, Peer};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use yrs::sync::{Message, SyncMessage};
@@ -393,90 +393,34 @@ struct Ws {
 }
 
 fn ws_frame(writer: &Mutex<TcpStream>, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-    let mut f = vec![0x80 | opcode];
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n < 65_536 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    writer.lock().expect("lock").write_all(&f)
+    let frame = raw_ws::client_frame(opcode, true, payload);
+    writer.lock().expect("lock").write_all(&frame)
 }
 
 impl Ws {
     fn connect(addr: SocketAddr, peer: Arc<Mutex<Peer>>) -> Ws {
-        let stream = TcpStream::connect(addr).expect("connect");
-        let mut w = stream.try_clone().expect("clone");
-        write!(
-            w,
-            "GET /v1/{C}/ws/{WS_DOC} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .expect("handshake");
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("status line");
-        assert!(line.contains(" 101 "), "websocket upgrade: {line}");
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("header");
-            if line.trim().is_empty() {
-                break;
-            }
-        }
+        let (mut reader, w) = raw_ws::upgrade(addr, &format!("/v1/{C}/ws/{WS_DOC}"));
         let writer = Arc::new(Mutex::new(w));
         let sv = peer.lock().expect("lock").doc.transact().state_vector();
         ws_frame(
             &writer,
-            2,
+            raw_ws::BINARY,
             &Message::Sync(SyncMessage::SyncStep1(sv)).encode_v1(),
         )
         .expect("step 1");
         let (rw, rp) = (writer.clone(), peer.clone());
         let reads = std::thread::spawn(move || {
             // Answers the server's step 1 with what it lacks; applies what it sends.
-            let mut head = [0u8; 2];
             loop {
-                if reader.read_exact(&mut head).is_err() {
+                let Ok((opcode, payload)) = raw_ws::read_frame(&mut reader) else {
                     return;
-                }
-                let opcode = head[0] & 0x0f;
-                let len = match head[1] & 0x7f {
-                    126 => {
-                        let mut b = [0u8; 2];
-                        if reader.read_exact(&mut b).is_err() {
-                            return;
-                        }
-                        u16::from_be_bytes(b) as usize
-                    }
-                    127 => {
-                        let mut b = [0u8; 8];
-                        if reader.read_exact(&mut b).is_err() {
-                            return;
-                        }
-                        u64::from_be_bytes(b) as usize
-                    }
-                    n => n as usize,
                 };
-                let mut payload = vec![0u8; len];
-                if reader.read_exact(&mut payload).is_err() {
-                    return;
-                }
                 match opcode {
-                    2 => match Message::decode_v1(&payload) {
+                    raw_ws::BINARY => match Message::decode_v1(&payload) {
                         Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
                             let diff = rp.lock().expect("lock").doc.transact().encode_diff_v1(&sv);
                             let m = Message::Sync(SyncMessage::SyncStep2(diff)).encode_v1();
-                            if ws_frame(&rw, 2, &m).is_err() {
+                            if ws_frame(&rw, raw_ws::BINARY, &m).is_err() {
                                 return;
                             }
                         }
@@ -485,8 +429,8 @@ impl Ws {
                         }
                         _ => {}
                     },
-                    8 => return,
-                    9 if ws_frame(&rw, 10, &payload).is_err() => return,
+                    raw_ws::CLOSE => return,
+                    raw_ws::PING if ws_frame(&rw, raw_ws::PONG, &payload).is_err() => return,
                     _ => {}
                 }
             }
@@ -502,13 +446,13 @@ impl Ws {
         let u = self.peer.lock().expect("lock").append(root, token);
         ws_frame(
             &self.writer,
-            2,
+            raw_ws::BINARY,
             &Message::Sync(SyncMessage::Update(u)).encode_v1(),
         )
     }
 
     fn close(mut self) {
-        let _ = ws_frame(&self.writer, 8, &1000u16.to_be_bytes());
+        let _ = ws_frame(&self.writer, raw_ws::CLOSE, &1000u16.to_be_bytes());
         let _ = self
             .writer
             .lock()

@@ -14,13 +14,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write as _};
+use std::io::{BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{b64, unb64, Client, TestServer};
+use common::{b64, raw_ws, unb64, Client, TestServer};
 use proptest::prelude::*;
 use replicate::ServerSettings;
 use serde_json::json;
@@ -84,20 +84,7 @@ struct Ws {
 }
 
 fn frame(writer: &Mutex<TcpStream>, payload: &[u8]) {
-    let mut out = vec![0x82u8];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(0x80 | 126);
-            out.extend((n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend((n as u64).to_be_bytes());
-        }
-    }
-    out.extend([0, 0, 0, 0]); // a zero mask leaves the payload as is
-    out.extend(payload);
+    let out = raw_ws::client_frame(raw_ws::BINARY, true, payload);
     let _ = writer.lock().unwrap().write_all(&out);
 }
 
@@ -107,26 +94,7 @@ fn send(writer: &Mutex<TcpStream>, m: Message) {
 
 impl Ws {
     fn join(addr: SocketAddr, c: &str, doc: &str, peer: MapPeer) -> Ws {
-        let stream = TcpStream::connect(addr).expect("connect");
-        let mut writer = stream.try_clone().expect("clone");
-        write!(
-            writer,
-            "GET /v1/{c}/ws/{doc} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .expect("handshake");
-        let mut reader = BufReader::new(stream);
-        let mut status = String::new();
-        reader.read_line(&mut status).expect("status");
-        assert!(status.contains(" 101 "), "upgrade refused: {status}");
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("header");
-            if line == "\r\n" {
-                break;
-            }
-        }
+        let (reader, writer) = raw_ws::upgrade(addr, &format!("/v1/{c}/ws/{doc}"));
         let writer = Arc::new(Mutex::new(writer));
         let synced = Arc::new(Mutex::new(false));
         send(
@@ -188,26 +156,9 @@ fn read_loop(
     synced: Arc<Mutex<bool>>,
 ) -> Option<(u16, String)> {
     loop {
-        let mut head = [0u8; 2];
-        reader.read_exact(&mut head).ok()?;
-        let opcode = head[0] & 0x0f;
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                reader.read_exact(&mut b).ok()?;
-                u16::from_be_bytes(b) as usize
-            }
-            127 => {
-                let mut b = [0u8; 8];
-                reader.read_exact(&mut b).ok()?;
-                u64::from_be_bytes(b) as usize
-            }
-            n => n as usize,
-        };
-        let mut payload = vec![0u8; len];
-        reader.read_exact(&mut payload).ok()?;
+        let (opcode, payload) = raw_ws::read_frame(&mut reader).ok()?;
         match opcode {
-            0x2 => match Message::decode_v1(&payload).expect("y-protocols message") {
+            raw_ws::BINARY => match Message::decode_v1(&payload).expect("y-protocols message") {
                 Message::Sync(SyncMessage::SyncStep1(sv)) => {
                     let diff = peer.diff(&sv);
                     send(&writer, Message::Sync(SyncMessage::SyncStep2(diff)));
@@ -219,17 +170,15 @@ fn read_loop(
                 Message::Sync(SyncMessage::Update(u)) => peer.apply(&u),
                 _ => {}
             },
-            0x8 => {
+            raw_ws::CLOSE => {
                 let code = payload
                     .get(..2)
                     .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
                 let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
                 return Some((code, reason.into_owned()));
             }
-            0x9 => {
-                // Pong with the same payload (masked with zeros).
-                let mut out = vec![0x8A, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-                out.extend(&payload);
+            raw_ws::PING => {
+                let out = raw_ws::client_frame(raw_ws::PONG, true, &payload);
                 let _ = writer.lock().unwrap().write_all(&out);
             }
             _ => {}

@@ -13,11 +13,11 @@
 
 mod common;
 
-use std::io::{self, BufRead, BufReader, Read, Write as _};
+use std::io::{self, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Peer, TestServer};
+use common::{raw_ws, Peer, TestServer};
 use replicate::auth::jwt::{self, MintRequest};
 use replicate::auth::{AuthSettings, KeyFiles, Right};
 use replicate::ws::WsSettings;
@@ -46,52 +46,21 @@ struct RawWs {
 
 impl RawWs {
     fn connect(addr: SocketAddr, path: &str) -> RawWs {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
+        let (reader, writer) = raw_ws::upgrade(addr, path);
+        reader
+            .get_ref()
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
-        let mut writer = stream.try_clone().expect("clone");
-        write!(
-            writer,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .expect("handshake");
-        let mut reader = BufReader::new(stream);
-        let mut status = String::new();
-        reader.read_line(&mut status).expect("status line");
-        assert!(status.contains(" 101 "), "upgrade refused: {status}");
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("header");
-            if line == "\r\n" {
-                break;
-            }
-        }
         RawWs { reader, writer }
     }
 
     fn frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) -> io::Result<()> {
-        let mut out = vec![(u8::from(fin) << 7) | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= u16::MAX as usize => {
-                out.push(0x80 | 126);
-                out.extend((n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend((n as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        out.extend(mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.writer.write_all(&out)
+        self.writer
+            .write_all(&raw_ws::client_frame(opcode, fin, payload))
     }
 
     fn binary(&mut self, payload: &[u8]) {
-        self.frame(0x2, true, payload).expect("send");
+        self.frame(raw_ws::BINARY, true, payload).expect("send");
     }
 
     fn send(&mut self, message: Message) {
@@ -101,31 +70,12 @@ impl RawWs {
     /// The next data or close frame; pings are answered.
     fn recv(&mut self) -> Got {
         loop {
-            let mut head = [0u8; 2];
-            if self.reader.read_exact(&mut head).is_err() {
+            let Ok((opcode, payload)) = raw_ws::read_frame(&mut self.reader) else {
                 return Got::Eof;
-            }
-            let opcode = head[0] & 0x0f;
-            let len = match head[1] & 0x7f {
-                126 => {
-                    let mut b = [0u8; 2];
-                    self.reader.read_exact(&mut b).expect("len");
-                    u16::from_be_bytes(b) as usize
-                }
-                127 => {
-                    let mut b = [0u8; 8];
-                    self.reader.read_exact(&mut b).expect("len");
-                    u64::from_be_bytes(b) as usize
-                }
-                n => n as usize,
             };
-            let mut payload = vec![0u8; len];
-            if self.reader.read_exact(&mut payload).is_err() {
-                return Got::Eof;
-            }
             match opcode {
-                0x2 => return Got::Binary(payload),
-                0x8 => {
+                raw_ws::BINARY => return Got::Binary(payload),
+                raw_ws::CLOSE => {
                     let code = payload
                         .get(..2)
                         .map(|c| u16::from_be_bytes([c[0], c[1]]))
@@ -133,8 +83,8 @@ impl RawWs {
                     let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
                     return Got::Close(code, reason.into_owned());
                 }
-                0x9 => {
-                    let _ = self.frame(0xA, true, &payload);
+                raw_ws::PING => {
+                    let _ = self.frame(raw_ws::PONG, true, &payload);
                 }
                 _ => {}
             }

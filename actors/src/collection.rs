@@ -359,6 +359,7 @@ impl CollectionActor {
             self.rechecked_at.clear();
         }
         self.rechecked_at.insert(doc.to_string(), now);
+        self.stats.rechecks += 1;
         true
     }
 

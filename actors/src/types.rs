@@ -166,6 +166,9 @@ pub struct CollectionStats {
     /// Built documents dropped from the document cache after a compaction because they had
     /// outgrown what a rebuild holds (rebuilt from the new snapshot on their next write).
     pub shed_documents: u64,
+    /// Refused writes checked once more against a rebuild from a shared store (PostgreSQL),
+    /// at most one a second per document.
+    pub rechecks: u64,
     /// Peers forgotten after `Config::peer_retention` unseen.
     pub forgotten_peers: u64,
     pub stream_pages: u64,

@@ -245,6 +245,48 @@ async fn a_client_moving_to_the_other_node_with_a_batch_keeps_writing() {
     b.close(Duration::from_secs(5)).await.ok();
 }
 
+/// The recheck of refused writes against a rebuild is rate-limited per document: a client
+/// sending writes no state accepts (here a delete of an id nobody wrote) buys at most one
+/// rebuild a second per document, through single writes and batches alike.
+#[actix_rt::test]
+async fn refused_writes_recheck_at_most_once_a_second_per_document() {
+    if !use_postgres("refused_writes_recheck_at_most_once_a_second_per_document") {
+        return;
+    }
+    let clock = ManualClock::new(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(dir.path(), &fresh_schema("recheck"), "rev_recheck", &clock);
+    let writer = Replica::new(1);
+    n.update(C, write("d", writer.append("x"))).await.unwrap();
+    // No structs; a delete set naming client 999's clock 0, which no document holds.
+    let never = || vec![0u8, 1, 0xE7, 0x07, 1, 0, 1];
+    let rechecks = || async { n.collection_stats(C).await.unwrap().rechecks };
+    let refuse = || async {
+        n.update(C, write("d", never()))
+            .await
+            .expect_err("a delete of an unknown id is refused");
+    };
+    refuse().await;
+    assert_eq!(rechecks().await, 1, "the first refusal is checked again");
+    refuse().await;
+    clock.advance(999);
+    refuse().await;
+    let batch = vec![(replicate_actors::OperationType::Update, write("d", never()))];
+    assert!(n.write_batch(C, batch.clone()).await.unwrap()[0].is_err());
+    assert_eq!(rechecks().await, 1, "no second recheck within the second");
+    clock.advance(1);
+    refuse().await;
+    assert_eq!(rechecks().await, 2, "one more once the second has passed");
+    clock.advance(1_000);
+    assert!(n.write_batch(C, batch).await.unwrap()[0].is_err());
+    assert_eq!(rechecks().await, 3, "a batch part counts the same");
+    // Another document has its own second.
+    n.update(C, write("e", writer.append("y"))).await.unwrap();
+    n.update(C, write("e", never())).await.expect_err("refused");
+    assert_eq!(rechecks().await, 4);
+    n.close(Duration::from_secs(5)).await.ok();
+}
+
 mod concurrent {
     //! Lanes run at once against two nodes: writers pinned per (lane, document) to a node
     //! (with op-id retries on the other node, one after and one at once), compactions on

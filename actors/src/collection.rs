@@ -1305,15 +1305,20 @@ impl CollectionActor {
                 .put_peer(&self.name, &msg.peer_id, &record);
             return Box::pin(fut::ready(stored.map(|()| record.synced_seq)));
         }
-        let round = self
-            .shared
-            .commit
-            .submit(Batch::put_peer(&self.name, &msg.peer_id, &record));
-        Box::pin(
-            round
-                .into_actor(self)
-                .map(move |stored, _, _| stored.map(|()| record.synced_seq)),
-        )
+        let round =
+            self.shared
+                .commit
+                .submit_outcomes(Batch::put_peer(&self.name, &msg.peer_id, &record));
+        Box::pin(round.into_actor(self).map(move |stored, act, _| {
+            // The store keeps the highest ack of the peer from any node: answer that one.
+            match stored?.pop() {
+                Some(Outcome::PeerSynced(synced)) => {
+                    act.peers.learn_synced(&msg.peer_id, synced);
+                    Ok(synced.max(record.synced_seq))
+                }
+                _ => Ok(record.synced_seq),
+            }
+        }))
     }
 }
 
@@ -1487,31 +1492,34 @@ impl CollectionActor {
                 snapshot_weight = Some(m.snapshot_weight);
                 act.quarantine(&doc, &m.quarantined);
                 if m.empty {
-                    return Ok((
-                        Compacted {
-                            removed: 0,
-                            retained: 0,
-                            snapshot_seq: 0,
-                        },
-                        None,
-                    ));
+                    let nothing = Compacted {
+                        removed: 0,
+                        retained: 0,
+                        snapshot_seq: 0,
+                    };
+                    return Ok((nothing, None, Vec::new()));
                 }
                 act.plan_compaction(&doc, m, peer_timeout_ms)
-                    .map(|(c, p)| (c, Some(p)))
+                    .map(|(c, p, planned)| (c, Some(p), planned))
             });
-            let commit = planned.map(|(compacted, prepared)| {
+            let commit = planned.map(|(compacted, prepared, planned)| {
                 (
                     compacted,
                     prepared.map(|p| act.shared.commit.submit_outcomes(p)),
+                    planned,
                 )
             });
             async move {
-                let (mut compacted, round) = commit?;
+                let (mut compacted, round, planned) = commit?;
+                let mut held_back = HeldBack::default();
                 if let Some(round) = round {
                     match round.await?.pop() {
                         Some(Outcome::Compacted { deleted }) => {
-                            // Fewer when an ack made on another node held some back.
+                            // Fewer when an ack the store knows of and this node does not
+                            // (made on another node) held some back.
+                            held_back = HeldBack::of(&planned, &deleted);
                             compacted.removed = deleted.len() as u64;
+                            compacted.retained += held_back.count;
                         }
                         Some(Outcome::Superseded) => return Ok(None),
                         other => {
@@ -1521,51 +1529,61 @@ impl CollectionActor {
                         }
                     }
                 }
-                Ok(Some(compacted))
+                Ok(Some((compacted, held_back)))
             }
             .into_actor(act)
-            .map(move |result: Result<Option<Compacted>>, act, ctx| {
-                // Its counters are in the store now (or the store failed for good).
-                act.state.docs.settle(&doc);
-                let result = match result {
-                    Ok(Some(compacted)) => {
-                        if let Some(weight) = snapshot_weight {
-                            act.shed_outgrown(&doc, weight, compacted.retained);
+            .map(
+                move |result: Result<Option<(Compacted, HeldBack)>>, act, ctx| {
+                    if let Ok(Some((_, held))) = &result {
+                        // The counters were set from the plan: add back what the commit kept.
+                        act.state.docs.add_retained(&doc, held.count, held.bytes);
+                        act.stats.deltas_removed =
+                            act.stats.deltas_removed.saturating_sub(held.count);
+                    }
+                    // Its counters are in the store now (or the store failed for good).
+                    act.state.docs.settle(&doc);
+                    let result = match result.map(|r| r.map(|(compacted, _)| compacted)) {
+                        Ok(Some(compacted)) => {
+                            if let Some(weight) = snapshot_weight {
+                                act.shed_outgrown(&doc, weight, compacted.retained);
+                            }
+                            Ok(compacted)
                         }
-                        Ok(compacted)
+                        Ok(None) if superseded + 1 < COMPACTION_ATTEMPTS => {
+                            // Another node compacted the document after this one read it: read
+                            // and merge again, ahead of any compaction waiting.
+                            let again = QueuedCompaction {
+                                peer_timeout_ms,
+                                answers,
+                                superseded: superseded + 1,
+                            };
+                            return act.run_compaction(doc, again, ctx);
+                        }
+                        Ok(None) => Err(Error::Conflict(format!(
+                            "document {doc:?} kept being compacted by other nodes; retry"
+                        ))),
+                        Err(e) => Err(e),
+                    };
+                    for answer in answers {
+                        let _ = answer.send(result.clone());
                     }
-                    Ok(None) if superseded + 1 < COMPACTION_ATTEMPTS => {
-                        // Another node compacted the document after this one read it: read
-                        // and merge again, ahead of any compaction waiting.
-                        let again = QueuedCompaction {
-                            peer_timeout_ms,
-                            answers,
-                            superseded: superseded + 1,
-                        };
-                        return act.run_compaction(doc, again, ctx);
-                    }
-                    Ok(None) => Err(Error::Conflict(format!(
-                        "document {doc:?} kept being compacted by other nodes; retry"
-                    ))),
-                    Err(e) => Err(e),
-                };
-                for answer in answers {
-                    let _ = answer.send(result.clone());
-                }
-                act.next_compaction(doc, ctx);
-            })
+                    act.next_compaction(doc, ctx);
+                },
+            )
         });
         ctx.spawn(work);
     }
 
     /// Plans the deletions against the current acks, updates the in-memory counters and
     /// answers the outcome and the write to commit.
+    ///
+    /// Also answers the planned deletions as (seq, byte length), for [`HeldBack::of`].
     fn plan_compaction(
         &mut self,
         doc: &str,
-        merged: MergedDoc,
+        mut merged: MergedDoc,
         peer_timeout_ms: u64,
-    ) -> Result<(Compacted, Batch)> {
+    ) -> Result<(Compacted, Batch, Deletions)> {
         let previous = if self.numbering {
             // Another node may have changed them: the store's, read with the generation on
             // the worker (a compaction since then supersedes this one at commit, and the
@@ -1577,9 +1595,12 @@ impl CollectionActor {
         let now = self.shared.clock.now_millis();
         let min_active = self.peers.min_active_synced(now, peer_timeout_ms);
         let plan = compaction::plan(&merged.merged_deltas, previous, min_active);
+        let merged_deltas = std::mem::take(&mut merged.merged_deltas);
         let guard = self.numbering.then_some(CompactionGuard {
             read_generation: merged.read_generation,
-            active_since: now.saturating_sub(peer_timeout_ms),
+            // The first millisecond counted as active, by the rule of `Peers::is_active`
+            // (seen less than the timeout ago): the commit counts the same peers as the plan.
+            active_since: now.saturating_add(1).saturating_sub(peer_timeout_ms),
         });
         let stored = merged.stored;
         let merged = merged.merged;
@@ -1617,7 +1638,37 @@ impl CollectionActor {
             retained: plan.stats.retained_count,
             snapshot_seq: plan.snapshot_seq,
         };
-        Ok((compacted, prepared))
+        let planned = merged_deltas
+            .iter()
+            .copied()
+            .filter(|(seq, _)| plan.delete.binary_search(seq).is_ok())
+            .collect();
+        Ok((compacted, prepared, planned))
+    }
+}
+
+/// A compaction's planned deletions: (seq, byte length), ascending.
+type Deletions = Vec<(u64, u64)>;
+
+/// Deltas a compaction planned to delete and its commit kept: on a shared store the commit
+/// checks the acks again, and an ack made on another node holds back deltas this node's plan
+/// (and the counters it set from the plan) counted as gone.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeldBack {
+    count: u64,
+    bytes: u64,
+}
+
+impl HeldBack {
+    /// The `planned` deletions (seq, byte length) that are not in `deleted` (ascending).
+    fn of(planned: &[(u64, u64)], deleted: &[u64]) -> HeldBack {
+        planned
+            .iter()
+            .filter(|(seq, _)| deleted.binary_search(seq).is_err())
+            .fold(HeldBack::default(), |held, (_, len)| HeldBack {
+                count: held.count + 1,
+                bytes: held.bytes + len,
+            })
     }
 }
 

@@ -237,11 +237,21 @@ impl DocCounters {
     /// from its ranked bytes if it is among the largest, else from this append alone (a lower
     /// bound, which only makes the hint less eager).
     pub fn add_counted(&mut self, doc: &str, bytes: u64) {
+        self.add_retained(doc, 1, bytes);
+    }
+
+    /// Adds `count` retained deltas of `bytes` in all to `doc` as [`Self::add_counted`] adds
+    /// one: deltas the store holds that the counters in memory do not (a compaction's commit
+    /// kept some its plan counted as deleted).
+    pub fn add_retained(&mut self, doc: &str, count: u64, bytes: u64) {
+        if count == 0 {
+            return;
+        }
         self.retained_bytes = self.retained_bytes.saturating_add(bytes);
         let new = match self.entries.get_mut(doc) {
             Some(e) => {
                 e.stats.retained_bytes += bytes;
-                e.stats.retained_count += 1;
+                e.stats.retained_count += count;
                 e.stats.retained_bytes
             }
             None => self.ranked.get(doc).copied().unwrap_or(0) + bytes,

@@ -36,6 +36,14 @@ impl PeerTable {
         Ok(*record)
     }
 
+    /// Raises `peer`'s synced seq to `synced` if it is lower: an ack the store holds that this
+    /// node did not see (made on another node sharing the store).
+    pub fn learn_synced(&mut self, peer: &str, synced: u64) {
+        if let Some(record) = self.peers.get_mut(peer) {
+            record.synced_seq = record.synced_seq.max(synced);
+        }
+    }
+
     /// Whether a peer last seen at `seen` is active at `now`.
     fn is_active(seen: u64, now: u64, timeout_ms: u64) -> bool {
         now.saturating_sub(seen) < timeout_ms

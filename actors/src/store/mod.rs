@@ -97,6 +97,7 @@ pub struct LoadedCollection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionGuard {
     pub read_generation: u64,
+    /// Peers seen at or after this millisecond are active (as the plan counted them).
     pub active_since: u64,
 }
 
@@ -127,6 +128,9 @@ pub enum Outcome {
     /// A compaction not applied: the document was compacted elsewhere after this one read it,
     /// so its snapshot may lack what that one merged.
     Superseded,
+    /// An acknowledgement, stored: the peer's synced seq the store now holds, which an ack
+    /// made on another node may have put above this one (only shared engines answer this).
+    PeerSynced(u64),
     /// Any other mutation, applied.
     Applied,
 }

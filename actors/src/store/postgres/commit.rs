@@ -586,25 +586,30 @@ async fn write_one(tx: &Tx<'_>, m: &Mutation) -> Result<Outcome> {
             peer,
             record,
         } => {
+            // Another node may hold a later ack of this peer than this one's memory: an ack
+            // never moves back (nor does the time it was seen).
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO peers (collection, peer, synced_seq, last_seen_at)
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (collection, peer) DO UPDATE
-                     SET synced_seq = EXCLUDED.synced_seq, last_seen_at = EXCLUDED.last_seen_at",
+                     SET synced_seq = GREATEST(peers.synced_seq, EXCLUDED.synced_seq),
+                         last_seen_at = GREATEST(peers.last_seen_at, EXCLUDED.last_seen_at)
+                     RETURNING synced_seq",
                 )
                 .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    collection,
-                    peer,
-                    &int(record.synced_seq),
-                    &int(record.last_seen_at),
-                ],
-            )
-            .await?;
-            Ok(Outcome::Applied)
+            let row = tx
+                .query_one(
+                    &stmt,
+                    &[
+                        collection,
+                        peer,
+                        &int(record.synced_seq),
+                        &int(record.last_seen_at),
+                    ],
+                )
+                .await?;
+            Ok(Outcome::PeerSynced(uint(row.get(0))))
         }
         Mutation::ForgetPeer {
             collection,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use replicate::wire::{
     AckAnswer, AckBody, BatchAnswer, BatchBody, BatchResult, BatchWrite, CompactAnswer,
     CompactBody, RecoveryAnswer, RecoveryBody, StreamAnswer, WireChange, WriteAnswer, WriteBody,
@@ -649,6 +649,21 @@ impl Events {
         }
     }
 
+    /// Adds a received body chunk to what [`Events::buffered`] takes changes from.
+    fn absorb(&mut self, chunk: &[u8]) {
+        match self {
+            Events::Sse { buf, at, .. } => {
+                // Drop what was consumed before appending, so the buffer stays one event plus
+                // the chunks received and taking an event never moves the rest.
+                buf.drain(..*at);
+                *at = 0;
+                buf.extend(chunk.iter().copied().filter(|b| *b != b'\r'));
+            }
+            Events::Binary { decoder, .. } => decoder.push(chunk),
+            Events::Poll { .. } => {}
+        }
+    }
+
     /// The next change, or `None` when `wait` passes first (or the feed ended).
     pub async fn next(&mut self, wait: Duration) -> Result<Option<Change>> {
         loop {
@@ -656,29 +671,12 @@ impl Events {
                 return Ok(Some(change));
             }
             match self {
-                Events::Sse {
-                    body,
-                    buf,
-                    at,
-                    wire,
-                } => {
+                Events::Sse { body, wire, .. } | Events::Binary { body, wire, .. } => {
                     let Some(chunk) = next_chunk(body, wire, wait).await? else {
                         return Ok(None);
                     };
-                    // Drop what was consumed before appending, so the buffer stays one event
-                    // plus one chunk and taking an event never moves the rest.
-                    buf.drain(..*at);
-                    *at = 0;
-                    buf.extend(chunk.iter().copied().filter(|b| *b != b'\r'));
+                    self.absorb(&chunk);
                 }
-                Events::Binary {
-                    body,
-                    decoder,
-                    wire,
-                } => match next_chunk(body, wire, wait).await? {
-                    Some(chunk) => decoder.push(&chunk),
-                    None => return Ok(None),
-                },
                 Events::Poll {
                     backend,
                     collection,
@@ -701,10 +699,28 @@ impl Events {
         while batch.len() < max {
             match self.buffered()? {
                 Some(change) => batch.push(change),
+                None if self.take_ready_chunk()? => {}
                 None => break,
             }
         }
         Ok(batch)
+    }
+
+    /// Moves a body chunk that has already arrived into the buffer, without waiting: answers
+    /// whether there was one. So a batch holds everything received, not just one chunk's
+    /// worth (a chunk is a few dozen changes; a client applies fewer, larger transactions).
+    fn take_ready_chunk(&mut self) -> Result<bool> {
+        let (body, wire) = match self {
+            Events::Sse { body, wire, .. } | Events::Binary { body, wire, .. } => (body, wire),
+            Events::Poll { .. } => return Ok(false),
+        };
+        let Some(Some(chunk)) = body.next().now_or_never() else {
+            return Ok(false);
+        };
+        let chunk = chunk.map_err(|e| anyhow!("feed body: {e}"))?;
+        wire.add_received(chunk.len());
+        self.absorb(&chunk);
+        Ok(true)
     }
 }
 

@@ -804,7 +804,7 @@ impl Peer {
                 break;
             }
             let batch = events
-                .next_batch(left.min(Duration::from_millis(250)), 1000)
+                .next_batch(left.min(Duration::from_millis(250)), FEED_BATCH)
                 .await?;
             self.apply_page(&batch, op_name)?;
             self.metrics.items(op_name, batch.len() as u64);
@@ -871,6 +871,12 @@ impl Peer {
         Ok(())
     }
 }
+
+/// Most changes a feed follower applies together (in one transaction per document): all it
+/// has received, up to this. Larger transactions cost yrs less per change (its commit, gc and
+/// observer pass run once per transaction); measured on `catchup`'s 1,000,000 deltas with no
+/// server, batches of 10,000 apply ~1.25x faster than batches of 1,000.
+pub const FEED_BATCH: usize = 10_000;
 
 /// The empty state vector (a peer that has nothing), as v1 bytes.
 pub fn empty_state_vector() -> Vec<u8> {

@@ -33,9 +33,15 @@ impl Server {
         config.data_dir = dir.path().join("data");
         let mut settings = replicate::ServerSettings::default();
         let credentials = if auth {
-            let secret: [u8; 32] = rand::random();
+            // As text: the server trims a trailing newline from the secret file, so random
+            // bytes ending in `\n` (1 run in 256) made a key that refused every token.
+            let random: [u8; 32] = rand::random();
+            let secret: Vec<u8> = random
+                .iter()
+                .flat_map(|b| format!("{b:02x}").into_bytes())
+                .collect();
             let file = dir.path().join("secret");
-            std::fs::write(&file, secret)?;
+            std::fs::write(&file, &secret)?;
             settings.auth.keys.secret_file = Some(file);
             Some(Credentials::mint(&secret)?)
         } else {

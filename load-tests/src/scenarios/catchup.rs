@@ -23,7 +23,7 @@ use super::common::{figure, latencies_vs_actor, recovery_floor, time_recovery, L
 use super::{actor_floor, doc_names, fill, params, Ctx};
 use crate::backend::Backend;
 use crate::metrics::Metrics;
-use crate::peer::{empty_state_vector, Peer};
+use crate::peer::{empty_state_vector, Peer, FEED_BATCH};
 use crate::report::{Floor, Report};
 use crate::verify::Verdict;
 
@@ -40,6 +40,8 @@ const WHOLE_POLL: &str = "time to head: long-poll";
 const WHOLE_SSE: &str = "time to head: SSE";
 const WHOLE_RECOVERY: &str = "time to head: recovery+stream";
 const DOC0_RECOVERY: &str = "recovery of doc-0 (empty SV)";
+/// The same deltas applied by a fresh peer with no server and no wire (the apply floor).
+const APPLY_ONLY: &str = "applies alone, no server (floor)";
 /// The same collection read through the server's own actors (no HTTP).
 const PAGES_SAME: &str = "catch-up: in-process page (1000), same collection";
 const WHOLE_SAME: &str = "time to head: in-process pages, same collection";
@@ -229,6 +231,24 @@ async fn workload(
     ]);
     let mut report = run.report(p, verdict);
     if all_ways && !ctx.opts.no_floors {
+        let applies = apply_floor(ctx, backend, &c, head, &metrics).await?;
+        let (way, took) = to_head
+            .iter()
+            .filter(|(way, _)| *way != WHOLE_SAME)
+            .min_by_key(|(_, took)| *took)
+            .copied()
+            .unwrap_or((WHOLE_POLL, Duration::MAX));
+        report.floors.push(Floor::rate(
+            &format!("{} deltas/s vs the client's applies alone", way.trim_start_matches("time to head: ")),
+            head as f64 / took.as_secs_f64(),
+            head as f64 / applies.as_secs_f64(),
+            "deltas/s",
+            &format!(
+                "the fastest way to the head vs the same {head} deltas applied by the same client code \
+                 with no server and no wire (batches of {FEED_BATCH}, one transaction per document): \
+                 what any way is bounded by"
+            ),
+        ));
         if let Some((_, updates)) = &peers[0].capture {
             report.floors.push(recovery_floor(
                 &metrics,
@@ -275,6 +295,45 @@ fn same_collection_floors(report: &mut Report) {
         "deltas/s",
         "the fastest HTTP way, incl. the client's yrs applies, vs pages of 1000 from the server's own actors on the same collection; target 300,000/s",
     ));
+}
+
+/// The floor every way to the head is bounded by: the deltas up to `head` (read untimed,
+/// through the server's own actors when in-process) applied by a fresh peer in batches of
+/// [`FEED_BATCH`], as a feed follower applies them, with no server and no wire. Answers how
+/// long the applies took.
+///
+/// # Errors
+/// A failed read or a change that does not apply.
+async fn apply_floor(
+    ctx: &Ctx,
+    backend: &Backend,
+    c: &str,
+    head: u64,
+    metrics: &Metrics,
+) -> Result<Duration> {
+    let source = match &ctx.service_actors {
+        Some(actors) => Backend::Actor(actors.clone()),
+        None => backend.clone(),
+    };
+    let mut changes = Vec::with_capacity(head as usize);
+    let mut cursor = 0;
+    while cursor < head {
+        let page = source.stream(c, cursor, 1000, Duration::ZERO).await?;
+        if page.cursor <= cursor {
+            anyhow::bail!("reading the deltas for the apply floor stalled at {cursor}");
+        }
+        cursor = page.cursor;
+        changes.extend(page.changes);
+    }
+    // Its own metrics: its bytes were not on any wire.
+    let mut peer = Peer::new(7, c, Backend::Offline, Metrics::new(), 7);
+    let t = Instant::now();
+    for batch in changes.chunks(FEED_BATCH) {
+        peer.apply_page(batch, APPLY_ONLY)?;
+    }
+    let took = t.elapsed();
+    metrics.record(APPLY_ONLY, took);
+    Ok(took)
 }
 
 /// A peer with nothing follows `backend`'s feed (SSE or binary) from 0 to `head`, timed as

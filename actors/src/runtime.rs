@@ -84,6 +84,10 @@ pub struct Replicate {
     /// The arbiter threads themselves, joined by [`Replicate::close`].
     threads: Arc<Mutex<Vec<Arbiter>>>,
     shutting_down: Arc<AtomicBool>,
+    /// Set by [`Self::close`]: the actors and their threads are gone, so every call answers
+    /// [`Error::ShuttingDown`] at once (it used to retry loading actors onto stopped arbiters
+    /// and answer `Relocated`).
+    closed: Arc<AtomicBool>,
     waiters: Arc<Waiters>,
 }
 
@@ -152,6 +156,7 @@ impl Replicate {
             shared,
             threads: Arc::new(Mutex::new(threads)),
             shutting_down: Arc::default(),
+            closed: Arc::default(),
             waiters: Arc::new(Waiters::new(config_waiters.0, config_waiters.1)),
         })
     }
@@ -188,6 +193,9 @@ impl Replicate {
         F: Fn() -> M,
     {
         in_tokio_runtime()?;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
         for _ in 0..RELOCATE_RETRIES {
             let (addr, in_flight) = self.actor(c)?;
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -621,6 +629,7 @@ impl Replicate {
     /// As [`Self::shutdown`].
     pub async fn close(self, grace: Duration) -> Result<()> {
         let flushed = self.shutdown(grace).await;
+        self.closed.store(true, Ordering::SeqCst);
         self.shared.registry.clear();
         let threads = match self.threads.lock() {
             Ok(mut t) => std::mem::take(&mut *t),

@@ -233,7 +233,15 @@ async fn every_call_after_close_answers_without_panic_or_hang() {
             )
             .await
             .is_err());
-        let _ = held.stream("c", StreamRequest::after(0)).await;
+        // Reads of a closed handle say so, rather than `Relocated` after retries.
+        assert!(matches!(
+            held.stream("c", StreamRequest::after(0)).await,
+            Err(Error::ShuttingDown)
+        ));
+        assert!(matches!(
+            held.collection_stats("c").await,
+            Err(Error::ShuttingDown)
+        ));
         let _ = held
             .stream(
                 "c",

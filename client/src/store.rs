@@ -20,7 +20,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction};
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
+};
 
 use crate::crdt::{self, Merged};
 use crate::error::{Error, Result};
@@ -163,7 +165,7 @@ impl Store {
             )
             .map_err(corrupt)?;
         if app_id == 0 && version == 0 && tables == 0 {
-            let txn = conn.transaction().map_err(corrupt)?;
+            let txn = write_transaction(&mut conn).map_err(corrupt)?;
             txn.execute_batch(SCHEMA_V1).map_err(corrupt)?;
             txn.execute_batch(&format!(
                 "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
@@ -340,7 +342,7 @@ impl Store {
         delete: bool,
     ) -> Result<()> {
         let mut conn = self.conn();
-        let txn = conn.transaction()?;
+        let txn = write_transaction(&mut conn)?;
         let op = if delete {
             "delete"
         } else if document_exists(&txn, collection, document_id)? {
@@ -374,7 +376,7 @@ impl Store {
         landmark: Option<&Landmark>,
     ) -> Result<()> {
         let mut conn = self.conn();
-        let txn = conn.transaction()?;
+        let txn = write_transaction(&mut conn)?;
         {
             let mut insert = txn.prepare_cached(
                 "INSERT INTO updates (collection, document_id, bytes) VALUES (?1, ?2, ?3)",
@@ -398,7 +400,7 @@ impl Store {
     /// A SQLite failure; nothing is stored then.
     pub fn store_updates(&self, collection: &str, changes: &[IncomingChange]) -> Result<()> {
         let mut conn = self.conn();
-        let txn = conn.transaction()?;
+        let txn = write_transaction(&mut conn)?;
         for change in changes {
             txn.execute(
                 "INSERT INTO updates (collection, document_id, bytes) VALUES (?1, ?2, ?3)",
@@ -456,7 +458,7 @@ impl Store {
     /// A SQLite failure; the writes stay queued (and are resent with their opIds).
     pub fn remove_pending(&self, ids: &[i64]) -> Result<()> {
         let mut conn = self.conn();
-        let txn = conn.transaction()?;
+        let txn = write_transaction(&mut conn)?;
         {
             let mut del = txn.prepare_cached("DELETE FROM pending WHERE id = ?1")?;
             for id in ids {
@@ -473,7 +475,7 @@ impl Store {
     /// A SQLite failure.
     pub fn reject_pending(&self, id: i64, code: &str, message: &str) -> Result<()> {
         let mut conn = self.conn();
-        let txn = conn.transaction()?;
+        let txn = write_transaction(&mut conn)?;
         txn.execute(
             "INSERT INTO rejected (collection, document_id, op, bytes, op_id, code, message) \
              SELECT collection, document_id, op, bytes, op_id, ?2, ?3 FROM pending WHERE id = ?1",
@@ -560,7 +562,7 @@ impl Store {
         threshold: u64,
     ) -> Result<bool> {
         let mut conn = self.conn();
-        let txn = conn.transaction()?;
+        let txn = write_transaction(&mut conn)?;
         let (parts, last_id) = load_parts(&txn, collection, document_id)?;
         let updates = parts.len().saturating_sub(1) as u64;
         if updates <= threshold {
@@ -603,7 +605,7 @@ impl Store {
         mut new_op_id: impl FnMut() -> String,
     ) -> Result<usize> {
         let mut conn = self.conn();
-        let txn = conn.transaction()?;
+        let txn = write_transaction(&mut conn)?;
         let docs: Vec<String> = {
             let mut stmt = txn.prepare(
                 "SELECT document_id FROM snapshots WHERE collection = ?1 \
@@ -684,6 +686,15 @@ fn load_parts(
         parts.push(bytes);
     }
     Ok((parts, last))
+}
+
+/// A transaction that takes the write lock when it begins (`BEGIN IMMEDIATE`). Every
+/// transaction here writes, most after a read: a deferred one upgrades to a writer at its first
+/// write, and in WAL mode SQLite answers that upgrade `SQLITE_BUSY` at once, without the busy
+/// timeout, whenever another connection (another client on the file, or a document handle
+/// that outlived its client) holds the lock. Taking the lock first lets the busy timeout wait.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 #[cfg(test)]

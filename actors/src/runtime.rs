@@ -509,7 +509,7 @@ impl Replicate {
                     .await
                     .map_err(|_| Error::Timeout {
                         what: "document recovery",
-                        millis: timeout.as_millis() as u64,
+                        millis: clock::millis(timeout),
                     })???
             }
             None => {
@@ -532,7 +532,7 @@ impl Replicate {
                     .await
                     .map_err(|_| Error::Timeout {
                         what: "whole-collection state",
-                        millis: timeout.as_millis() as u64,
+                        millis: clock::millis(timeout),
                     })???
             }
         };

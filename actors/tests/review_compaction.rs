@@ -918,18 +918,25 @@ async fn compactions_racing_writes_and_acks_lose_nothing() {
     r.close(Duration::from_secs(5)).await.unwrap();
 }
 
-/// A peer seen exactly `peerTimeout` ago (or, with `peerTimeout: 0`, in this very
-/// millisecond): one engine calls it inactive and the other active, so the same request
-/// deletes different deltas on sled and on PostgreSQL.
-async fn peer_timeout_boundary_is_the_same_on_every_engine() {
-    let dir = tempfile::tempdir().unwrap();
+/// A handle on `dir` holding four writes to `d` (seqs 1–4) and peer `p`'s ack of 2, made at
+/// the clock's current millisecond.
+async fn four_writes_and_an_ack_of_2(dir: &std::path::Path) -> Replicate {
     let clock = ManualClock::new(1_000_000);
-    let r = open(dir.path(), &clock).await;
+    let r = open(dir, &clock).await;
     let w = Replica::new(1);
     for s in ["a", "b", "c", "d"] {
         r.update(C, write("d", w.append(s))).await.unwrap();
     }
     r.ack(C, "p", 2).await.unwrap();
+    r
+}
+
+/// A peer seen exactly `peerTimeout` ago (or, with `peerTimeout: 0`, in this very
+/// millisecond): one engine calls it inactive and the other active, so the same request
+/// deletes different deltas on sled and on PostgreSQL.
+async fn peer_timeout_boundary_is_the_same_on_every_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = four_writes_and_an_ack_of_2(dir.path()).await;
     // Same millisecond, peerTimeout 0: "seen within 0 ms" holds for no peer.
     let mut req = CompactRequest::document("d");
     req.peer_timeout = Some(Duration::ZERO);
@@ -947,13 +954,7 @@ async fn peer_timeout_boundary_is_the_same_on_every_engine() {
 /// count), the answer and the actor's counters must say what is still stored.
 async fn retained_is_what_the_commit_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(1_000_000);
-    let r = open(dir.path(), &clock).await;
-    let w = Replica::new(1);
-    for s in ["a", "b", "c", "d"] {
-        r.update(C, write("d", w.append(s))).await.unwrap();
-    }
-    r.ack(C, "p", 2).await.unwrap();
+    let r = four_writes_and_an_ack_of_2(dir.path()).await;
     let mut req = CompactRequest::document("d");
     req.peer_timeout = Some(Duration::ZERO);
     let c = r.compact(C, req).await.unwrap();
